@@ -1,0 +1,71 @@
+"""The `cosmos` command: wires the subcommands and runs the one error path."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from cosmos_cli import __version__
+from cosmos_cli.commands import backends, memory_plan, validate
+from cosmos_cli.errors import CosmosError
+
+
+def create_app(**kwargs) -> typer.Typer:
+    """The one Typer factory: the same defaults for the root app and any sub-app."""
+    return typer.Typer(
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        **kwargs,
+    )
+
+
+app = create_app(help="Run Cosmos-Predict1 Video2World world models: generate, batch, download, validate, plan memory.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cosmos {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """cosmos: Video2World generation that fits your GPU."""
+
+
+app.command("validate")(validate.validate)
+app.command("memory-plan")(memory_plan.memory_plan)
+app.command("backends")(backends.backends)
+
+
+def report_error(exc: CosmosError) -> None:
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one line + a hint for every CosmosError, the traceback only with COSMOS_DEBUG=1."""
+    try:
+        app(args=argv, prog_name="cosmos")
+    except CosmosError as exc:
+        if os.environ.get("COSMOS_DEBUG") == "1":
+            raise
+        report_error(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The interface a model backend implements.
+
+A backend is registered by a plugin (see :mod:`cosmos_cli.hookspecs`). The core asks it for its
+:class:`~cosmos_cli.specs.ModelSpec` list and, to generate, for a :class:`Pipeline` built for one spec
+under one :class:`~cosmos_cli.planner.MemoryPlan`. The core never imports a backend's modules directly.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from cosmos_cli.jobs import GenerationJob, GenerationResult
+    from cosmos_cli.planner import MemoryPlan
+    from cosmos_cli.progress import Progress
+    from cosmos_cli.specs import ModelSpec
+
+
+class Pipeline(Protocol):
+    """Loaded models placed by a memory plan; generates one job at a time and keeps its models loaded."""
+
+    def generate(self, job: GenerationJob, progress: Progress) -> GenerationResult: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(abc.ABC):
+    """Base class of model backends."""
+
+    id: str = ""
+    version: str = ""
+
+    @abc.abstractmethod
+    def models(self) -> Sequence[ModelSpec]:
+        """The model specs this backend provides."""
+
+    @abc.abstractmethod
+    def build_pipeline(self, spec: ModelSpec, plan: MemoryPlan, *, checkpoint_dir: Path, device: str) -> Pipeline:
+        """Load ``spec``'s models from ``checkpoint_dir`` and place them as ``plan`` says."""
+
+    def checkpoint_path(self, spec: ModelSpec, checkpoint_dir: Path) -> Path:
+        """Where this spec's own files live (overridable: the bundled demo model lives in the package)."""
+        return Path(checkpoint_dir)

@@ -1,0 +1,64 @@
+"""`cosmos memory-plan`: what this GPU can run, and how."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cosmos_cli.gpu import detect_gpus, format_bytes, parse_size
+from cosmos_cli.options import GuardrailOpt, JsonOpt, ModelOpt, NumGpusOpt, UpsamplerOpt, VramOpt
+from cosmos_cli.planner import plan_memory
+from cosmos_cli.registry import default_model_name, find_model
+
+
+def memory_plan(
+    model: ModelOpt = None,
+    vram: VramOpt = None,
+    num_gpus: NumGpusOpt = 1,
+    upsampler: UpsamplerOpt = True,
+    guardrail: GuardrailOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show each component's size, every strategy's predicted peak, and the strategy `generate` would use."""
+    _, spec = find_model(model or default_model_name())
+    gpus = [] if vram else detect_gpus()
+    vram_bytes = parse_size(vram) if vram else (min(g.free_bytes for g in gpus[:num_gpus]) if gpus else None)
+    plan = plan_memory(spec, vram_bytes, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)
+    if as_json:
+        data = plan.to_json()
+        data["gpus"] = [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "free_bytes": g.free_bytes}
+                        for g in gpus]
+        typer.echo(json.dumps(data, indent=2))
+        return
+    out = Console()
+    if vram:
+        out.print(f"[bold]{spec.name}[/bold] planned for {format_bytes(vram_bytes)} of GPU memory (--vram {vram})")
+    elif gpus:
+        for g in gpus:
+            out.print(f"GPU {g.index}: {g.name}, {format_bytes(g.total_bytes)} total, {format_bytes(g.free_bytes)} free")
+    else:
+        out.print("[yellow]No CUDA GPU detected[/yellow] and no --vram given: showing predicted peaks only "
+                  "(pass --vram 24GB to plan for a GPU).")
+    comps = Table(title=f"{spec.name}: components")
+    for col in ("component", "weights", "placement", "stages"):
+        comps.add_column(col)
+    for c in plan.components:
+        comps.add_row(c.name, format_bytes(c.weight_bytes), c.placement, ", ".join(c.stages))
+    out.print(comps)
+    stages = Table(title=f"stage peaks under {plan.strategy}")
+    stages.add_column("stage")
+    stages.add_column("predicted peak", justify="right")
+    for s, b in plan.stage_peaks:
+        stages.add_row(s, format_bytes(b))
+    out.print(stages)
+    strategies = Table(title="strategies, fastest first")
+    for col in ("strategy", "predicted peak", "fits"):
+        strategies.add_column(col)
+    for name, peak, fits in plan.alternatives:
+        mark = "yes" if fits else ("?" if vram_bytes is None else "no")
+        strategies.add_row(f"[bold]{name}[/bold]" if name == plan.strategy else name, format_bytes(peak), mark)
+    out.print(strategies)
+    out.print(f"strategy: [bold]{plan.strategy}[/bold] ({'fits' if plan.fits else 'does not fit'}) - {plan.reason}")

@@ -1,0 +1,114 @@
+"""Model specs: literal, frozen descriptions of what a backend can run.
+
+Everything the core needs to know about a model without importing its code: names, defaults, accepted
+inputs, the checkpoint files, and the components with the sizes the memory planner reasons about. The
+network/tokenizer/text-encoder parameters are the backend's own frozen dataclasses, carried opaquely.
+Variants are made with :func:`dataclasses.replace`, never by mutating or branching on a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "uint8": 1}
+
+# Stages of one Video2World generation, in the order they run.
+STAGES = ("upsample", "text_guardrail", "encode_text", "encode_video", "denoise", "decode", "video_guardrail")
+
+# Component names the planner knows; a spec lists the ones its model has.
+UPSAMPLER, GUARDRAIL, TEXT_ENCODER, TOKENIZER, NETWORK = (
+    "prompt_upsampler",
+    "guardrail",
+    "text_encoder",
+    "tokenizer",
+    "diffusion_transformer",
+)
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """One file a model needs: where it comes from on the Hub and where it lives locally.
+
+    ``local`` is relative to the checkpoint folder and follows the original project's layout, so a
+    ``checkpoints/`` folder written by the original download script works unchanged. ``component`` names the
+    component that reads the file (a planner component name).
+    """
+
+    component: str
+    repo: str
+    filename: str
+    local: str
+    md5: str | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    """A model part the planner places: its weights and the activation peak of the stage(s) it runs in.
+
+    ``weight_bytes`` is derived from the parameter count and the dtype the weights are held in.
+    ``activation_bytes`` maps stage name -> peak transient bytes of that stage at the model's default job
+    (for the network: with both guidance branches batched; ``activation_bytes_sequential`` when the two
+    branches run one after the other). ``num_blocks``/``block_params`` describe a network whose
+    transformer blocks can be streamed from host memory one at a time.
+    """
+
+    name: str
+    stages: tuple[str, ...]
+    num_params: int
+    dtype: str = "bfloat16"
+    activation_bytes: tuple[tuple[str, int], ...] = ()
+    activation_bytes_sequential: int | None = None
+    num_blocks: int = 0
+    block_params: int = 0
+    cpu_capable: bool = False
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.num_params * DTYPE_BYTES[self.dtype]
+
+    @property
+    def block_bytes(self) -> int:
+        return self.block_params * DTYPE_BYTES[self.dtype]
+
+    def activation(self, stage: str) -> int:
+        return dict(self.activation_bytes).get(stage, 0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One runnable model, as a backend declares it."""
+
+    name: str
+    backend: str
+    description: str
+    aliases: tuple[str, ...] = ()
+    network: Any = None
+    tokenizer: Any = None
+    text_encoder: Any = None
+    checkpoint_subdir: str = ""
+    files: tuple[CheckpointFile, ...] = ()
+    components: tuple[Component, ...] = ()
+    num_frames: int = 121
+    height: int = 704
+    width: int = 1280
+    fps: int = 24
+    num_steps: int = 35
+    guidance: float = 7.0
+    input_frames: tuple[int, ...] = (1, 9)
+    default_input_frames: int = 1
+    hidden: bool = False  # tiny test configurations: registered but not listed by default
+    is_default: bool = False  # the model commands use when --model is not given
+
+    def files_of(self, component: str) -> tuple[CheckpointFile, ...]:
+        return tuple(f for f in self.files if f.component == component)
+
+    def component(self, name: str) -> Component | None:
+        for c in self.components:
+            if c.name == name:
+                return c
+        return None
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)

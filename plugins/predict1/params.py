@@ -1,0 +1,127 @@
+"""Sizes of the Cosmos-Predict1 components, as pure arithmetic (no torch import).
+
+The planner reasons about bytes; these functions derive them from the architecture parameters so that a
+new configuration needs no hand-written sizes. Parameter counts are checked against the real modules
+(built on the meta device) in the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Calibration constants of the activation formulas. Each is a multiple of the smallest tensor the stage must
+# hold, measured on the GPU machine (benchmarks/results/) and rounded up.
+DIT_ACTIVATION_FACTOR = 12  # peak of one forward / (tokens * model_channels * 2 bytes) per batch element
+TOKENIZER_DECODE_BYTES_PER_PIXEL = 292  # untiled decode of a 121-frame clip (diffusers anchor: 29.8 GiB at 704x1280)
+TOKENIZER_ENCODE_BYTES_PER_PIXEL = 292
+TOKENIZER_TILED_BYTES_PER_PIXEL = 292  # per pixel of one tile
+TOKENIZER_TILE_PIXELS = 17 * 352 * 640  # frames x height x width of one tiled chunk
+
+
+@dataclass(frozen=True)
+class DiTParams:
+    """Architecture of the Video2World diffusion transformer (defaults: 7B)."""
+
+    model_channels: int = 4096
+    num_blocks: int = 28
+    num_heads: int = 32
+    mlp_ratio: float = 4.0
+    in_channels: int = 16
+    out_channels: int = 16
+    patch_spatial: int = 2
+    patch_temporal: int = 1
+    crossattn_emb_channels: int = 1024
+    max_img_h: int = 240
+    max_img_w: int = 240
+    max_frames: int = 128
+    adaln_lora_dim: int = 256
+    rope_h_extrapolation_ratio: float = 1.0
+    rope_w_extrapolation_ratio: float = 1.0
+    rope_t_extrapolation_ratio: float = 2.0
+    concat_padding_mask: bool = True
+    base_fps: int = 24
+
+
+@dataclass(frozen=True)
+class T5Params:
+    """A T5 encoder (defaults: the encoder of google-t5/t5-11b)."""
+
+    d_model: int = 1024
+    d_kv: int = 128
+    num_heads: int = 128
+    d_ff: int = 65536
+    num_layers: int = 24
+    vocab_size: int = 32128
+    relative_attention_num_buckets: int = 32
+    max_length: int = 512
+    gated: bool = False
+
+
+def dit_block_params(p: DiTParams) -> int:
+    d, a, c = p.model_channels, p.adaln_lora_dim, p.crossattn_emb_channels
+    head_dim = d // p.num_heads
+    hidden = int(d * p.mlp_ratio)
+    adaln = 3 * (d * a + a * 3 * d)
+    self_attn = 4 * d * d + 2 * head_dim
+    cross_attn = 2 * d * d + 2 * d * c + 2 * head_dim
+    mlp = 2 * d * hidden
+    return adaln + self_attn + cross_attn + mlp
+
+
+def dit_params(p: DiTParams) -> int:
+    """Learnable parameters of the network (the checkpoint's ``net.*`` tensors less ``pos_embedder.seq``)."""
+    d, a = p.model_channels, p.adaln_lora_dim
+    in_ch = p.in_channels + 1 + (1 if p.concat_padding_mask else 0)
+    patch = in_ch * p.patch_spatial**2 * p.patch_temporal
+    out = p.out_channels * p.patch_spatial**2 * p.patch_temporal
+    pos = (p.max_img_h // p.patch_spatial + p.max_img_w // p.patch_spatial + p.max_frames // p.patch_temporal) * d
+    t_embed = d * d + 3 * d * d
+    final = d * a + a * 2 * d + d * out
+    return patch * d + pos + t_embed + d + final + p.num_blocks * dit_block_params(p)
+
+
+def dit_tokens(p: DiTParams, latent_t: int, latent_h: int, latent_w: int) -> int:
+    return (latent_t // p.patch_temporal) * (latent_h // p.patch_spatial) * (latent_w // p.patch_spatial)
+
+
+def dit_activation_bytes(p: DiTParams, tokens: int, batch: int) -> int:
+    """Peak transient bytes of one bf16 forward over ``tokens`` tokens for ``batch`` stacked inputs."""
+    return DIT_ACTIVATION_FACTOR * tokens * p.model_channels * 2 * batch
+
+
+def t5_params(p: T5Params) -> int:
+    inner = p.num_heads * p.d_kv
+    attn = 4 * p.d_model * inner
+    ff = (3 if p.gated else 2) * p.d_model * p.d_ff
+    layer = attn + ff + 2 * p.d_model
+    return p.vocab_size * p.d_model + p.num_layers * layer + p.relative_attention_num_buckets * p.num_heads + p.d_model
+
+
+def t5_activation_bytes(p: T5Params, dtype_bytes: int = 2) -> int:
+    """Peak of one 512-token encode: the feed-forward hidden state dominates, plus the attention scores."""
+    tokens = p.max_length
+    return 4 * tokens * p.d_ff * dtype_bytes + 2 * p.num_heads * tokens * tokens * 4
+
+
+def tokenizer_activation_bytes(frames: int, height: int, width: int, tiled: bool) -> int:
+    pixels = frames * height * width
+    if tiled:
+        return TOKENIZER_TILED_BYTES_PER_PIXEL * min(pixels, TOKENIZER_TILE_PIXELS)
+    return TOKENIZER_DECODE_BYTES_PER_PIXEL * pixels
+
+
+@dataclass(frozen=True)
+class TokenizerParams:
+    """The causal continuous video tokenizer (defaults: Cosmos-Tokenize1-CV8x8x8-720p)."""
+
+    channels: int = 128
+    channels_mult: tuple[int, ...] = (2, 4, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (32,)
+    resolution: int = 1024
+    patch_size: int = 4
+    z_channels: int = 16
+    latent_channels: int = 16
+    spatial_compression: int = 8
+    temporal_compression: int = 8
+    pixel_chunk_duration: int = 121

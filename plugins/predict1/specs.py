@@ -1,0 +1,130 @@
+"""The Cosmos-Predict1 Video2World model specs: one literal table.
+
+Names follow the original's checkpoint folder names (``Cosmos-Predict1-7B-Video2World``) with short aliases.
+Checkpoint files and MD5 checksums are the original download script's (spec section 11). Component sizes
+are computed from the architecture parameters (:mod:`.params`), never typed in, except for the prompt
+upsampler and guardrail models, whose parameter counts come from their published configurations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from cosmos_cli.specs import GUARDRAIL, NETWORK, TEXT_ENCODER, TOKENIZER, UPSAMPLER, CheckpointFile, Component, ModelSpec
+
+from .params import (
+    DiTParams,
+    T5Params,
+    TokenizerParams,
+    dit_activation_bytes,
+    dit_block_params,
+    dit_params,
+    dit_tokens,
+    t5_activation_bytes,
+    t5_params,
+    tokenizer_activation_bytes,
+)
+
+BACKEND_ID = "predict1"
+
+TOKENIZER_DIR = "Cosmos-Tokenize1-CV8x8x8-720p"
+T5_DIR = "google-t5/t5-11b"
+UPSAMPLER_DIR = "Pixtral-12B"
+
+# Published sizes of the models we run through `transformers` (from their config.json arithmetic):
+# Pixtral-12B = Mistral-NeMo-12B language model (12.25e9) + Pixtral ViT (0.40e9) + projector (0.03e9).
+PIXTRAL_12B_PARAMS = 12_682_294_272
+# Guardrails: LlamaGuard-7b (Llama-2-7B, 6,738,415,616) + SigLIP so400m vision tower (~428e6)
+# + safety MLP (0.7e6) + RetinaFace ResNet-50 (27.3e6).
+GUARDRAIL_PARAMS = 6_738_415_616 + 428_225_600 + 724_487 + 27_293_600
+TOKENIZER_CV8X8X8_PARAMS = 105_700_000  # encoder 42.9M + decoder 62.7M
+
+GiB = 1 << 30
+
+
+def _network_component(p: DiTParams, latent_t: int, latent_h: int, latent_w: int) -> Component:
+    tokens = dit_tokens(p, latent_t, latent_h, latent_w)
+    return Component(
+        name=NETWORK,
+        stages=("denoise",),
+        num_params=dit_params(p),
+        activation_bytes=(("denoise", dit_activation_bytes(p, tokens, batch=2)),),
+        activation_bytes_sequential=dit_activation_bytes(p, tokens, batch=1),
+        num_blocks=p.num_blocks,
+        block_params=dit_block_params(p),
+    )
+
+
+def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, height: int, width: int,
+                latent: tuple[int, int, int], upsampler_params: int, guardrail_params: int) -> tuple[Component, ...]:
+    tok_act = tokenizer_activation_bytes(frames, height, width, tiled=False)
+    tok_tiled = tokenizer_activation_bytes(frames, height, width, tiled=True)
+    return (
+        Component(UPSAMPLER, ("upsample",), upsampler_params, activation_bytes=(("upsample", 2 * GiB),)),
+        Component(GUARDRAIL, ("text_guardrail", "video_guardrail"), guardrail_params,
+                  activation_bytes=(("text_guardrail", GiB), ("video_guardrail", 2 * GiB))),
+        Component(TEXT_ENCODER, ("encode_text",), t5_params(t5),
+                  activation_bytes=(("encode_text", t5_activation_bytes(t5)),), cpu_capable=True),
+        Component(TOKENIZER, ("encode_video", "decode"), tokenizer_params,
+                  activation_bytes=(("encode_video", tok_act), ("decode", tok_act),
+                                    ("encode_video_tiled", tok_tiled), ("decode_tiled", tok_tiled))),
+        _network_component(p, *latent),
+    )
+
+
+def _files(model_dir: str, md5: str | None) -> tuple[CheckpointFile, ...]:
+    repo = f"nvidia/{model_dir}"
+    tok = f"nvidia/{TOKENIZER_DIR}"
+    t5 = "google-t5/t5-11b"
+    return (
+        CheckpointFile(NETWORK, repo, "model.pt", f"{model_dir}/model.pt", md5),
+        CheckpointFile(TOKENIZER, tok, "encoder.jit", f"{TOKENIZER_DIR}/encoder.jit", "f5834d03645c379bc0f8ad14b9bc0299"),
+        CheckpointFile(TOKENIZER, tok, "decoder.jit", f"{TOKENIZER_DIR}/decoder.jit", "ff21a63ed817ffdbe4b6841111ec79a8"),
+        CheckpointFile(TOKENIZER, tok, "mean_std.pt", f"{TOKENIZER_DIR}/mean_std.pt", "f07680ad7eefae57d698778e2a0c7c96"),
+        CheckpointFile(TEXT_ENCODER, t5, "config.json", f"{T5_DIR}/config.json"),
+        CheckpointFile(TEXT_ENCODER, t5, "pytorch_model.bin", f"{T5_DIR}/pytorch_model.bin", "f890878d8a162e0045a25196e27089a3"),
+        CheckpointFile(TEXT_ENCODER, t5, "spiece.model", f"{T5_DIR}/spiece.model"),
+        CheckpointFile(TEXT_ENCODER, t5, "tokenizer.json", f"{T5_DIR}/tokenizer.json"),
+        CheckpointFile(GUARDRAIL, repo, "guardrail/video_content_safety_filter/safety_filter.pt",
+                       f"{model_dir}/guardrail/video_content_safety_filter/safety_filter.pt",
+                       "b46dc2ad821fc3b0d946549d7ade19cf"),
+    )
+
+
+DIT_7B = DiTParams()
+DIT_14B = DiTParams(model_channels=5120, num_blocks=36, num_heads=40,
+                    rope_h_extrapolation_ratio=2.0, rope_w_extrapolation_ratio=2.0, rope_t_extrapolation_ratio=2.0)
+T5_11B = T5Params()
+TOKENIZER_720P = TokenizerParams()
+
+_LATENT = (16, 88, 160)  # latent T, H, W of the default job (121 x 704 x 1280)
+
+PREDICT1_7B = ModelSpec(
+    name="Cosmos-Predict1-7B-Video2World",
+    backend=BACKEND_ID,
+    description="Cosmos-Predict1 7B Video2World: 121 frames at 704x1280 from 1 or 9 input frames",
+    aliases=("7B", "predict1-7b"),
+    is_default=True,
+    network=DIT_7B,
+    tokenizer=TOKENIZER_720P,
+    text_encoder=T5_11B,
+    checkpoint_subdir="Cosmos-Predict1-7B-Video2World",
+    files=_files("Cosmos-Predict1-7B-Video2World", "ebcdb19c4c4a6a0e1e0bb65e346f6867"),
+    components=_components(DIT_7B, T5_11B, TOKENIZER_CV8X8X8_PARAMS, 121, 704, 1280, _LATENT,
+                           PIXTRAL_12B_PARAMS, GUARDRAIL_PARAMS),
+)
+
+PREDICT1_14B = replace(
+    PREDICT1_7B,
+    name="Cosmos-Predict1-14B-Video2World",
+    description="Cosmos-Predict1 14B Video2World: 121 frames at 704x1280 from 1 or 9 input frames",
+    aliases=("14B", "predict1-14b"),
+    is_default=False,
+    network=DIT_14B,
+    checkpoint_subdir="Cosmos-Predict1-14B-Video2World",
+    files=_files("Cosmos-Predict1-14B-Video2World", "eaa7aa3678f61d88108c41d7fe201b18"),
+    components=_components(DIT_14B, T5_11B, TOKENIZER_CV8X8X8_PARAMS, 121, 704, 1280, _LATENT,
+                           PIXTRAL_12B_PARAMS, GUARDRAIL_PARAMS),
+)
+
+SPECS: tuple[ModelSpec, ...] = (PREDICT1_7B, PREDICT1_14B)

@@ -1,0 +1,1 @@
+"""JSON Schema files: the contract for batch input (``batch_job.schema.json``)."""
