@@ -1,0 +1,142 @@
+"""Shared fixtures: a fake backend registered for one test, and a CLI runner that goes through main()."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cosmos_cli.backend import Backend
+from cosmos_cli.hookspecs import hookimpl
+from cosmos_cli.registry import plugin_manager
+from cosmos_cli.specs import NETWORK, TEXT_ENCODER, TOKENIZER, Component, ModelSpec
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MEDIA = REPO.parent / "shared" / "media"
+
+GiB = 1 << 30
+
+
+def fake_spec(name: str = "Fake-Video2World", **overrides) -> ModelSpec:
+    """A model whose components have round sizes, so planner tests can reason in GiB."""
+    base = dict(
+        name=name,
+        backend="fake",
+        description="a fake model for tests",
+        aliases=("fake",),
+        components=(
+            Component(TEXT_ENCODER, ("encode_text",), num_params=2 * GiB, activation_bytes=(("encode_text", GiB // 2),)),
+            Component(TOKENIZER, ("encode_video", "decode"), num_params=GiB // 8,
+                      activation_bytes=(("encode_video", 2 * GiB), ("decode", 3 * GiB))),
+            Component(NETWORK, ("denoise",), num_params=4 * GiB, activation_bytes=(("denoise", 4 * GiB),),
+                      activation_bytes_sequential=2 * GiB, num_blocks=8, block_params=GiB // 2),
+        ),
+        input_frames=(1, 9),
+    )
+    base.update(overrides)
+    return ModelSpec(**base)
+
+
+class FakeBackend(Backend):
+    id = "fake"
+    version = "9.9.9"
+
+    def __init__(self, specs=None):
+        self.specs = specs or (fake_spec(),)
+        self.built = []
+
+    def models(self):
+        return self.specs
+
+    def build_pipeline(self, spec, plan, *, checkpoint_dir, device):
+        self.built.append((spec.name, plan.strategy, checkpoint_dir, device))
+        raise NotImplementedError("the fake backend generates nothing")
+
+
+class _FakePlugin:
+    def __init__(self, backend):
+        self.backend = backend
+
+    @hookimpl
+    def register_backends(self, register):
+        register(self.backend)
+
+
+@pytest.fixture
+def fake_backend() -> Iterator[FakeBackend]:
+    backend = FakeBackend()
+    pm = plugin_manager()
+    pm.register(_FakePlugin(backend), name="fake-test-plugin")
+    try:
+        yield backend
+    finally:
+        pm.unregister(name="fake-test-plugin")
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+def run_cli(*args: str, monkeypatch=None) -> CliResult:
+    """Run `cosmos ARGS` in-process through main(), the way the console script does."""
+    from cosmos_cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def python() -> str:
+    return sys.executable
+
+
+def make_image(path: Path, height: int = 48, width: int = 64, channels: int = 3, value: int = 128) -> Path:
+    """Write a small image with OpenCV (format from the extension)."""
+    import cv2
+    import numpy as np
+
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    img = np.full(shape, value, np.uint8)
+    img[: height // 2] = 255 - value
+    ext = path.suffix
+    ok, buf = cv2.imencode(ext.lower() if ext else ".png", img)
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def make_video(path: Path, num_frames: int = 12, height: int = 48, width: int = 64, fps: int = 24) -> Path:
+    """Write a small H.264 mp4 whose frame i is a solid grey level 20*i (distinct, decodable)."""
+    import imageio_ffmpeg
+    import numpy as np
+
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
+                                         pix_fmt_out="yuv420p", macro_block_size=1, quality=None,
+                                         output_params=["-crf", "10"])
+    writer.send(None)
+    for i in range(num_frames):
+        writer.send(np.full((height, width, 3), (20 * i) % 256, np.uint8).tobytes())
+    writer.close()
+    return path

@@ -1,0 +1,142 @@
+"""The planner is a pure function: fake GPU sizes in, expected strategies out."""
+
+from __future__ import annotations
+
+import pytest
+
+from cosmos_cli.errors import MemoryPlanError
+from cosmos_cli.planner import (
+    RUNTIME_OVERHEAD_BYTES,
+    STRATEGIES,
+    STRATEGY_NAMES,
+    evaluate,
+    margin_for,
+    plan_memory,
+    strategy_for_original_flags,
+)
+from cosmos_cli.registry import find_model
+from tests.conftest import GiB, fake_spec
+
+OVER = RUNTIME_OVERHEAD_BYTES
+
+
+def test_fake_model_peaks_by_hand():
+    spec = fake_spec()
+    # weights: text 4 GiB (2G params bf16), tokenizer 0.25 GiB, network 8 GiB
+    peak, comps, stages = evaluate(spec, STRATEGIES[0])
+    stages = dict(stages)
+    assert stages["encode_text"] == 4 * GiB + GiB // 4 + 8 * GiB + GiB // 2 + OVER
+    assert stages["denoise"] == 4 * GiB + GiB // 4 + 8 * GiB + 4 * GiB + OVER
+    assert peak == stages["denoise"]
+    # offload-all: only the stage's own component is resident
+    _, _, stages = evaluate(spec, next(s for s in STRATEGIES if s.name == "offload-all"))
+    stages = dict(stages)
+    assert stages["encode_text"] == 4 * GiB + GiB // 2 + OVER
+    assert stages["decode"] == GiB // 4 + 3 * GiB + OVER
+    assert stages["denoise"] == 8 * GiB + 4 * GiB + OVER
+
+
+# Fake model peaks (GiB): resident 16.75, offload-text-encoder 13.25, offload-tokenizer 13.0, offload-all 12.5;
+# the margin is max(0.5 GiB, 5% of the memory).
+@pytest.mark.parametrize(
+    "vram_gib, expected",
+    [
+        (80, "resident"),
+        (17.75, "resident"),
+        (17.5, "offload-text-encoder"),
+        (14.0, "offload-text-encoder"),
+        (13.8, "offload-tokenizer"),
+        (13.2, "offload-all"),
+        (13.0, None),
+        (4, None),
+    ],
+)
+def test_auto_picks_fastest_that_fits(vram_gib, expected):
+    plan = plan_memory(fake_spec(), int(vram_gib * GiB))
+    if expected is None:
+        assert not plan.fits and plan.strategy == STRATEGY_NAMES[-1] and "nothing fits" in plan.reason
+    else:
+        assert plan.fits and plan.strategy == expected
+
+
+def test_exact_boundaries():
+    spec = fake_spec()
+    peaks = {s.name: evaluate(spec, s)[0] for s in STRATEGIES}
+    for name in STRATEGY_NAMES:
+        need = peaks[name]
+        # the smallest VRAM at which this strategy fits: peak + margin(vram) <= vram
+        vram = need + 1
+        while vram < need + margin_for(vram):
+            vram = need + margin_for(vram)
+        assert plan_memory(spec, vram, strategy=name).fits
+        with pytest.raises(MemoryPlanError):
+            plan_memory(spec, vram - 2 * GiB if vram - 2 * GiB > need else need, strategy=name)
+
+
+def test_explicit_strategy_that_does_not_fit_names_one_that_does():
+    spec = fake_spec()
+    with pytest.raises(MemoryPlanError) as err:
+        plan_memory(spec, 14 * GiB, strategy="resident")
+    assert "resident" in err.value.message
+    assert "--offload offload-text-encoder" in err.value.hint
+
+
+def test_unknown_strategy_lists_valid():
+    with pytest.raises(MemoryPlanError) as err:
+        plan_memory(fake_spec(), 80 * GiB, strategy="turbo")
+    assert "offload-all" in err.value.hint
+
+
+def test_no_gpu_reports_fastest_unknown():
+    plan = plan_memory(fake_spec(), None)
+    assert plan.strategy == "resident" and not plan.fits and "no GPU" in plan.reason
+
+
+def test_num_gpus_splits_network_activation():
+    spec = fake_spec()
+    one = dict(evaluate(spec, STRATEGIES[0], num_gpus=1)[2])["denoise"]
+    two = dict(evaluate(spec, STRATEGIES[0], num_gpus=2)[2])["denoise"]
+    assert one - two == 2 * GiB
+
+
+def test_optional_components_excluded():
+    spec = find_model("7B")[1]
+    with_all = plan_memory(spec, 80 * 10**9)
+    without = plan_memory(spec, 80 * 10**9, upsampler=False, guardrail=False)
+    names = {c.name for c in without.components}
+    assert "prompt_upsampler" not in names and "guardrail" not in names
+    assert {c.name for c in with_all.components} >= {"prompt_upsampler", "guardrail"}
+    assert without.predicted_peak_bytes < with_all.predicted_peak_bytes
+
+
+def test_strategies_get_leaner():
+    for model in ("7B", "14B"):
+        spec = find_model(model)[1]
+        peaks = [evaluate(spec, s)[0] for s in STRATEGIES]
+        assert peaks == sorted(peaks, reverse=True), model
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (set(), None),
+        ({"offload_prompt_upsampler"}, "offload-upsampler"),
+        ({"offload_guardrail_models"}, "offload-guardrails"),
+        ({"offload_text_encoder_model"}, "offload-text-encoder"),
+        ({"offload_tokenizer", "offload_prompt_upsampler"}, "offload-tokenizer"),
+        ({"offload_diffusion_transformer"}, "offload-all"),
+        ({"offload_prompt_upsampler", "offload_guardrail_models", "offload_text_encoder_model",
+          "offload_tokenizer", "offload_diffusion_transformer"}, "offload-all"),
+    ],
+)
+def test_original_flags_map_to_strategies(flags, expected):
+    assert strategy_for_original_flags(flags) == expected
+
+
+def test_real_specs_sizes_match_published_parameter_counts():
+    net7 = find_model("7B")[1].component("diffusion_transformer")
+    net14 = find_model("14B")[1].component("diffusion_transformer")
+    assert net7.num_params == 7_236_208_640  # spec section 3.1
+    assert net14.num_params == 14_267_169_792
+    t5 = find_model("7B")[1].component("text_encoder")
+    assert abs(t5.num_params - 4.86e9) < 0.01e9  # T5-11B encoder, anchors/README.md
