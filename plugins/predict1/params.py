@@ -41,6 +41,56 @@ class DiTParams:
     concat_padding_mask: bool = True
     base_fps: int = 24
 
+    def __post_init__(self):
+        positive = ("model_channels", "num_blocks", "num_heads", "in_channels", "out_channels", "patch_spatial",
+                    "patch_temporal", "crossattn_emb_channels", "max_img_h", "max_img_w", "max_frames",
+                    "adaln_lora_dim", "base_fps", "mlp_ratio", "rope_h_extrapolation_ratio",
+                    "rope_w_extrapolation_ratio", "rope_t_extrapolation_ratio")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DiTParams.{name} must be positive, got {getattr(self, name)}")
+        if self.model_channels % self.num_heads:
+            raise ValueError(f"model_channels {self.model_channels} is not divisible by num_heads {self.num_heads}")
+        if self.mlp_hidden < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} gives an empty MLP")
+        dim_h, dim_t = self.rope_dims
+        if self.head_dim % 2 or dim_h < 4 or dim_t < 4:
+            raise ValueError(f"head dim {self.head_dim} does not fit the 3D RoPE split: it must be even with "
+                             f"dim_h = hd//6*2 >= 4 and dim_t = hd - 2*dim_h >= 4 (got {dim_h}, {dim_t})")
+        for name, patch in (("max_frames", self.patch_temporal), ("max_img_h", self.patch_spatial),
+                            ("max_img_w", self.patch_spatial)):
+            if getattr(self, name) % patch:
+                raise ValueError(f"DiTParams.{name}={getattr(self, name)} is not divisible by its patch size {patch}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_channels // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.model_channels * self.mlp_ratio)
+
+    @property
+    def rope_dims(self) -> tuple[int, int]:
+        """(dim_h == dim_w, dim_t): how a head's channels are split between the three RoPE axes."""
+        dim_h = self.head_dim // 6 * 2
+        return dim_h, self.head_dim - 2 * dim_h
+
+    @property
+    def patch_in_features(self) -> int:
+        channels = self.in_channels + 1 + int(self.concat_padding_mask)  # + condition mask (+ padding mask)
+        return channels * self.patch_spatial**2 * self.patch_temporal
+
+    @property
+    def patch_out_features(self) -> int:
+        return self.out_channels * self.patch_spatial**2 * self.patch_temporal
+
+    @property
+    def pos_lens(self) -> tuple[int, int, int]:
+        """Lengths (t, h, w) of the learnable position embeddings, in patches."""
+        return (self.max_frames // self.patch_temporal, self.max_img_h // self.patch_spatial,
+                self.max_img_w // self.patch_spatial)
+
 
 @dataclass(frozen=True)
 class T5Params:

@@ -155,7 +155,7 @@ def sample(
         else:
             sf = s.item()
             x_in = ind.float() * (augmented / c_in(sf)) + (1 - ind.float()) * x
-            t = torch.full((1,), c_noise(sf), dtype=bf16, device=device)
+            t = torch.full((1,), c_noise(sf), dtype=f32, device=device)
             f_cond, f_uncond = model_fn((x_in * c_in(sf)).to(bf16), t)
             f = apply_guidance(f_cond.float(), f_uncond.float(), guidance)
             f_latent = (latent.float() - c_skip(sf) * x_in) / c_out(sf)  # makes x0 == latent exactly
