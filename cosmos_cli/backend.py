@@ -8,9 +8,9 @@ under one :class:`~cosmos_cli.planner.MemoryPlan`. The core never imports a back
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from cosmos_cli.jobs import GenerationJob, GenerationResult
@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 class Pipeline(Protocol):
     """Loaded models placed by a memory plan; generates one job at a time and keeps its models loaded."""
 
-    def generate(self, job: GenerationJob, progress: Progress) -> GenerationResult: ...
+    def generate(self, job: GenerationJob, progress: Progress, *, video_path: Path,
+                 prompt_path: Path | None = None) -> GenerationResult:
+        """Generate ``job``; write the video (atomically) to ``video_path`` and the final prompt to ``prompt_path``."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the models."""
 
 
 class Backend(abc.ABC):
@@ -38,8 +41,12 @@ class Backend(abc.ABC):
         """The model specs this backend provides."""
 
     @abc.abstractmethod
-    def build_pipeline(self, spec: ModelSpec, plan: MemoryPlan, *, checkpoint_dir: Path, device: str) -> Pipeline:
-        """Load ``spec``'s models from ``checkpoint_dir`` and place them as ``plan`` says."""
+    def build_pipeline(self, spec: ModelSpec, plan: MemoryPlan, *, checkpoint_dir: Path, device: str,
+                       progress: Progress | None = None, options: Mapping[str, Any] | None = None) -> Pipeline:
+        """Load ``spec``'s models from ``checkpoint_dir`` and place them as ``plan`` says.
+
+        ``options`` carries backend-specific settings chosen on the command line (for example numerics).
+        """
 
     def checkpoint_path(self, spec: ModelSpec, checkpoint_dir: Path) -> Path:
         """Where this spec's own files live (overridable: the bundled demo model lives in the package)."""

@@ -7,17 +7,17 @@ on the same options, so its documented commands work with ``cosmos generate`` / 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 ModelOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--model", "-m", help="Model name or alias (see `cosmos backends`). Default: the backend's default model."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 NumInputFramesOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--num-input-frames", "--num_input_frames", min=1,
                  help="Conditioning frames taken from the end of the input (the model accepts 1 or 9). Default: the model's."),
 ]
@@ -27,7 +27,7 @@ DisableUpsamplerOpt = Annotated[
                  help="Do not run the prompt upsampler: every job then needs a prompt."),
 ]
 VramOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--vram", help="GPU memory to plan for, e.g. 24GB (10^9 bytes), 24GiB or 24000MiB. Default: detected free memory."),
 ]
 NumGpusOpt = Annotated[
@@ -39,4 +39,76 @@ CheckpointDirOpt = Annotated[
     Path,
     typer.Option("--checkpoint-dir", "--checkpoint_dir",
                  help="Folder holding the checkpoints, in the original project's layout."),
+]
+NetworkDirOpt = Annotated[
+    str | None,
+    typer.Option("--diffusion-transformer-dir", "--diffusion_transformer_dir",
+                 help="The network's folder under --checkpoint-dir (the original's way to pick the model)."),
+]
+InputOpt = Annotated[
+    Path | None,
+    typer.Option("--input", "-i", "--input-image-or-video-path", "--input_image_or_video_path",
+                 help="Conditioning image (jpg/png/webp/bmp) or video (mp4/mov/avi/webm/mkv)."),
+]
+PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", help="Text prompt.")]
+NegativePromptOpt = Annotated[
+    str | None,
+    typer.Option("--negative-prompt", "--negative_prompt", help="Negative prompt (default: the original's)."),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Random seed: the same seed gives the same video.")]
+NumStepsOpt = Annotated[
+    int | None, typer.Option("--num-steps", "--num_steps", min=1, help="Sampler steps. Default: the model's (35).")
+]
+GuidanceOpt = Annotated[
+    float | None, typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale. Default: the model's (7).")
+]
+FpsOpt = Annotated[
+    int | None, typer.Option("--fps", min=1, help="Frames per second of the output (also conditions the model). Default: 24.")
+]
+OutputDirOpt = Annotated[
+    Path,
+    typer.Option("--video-save-folder", "--video_save_folder", "--output-dir", "-o", help="Folder for the outputs."),
+]
+OutputNameOpt = Annotated[
+    str | None,
+    typer.Option("--video-save-name", "--video_save_name",
+                 help="Output file stem. Default: output (output_1, ... if taken)."),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output of the same name.")]
+DisableGuardrailOpt = Annotated[
+    bool, typer.Option("--disable-guardrail", "--disable_guardrail", help="Do not run the safety guardrails.")
+]
+OffloadOpt = Annotated[
+    str,
+    typer.Option("--offload", help="Memory strategy: auto (fastest that fits the detected memory) or a name from "
+                                   "`cosmos memory-plan`."),
+]
+OffloadNetworkOpt = Annotated[
+    bool, typer.Option("--offload-diffusion-transformer", "--offload_diffusion_transformer",
+                       help="Original flag: the network is on the GPU only while it denoises.")
+]
+OffloadTokenizerOpt = Annotated[
+    bool, typer.Option("--offload-tokenizer", "--offload_tokenizer", help="Original flag: offload the tokenizer.")
+]
+OffloadTextEncoderOpt = Annotated[
+    bool, typer.Option("--offload-text-encoder-model", "--offload_text_encoder_model",
+                       help="Original flag: offload the T5 text encoder.")
+]
+OffloadUpsamplerOpt = Annotated[
+    bool, typer.Option("--offload-prompt-upsampler", "--offload_prompt_upsampler",
+                       help="Original flag: offload the prompt upsampler.")
+]
+OffloadGuardrailOpt = Annotated[
+    bool, typer.Option("--offload-guardrail-models", "--offload_guardrail_models",
+                       help="Original flag: offload the guardrail models.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (a GPU when there is one), cuda, cuda:N or cpu.")]
+NumericsOpt = Annotated[
+    str,
+    typer.Option("--numerics", help="fp32: fp32 position tables and sampler scalars, as the model was trained "
+                                    "(default). original: the original script's bf16 details, for identical videos."),
+]
+ResizeOpt = Annotated[
+    str,
+    typer.Option("--resize", help="How the input is fitted to the model's size: stretch (the original's), crop or pad."),
 ]

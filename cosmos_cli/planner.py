@@ -26,7 +26,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cosmos_cli.errors import MemoryPlanError
-from cosmos_cli.specs import GUARDRAIL, NETWORK, STAGES, TEXT_ENCODER, TOKENIZER, UPSAMPLER, Component, ModelSpec
+from cosmos_cli.specs import (
+    GUARDRAIL,
+    NETWORK,
+    STAGES,
+    TEXT_ENCODER,
+    TOKENIZER,
+    UPSAMPLER,
+    Component,
+    ModelSpec,
+)
 
 GiB = 1 << 30
 

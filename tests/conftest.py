@@ -54,7 +54,7 @@ class FakeBackend(Backend):
     def models(self):
         return self.specs
 
-    def build_pipeline(self, spec, plan, *, checkpoint_dir, device):
+    def build_pipeline(self, spec, plan, *, checkpoint_dir, device, progress=None, options=None):
         self.built.append((spec.name, plan.strategy, checkpoint_dir, device))
         raise NotImplementedError("the fake backend generates nothing")
 

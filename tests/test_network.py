@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 import types
 
-import cosmos_plugins.predict1.params
 import pytest
 import torch
 import torch.nn.functional as F
-from cosmos_plugins.predict1.checkpoint import load_network, random_state_dict, write_random_checkpoint
+
+import cosmos_plugins.predict1.params
+from cosmos_cli.errors import CheckpointError
+from cosmos_plugins.predict1.checkpoint import (
+    diffusers_key,
+    load_network,
+    random_state_dict,
+    write_random_checkpoint,
+)
 from cosmos_plugins.predict1.network import (
     DiTParams,
     RopePosition3D,
@@ -19,8 +25,6 @@ from cosmos_plugins.predict1.network import (
     block_num_params,
     num_params,
 )
-
-from cosmos_cli.errors import CheckpointError
 
 # Head dim 32: RoPE split dim_h = dim_w = 10, dim_t = 12. h and w extrapolation differ to catch an axis swap.
 TINY = DiTParams(model_channels=64, num_blocks=2, num_heads=2, mlp_ratio=4.0, in_channels=4, out_channels=4,
@@ -107,38 +111,6 @@ def test_invalid_rope_mode_raises():
 # Parity with diffusers
 
 
-def _diffusers_key(key: str) -> str:
-    """Original key (no ``net.``) -> diffusers ``CosmosTransformer3DModel`` key (diffusers-cosmos.md 2.2)."""
-    top = {
-        "x_embedder.proj.1.weight": "patch_embed.proj.weight",
-        "t_embedder.1.linear_1.weight": "time_embed.t_embedder.linear_1.weight",
-        "t_embedder.1.linear_2.weight": "time_embed.t_embedder.linear_2.weight",
-        "affline_norm.weight": "time_embed.norm.weight",
-        "final_layer.adaLN_modulation.1.weight": "norm_out.linear_1.weight",
-        "final_layer.adaLN_modulation.2.weight": "norm_out.linear_2.weight",
-        "final_layer.linear.weight": "proj_out.weight",
-    }
-    if key in top:
-        return top[key]
-    if key.startswith("extra_pos_embedder."):
-        return key.replace("extra_pos_embedder.", "learnable_pos_embed.")
-    block, sub, rest = re.fullmatch(r"blocks\.block(\d+)\.blocks\.(\d)\.(.+)", key).groups()
-    attn = f"attn{int(sub) + 1}"
-    inner = {
-        "adaLN_modulation.1.weight": f"norm{int(sub) + 1}.linear_1.weight",
-        "adaLN_modulation.2.weight": f"norm{int(sub) + 1}.linear_2.weight",
-        "block.attn.to_q.0.weight": f"{attn}.to_q.weight",
-        "block.attn.to_q.1.weight": f"{attn}.norm_q.weight",
-        "block.attn.to_k.0.weight": f"{attn}.to_k.weight",
-        "block.attn.to_k.1.weight": f"{attn}.norm_k.weight",
-        "block.attn.to_v.0.weight": f"{attn}.to_v.weight",
-        "block.attn.to_out.0.weight": f"{attn}.to_out.0.weight",
-        "block.layer1.weight": "ff.net.0.proj.weight",
-        "block.layer2.weight": "ff.net.2.weight",
-    }[rest]
-    return f"transformer_blocks.{block}.{inner}"
-
-
 @pytest.fixture(scope="module")
 def diffusers_model(ckpt):
     tc = pytest.importorskip("diffusers.models.transformers.transformer_cosmos")
@@ -160,7 +132,7 @@ def diffusers_model(ckpt):
         rope_scale=(p.rope_t_extrapolation_ratio, p.rope_h_extrapolation_ratio, p.rope_w_extrapolation_ratio),
         concat_padding_mask=True, extra_pos_embed_type="learnable",
     ).eval()
-    state = {_diffusers_key(k.removeprefix("net.")): v for k, v in ckpt[1].items()
+    state = {diffusers_key(k.removeprefix("net.")): v for k, v in ckpt[1].items()
              if k.startswith("net.") and k != "net.pos_embedder.seq"}
     net.load_state_dict(state, strict=True)
     for block in net.transformer_blocks:  # the original's q/k RMSNorm eps is 1e-6, diffusers' default 1e-5

@@ -23,10 +23,13 @@ class Predict1Backend(Backend):
     def models(self):
         return SPECS
 
-    def build_pipeline(self, spec, plan, *, checkpoint_dir: Path, device: str):
+    def build_pipeline(self, spec, plan, *, checkpoint_dir: Path, device: str, progress=None, options=None):
         from .pipeline import Predict1Pipeline
 
-        return Predict1Pipeline.load(spec, plan, checkpoint_dir=Path(checkpoint_dir), device=device)
+        options = dict(options or {})
+        return Predict1Pipeline.load(spec, plan, checkpoint_dir=self.checkpoint_path(spec, checkpoint_dir),
+                                     device=device, progress=progress, numerics=options.get("numerics", "fp32"),
+                                     network_dir=options.get("network_dir"))
 
 
 @hookimpl

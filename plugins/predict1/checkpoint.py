@@ -10,6 +10,7 @@ the compute dtype and placed on the target device one at a time, so no full fp32
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -158,3 +159,37 @@ def write_random_checkpoint(path: Path, params: DiTParams, seed: int = 0, dtype:
     else:
         torch.save(state if wrapper is None else {wrapper: state}, path)
     return state
+
+
+def diffusers_key(key: str) -> str:
+    """Original key (no ``net.``) -> diffusers ``CosmosTransformer3DModel`` key (diffusers-cosmos.md 2.2).
+
+    Used to run diffusers on the same weights, for the parity tests and the benchmarks.."""
+    top = {
+        "x_embedder.proj.1.weight": "patch_embed.proj.weight",
+        "t_embedder.1.linear_1.weight": "time_embed.t_embedder.linear_1.weight",
+        "t_embedder.1.linear_2.weight": "time_embed.t_embedder.linear_2.weight",
+        "affline_norm.weight": "time_embed.norm.weight",
+        "final_layer.adaLN_modulation.1.weight": "norm_out.linear_1.weight",
+        "final_layer.adaLN_modulation.2.weight": "norm_out.linear_2.weight",
+        "final_layer.linear.weight": "proj_out.weight",
+    }
+    if key in top:
+        return top[key]
+    if key.startswith("extra_pos_embedder."):
+        return key.replace("extra_pos_embedder.", "learnable_pos_embed.")
+    block, sub, rest = re.fullmatch(r"blocks\.block(\d+)\.blocks\.(\d)\.(.+)", key).groups()
+    attn = f"attn{int(sub) + 1}"
+    inner = {
+        "adaLN_modulation.1.weight": f"norm{int(sub) + 1}.linear_1.weight",
+        "adaLN_modulation.2.weight": f"norm{int(sub) + 1}.linear_2.weight",
+        "block.attn.to_q.0.weight": f"{attn}.to_q.weight",
+        "block.attn.to_q.1.weight": f"{attn}.norm_q.weight",
+        "block.attn.to_k.0.weight": f"{attn}.to_k.weight",
+        "block.attn.to_k.1.weight": f"{attn}.norm_k.weight",
+        "block.attn.to_v.0.weight": f"{attn}.to_v.weight",
+        "block.attn.to_out.0.weight": f"{attn}.to_out.0.weight",
+        "block.layer1.weight": "ff.net.0.proj.weight",
+        "block.layer2.weight": "ff.net.2.weight",
+    }[rest]
+    return f"transformer_blocks.{block}.{inner}"

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cosmos_cli.specs import GUARDRAIL, NETWORK, TEXT_ENCODER, TOKENIZER, UPSAMPLER, CheckpointFile, Component, ModelSpec
+from cosmos_cli.specs import (
+    GUARDRAIL,
+    NETWORK,
+    TEXT_ENCODER,
+    TOKENIZER,
+    UPSAMPLER,
+    CheckpointFile,
+    Component,
+    ModelSpec,
+)
 
 from .params import (
     DiTParams,
@@ -37,7 +46,9 @@ PIXTRAL_12B_PARAMS = 12_682_294_272
 # Guardrails: LlamaGuard-7b (Llama-2-7B, 6,738,415,616) + SigLIP so400m vision tower (~428e6)
 # + safety MLP (0.7e6) + RetinaFace ResNet-50 (27.3e6).
 GUARDRAIL_PARAMS = 6_738_415_616 + 428_225_600 + 724_487 + 27_293_600
-TOKENIZER_CV8X8X8_PARAMS = 105_700_000  # encoder 42.9M + decoder 62.7M
+# Tokenizer parameter counts (encoder + decoder), checked against the modules by tests/test_specs.py.
+TOKENIZER_CV8X8X8_PARAMS = 105_653_696
+TOKENIZER_TINY_PARAMS = 220_968
 
 GiB = 1 << 30
 
@@ -72,22 +83,58 @@ def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, 
     )
 
 
+# Where every checkpoint file comes from (spec section 11, trimmed to what generation reads) and where the
+# original project keeps it. The T5 repository's TensorFlow/Flax weights and the model repositories' README and
+# config.json are left out: nothing reads them.
+T5_REPO = "google-t5/t5-11b"
+SAFETY_FILTER_MD5 = "b46dc2ad821fc3b0d946549d7ade19cf"
+# The guardrail's Hugging Face models, which the original loads with `from_pretrained(id, cache_dir=<folder>)`
+# (section 9): LlamaGuard-7b + the Aegis adapter in guardrail/aegis, SigLIP in guardrail/video_content_safety_filter.
+LLAMAGUARD_REPO = "meta-llama/LlamaGuard-7b"
+AEGIS_ADAPTER_REPO = "nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0"
+SIGLIP_REPO = "google/siglip-so400m-patch14-384"
+# The prompt upsampler: Mistral's Pixtral-12B release, converted to Pixtral-12B/{model.pt,config.json} as the
+# original does, plus the tokenizer/processor files the original fetched at run time from mistral-community.
+PIXTRAL_REPO = "mistralai/Pixtral-12B-2409"
+PIXTRAL_PROCESSOR_REPO = "mistral-community/pixtral-12b"
+PIXTRAL_PROCESSOR_DIR = "mistral-community/pixtral-12b"
+
+
 def _files(model_dir: str, md5: str | None) -> tuple[CheckpointFile, ...]:
     repo = f"nvidia/{model_dir}"
     tok = f"nvidia/{TOKENIZER_DIR}"
-    t5 = "google-t5/t5-11b"
+    guardrail = f"{model_dir}/guardrail"
     return (
         CheckpointFile(NETWORK, repo, "model.pt", f"{model_dir}/model.pt", md5),
         CheckpointFile(TOKENIZER, tok, "encoder.jit", f"{TOKENIZER_DIR}/encoder.jit", "f5834d03645c379bc0f8ad14b9bc0299"),
         CheckpointFile(TOKENIZER, tok, "decoder.jit", f"{TOKENIZER_DIR}/decoder.jit", "ff21a63ed817ffdbe4b6841111ec79a8"),
         CheckpointFile(TOKENIZER, tok, "mean_std.pt", f"{TOKENIZER_DIR}/mean_std.pt", "f07680ad7eefae57d698778e2a0c7c96"),
-        CheckpointFile(TEXT_ENCODER, t5, "config.json", f"{T5_DIR}/config.json"),
-        CheckpointFile(TEXT_ENCODER, t5, "pytorch_model.bin", f"{T5_DIR}/pytorch_model.bin", "f890878d8a162e0045a25196e27089a3"),
-        CheckpointFile(TEXT_ENCODER, t5, "spiece.model", f"{T5_DIR}/spiece.model"),
-        CheckpointFile(TEXT_ENCODER, t5, "tokenizer.json", f"{T5_DIR}/tokenizer.json"),
+        CheckpointFile(TEXT_ENCODER, T5_REPO, "config.json", f"{T5_DIR}/config.json"),
+        CheckpointFile(TEXT_ENCODER, T5_REPO, "pytorch_model.bin", f"{T5_DIR}/pytorch_model.bin",
+                       "f890878d8a162e0045a25196e27089a3"),
+        CheckpointFile(TEXT_ENCODER, T5_REPO, "spiece.model", f"{T5_DIR}/spiece.model"),
+        CheckpointFile(TEXT_ENCODER, T5_REPO, "tokenizer.json", f"{T5_DIR}/tokenizer.json"),
+        # The model repository's guardrail/ folder, whole, as the original fetches it (blocklist, face blur
+        # and safety-filter weights); the two weight files are named so that a missing one is an error.
+        CheckpointFile(GUARDRAIL, repo, "guardrail/*", model_dir),
         CheckpointFile(GUARDRAIL, repo, "guardrail/video_content_safety_filter/safety_filter.pt",
-                       f"{model_dir}/guardrail/video_content_safety_filter/safety_filter.pt",
-                       "b46dc2ad821fc3b0d946549d7ade19cf"),
+                       f"{guardrail}/video_content_safety_filter/safety_filter.pt", SAFETY_FILTER_MD5),
+        CheckpointFile(GUARDRAIL, repo, "guardrail/face_blur_filter/Resnet50_Final.pth",
+                       f"{guardrail}/face_blur_filter/Resnet50_Final.pth"),
+        CheckpointFile(GUARDRAIL, LLAMAGUARD_REPO, "*.json", f"{guardrail}/aegis", hf_cache=True),
+        CheckpointFile(GUARDRAIL, LLAMAGUARD_REPO, "*.safetensors", f"{guardrail}/aegis", hf_cache=True),
+        CheckpointFile(GUARDRAIL, LLAMAGUARD_REPO, "tokenizer.model", f"{guardrail}/aegis", hf_cache=True),
+        CheckpointFile(GUARDRAIL, AEGIS_ADAPTER_REPO, "adapter_config.json", f"{guardrail}/aegis", hf_cache=True),
+        CheckpointFile(GUARDRAIL, AEGIS_ADAPTER_REPO, "adapter_model.safetensors", f"{guardrail}/aegis", hf_cache=True),
+        CheckpointFile(GUARDRAIL, SIGLIP_REPO, "*.json", f"{guardrail}/video_content_safety_filter", hf_cache=True),
+        CheckpointFile(GUARDRAIL, SIGLIP_REPO, "model.safetensors", f"{guardrail}/video_content_safety_filter",
+                       hf_cache=True),
+        CheckpointFile(GUARDRAIL, SIGLIP_REPO, "spiece.model", f"{guardrail}/video_content_safety_filter",
+                       hf_cache=True),
+        CheckpointFile(UPSAMPLER, PIXTRAL_REPO, "consolidated.safetensors", f"{UPSAMPLER_DIR}/model.pt",
+                       convert="pixtral-12b"),
+        CheckpointFile(UPSAMPLER, PIXTRAL_REPO, "params.json", f"{UPSAMPLER_DIR}/config.json", convert="pixtral-12b"),
+        CheckpointFile(UPSAMPLER, PIXTRAL_PROCESSOR_REPO, "*.json", PIXTRAL_PROCESSOR_DIR),
     )
 
 
@@ -128,3 +175,38 @@ PREDICT1_14B = replace(
 )
 
 SPECS: tuple[ModelSpec, ...] = (PREDICT1_7B, PREDICT1_14B)
+
+
+# A tiny configuration of the same architecture, for tests: 17 frames of 32x32 (latent 3x4x4, 12 tokens).
+TINY_DIR = "Cosmos-Predict1-Tiny-Video2World"
+DIT_TINY = DiTParams(model_channels=32, num_blocks=2, num_heads=2, mlp_ratio=2.0, crossattn_emb_channels=32,
+                     max_img_h=32, max_img_w=32, max_frames=16, adaln_lora_dim=8)
+TOKENIZER_TINY = TokenizerParams(channels=4, channels_mult=(2, 4, 4), num_res_blocks=1, attn_resolutions=(8,),
+                                 resolution=64, pixel_chunk_duration=17)
+T5_TINY = T5Params(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, vocab_size=512, max_length=32)
+
+PREDICT1_TINY = ModelSpec(
+    name="Cosmos-Predict1-Tiny-Video2World",
+    backend=BACKEND_ID,
+    description="tiny random configuration of the Video2World architecture (tests)",
+    aliases=("predict1-tiny",),
+    hidden=True,
+    network=DIT_TINY,
+    tokenizer=TOKENIZER_TINY,
+    text_encoder=T5_TINY,
+    checkpoint_subdir=TINY_DIR,
+    files=(
+        CheckpointFile(NETWORK, "", "model.pt", f"{TINY_DIR}/model.pt"),
+        CheckpointFile(TOKENIZER, "", "encoder.jit", "Cosmos-Tokenize1-Tiny/encoder.jit"),
+        CheckpointFile(TOKENIZER, "", "decoder.jit", "Cosmos-Tokenize1-Tiny/decoder.jit"),
+        CheckpointFile(TOKENIZER, "", "mean_std.pt", "Cosmos-Tokenize1-Tiny/mean_std.pt"),
+        CheckpointFile(TEXT_ENCODER, "", "config.json", "t5-tiny/config.json"),
+        CheckpointFile(TEXT_ENCODER, "", "pytorch_model.bin", "t5-tiny/pytorch_model.bin"),
+    ),
+    components=_components(DIT_TINY, T5_TINY, TOKENIZER_TINY_PARAMS, 17, 32, 32, (3, 4, 4), 0, 0)[2:],
+    num_frames=17,
+    height=32,
+    width=32,
+)
+
+SPECS = (*SPECS, PREDICT1_TINY)

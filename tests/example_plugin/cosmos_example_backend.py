@@ -20,7 +20,7 @@ class ExampleBackend(Backend):
     def models(self):
         return (SPEC,)
 
-    def build_pipeline(self, spec, plan, *, checkpoint_dir, device):
+    def build_pipeline(self, spec, plan, *, checkpoint_dir, device, progress=None, options=None):
         raise NotImplementedError("the example backend only demonstrates registration")
 
 

@@ -1,0 +1,67 @@
+"""`cosmos generate`: one video from an image or video and a prompt."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from cosmos_cli import options as o
+from cosmos_cli.errors import UsageError
+from cosmos_cli.generation import GenerateRequest
+from cosmos_cli.generation import generate as run_generate
+from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
+from cosmos_cli.progress import NullProgress, RichProgress
+
+
+def generate(
+    input_path: o.InputOpt = None,
+    prompt: o.PromptOpt = None,
+    model: o.ModelOpt = None,
+    checkpoint_dir: o.CheckpointDirOpt = o.Path("checkpoints"),
+    network_dir: o.NetworkDirOpt = None,
+    negative_prompt: o.NegativePromptOpt = None,
+    num_input_frames: o.NumInputFramesOpt = None,
+    seed: o.SeedOpt = 1,
+    num_steps: o.NumStepsOpt = None,
+    guidance: o.GuidanceOpt = None,
+    fps: o.FpsOpt = None,
+    output_dir: o.OutputDirOpt = o.Path("outputs"),
+    name: o.OutputNameOpt = None,
+    overwrite: o.OverwriteOpt = False,
+    disable_prompt_upsampler: o.DisableUpsamplerOpt = False,
+    disable_guardrail: o.DisableGuardrailOpt = False,
+    offload: o.OffloadOpt = "auto",
+    offload_diffusion_transformer: o.OffloadNetworkOpt = False,
+    offload_tokenizer: o.OffloadTokenizerOpt = False,
+    offload_text_encoder_model: o.OffloadTextEncoderOpt = False,
+    offload_prompt_upsampler: o.OffloadUpsamplerOpt = False,
+    offload_guardrail_models: o.OffloadGuardrailOpt = False,
+    num_gpus: o.NumGpusOpt = 1,
+    device: o.DeviceOpt = "auto",
+    numerics: o.NumericsOpt = "fp32",
+    resize: o.ResizeOpt = "stretch",
+    as_json: o.JsonOpt = False,
+) -> None:
+    """Generate a video continuing an image or video, guided by a prompt. Prints the output path."""
+    if input_path is None:
+        raise UsageError("an input is required: pass --input IMAGE_OR_VIDEO (or --input_image_or_video_path)")
+    flags = {name for name, on in (
+        ("offload_diffusion_transformer", offload_diffusion_transformer), ("offload_tokenizer", offload_tokenizer),
+        ("offload_text_encoder_model", offload_text_encoder_model), ("offload_prompt_upsampler", offload_prompt_upsampler),
+        ("offload_guardrail_models", offload_guardrail_models)) if on}
+    request = GenerateRequest(
+        input_path=input_path, prompt=prompt, model=model, checkpoint_dir=checkpoint_dir, network_dir=network_dir,
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
+        num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
+        output_dir=output_dir, name=name, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
+        disable_guardrail=disable_guardrail, offload=offload, original_offload_flags=frozenset(flags),
+        num_gpus=num_gpus, device=device, numerics=numerics, resize=resize,
+    )
+    result = run_generate(request, NullProgress() if as_json else RichProgress())
+    if as_json:
+        typer.echo(json.dumps({"video": str(result.video_path), "prompt_file": str(result.prompt_path),
+                               "prompt": result.final_prompt, "timings": result.timings,
+                               "peak_memory_bytes": result.peak_memory_bytes}, indent=2))
+    else:
+        typer.echo(str(result.video_path))

@@ -1,0 +1,181 @@
+"""Single generation: check everything that can be checked, plan memory, load, generate, write.
+
+Everything about the request is validated before any model loads (input file, frame count, prompt,
+output path, memory plan), so a mistake costs seconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cosmos_cli.errors import GenerationError, InputError, MemoryPlanError, OutputExistsError, UsageError
+from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
+from cosmos_cli.planner import STRATEGY_NAMES, MemoryPlan, plan_memory, strategy_for_original_flags
+from cosmos_cli.progress import NullProgress, Progress
+from cosmos_cli.registry import default_model_name, find_model
+from cosmos_cli.specs import ModelSpec
+
+NAME_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,200}$")
+RESIZE_MODES = ("stretch", "crop", "pad")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    input_path: Path
+    prompt: str | None
+    model: str | None = None
+    checkpoint_dir: Path = Path("checkpoints")
+    network_dir: str | None = None
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    num_input_frames: int | None = None
+    seed: int = 1
+    num_steps: int | None = None
+    guidance: float | None = None
+    fps: int | None = None
+    output_dir: Path = Path("outputs")
+    name: str | None = None
+    overwrite: bool = False
+    disable_prompt_upsampler: bool = False
+    disable_guardrail: bool = False
+    offload: str = "auto"
+    original_offload_flags: frozenset[str] = field(default_factory=frozenset)
+    num_gpus: int = 1
+    device: str = "auto"
+    numerics: str = "fp32"
+    resize: str = "stretch"
+
+
+def resolve_model(model: str | None, network_dir: str | None) -> ModelSpec:
+    """--model wins; else the original's --diffusion_transformer_dir names the model; else the default."""
+    if model:
+        return find_model(model)[1]
+    if network_dir:
+        name = Path(network_dir).name
+        for suffix in ("_post-trained", "-post-trained"):
+            name = name.removesuffix(suffix)
+        return find_model(name)[1]
+    return find_model(default_model_name())[1]
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is available", hint="Use --device cpu (tiny models only).")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def output_paths(output_dir: Path, name: str | None, overwrite: bool) -> tuple[Path, Path]:
+    """The .mp4/.txt pair to write. An explicit name never overwrites a finished video unless asked; without a
+    name the first free ``output``, ``output_1``, ... is used, so a second run never loses the first."""
+    if name is not None and not NAME_RE.match(name):
+        raise UsageError(f"--video-save-name {name!r}: use letters, digits, '.', '_' and '-' only (no folders)",
+                         hint="Put the folder in --video-save-folder.")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--video-save-folder {output_dir} is a file, not a folder")
+    if name is None:
+        stem, i = "output", 0
+        while (output_dir / f"{stem}.mp4").exists():
+            i += 1
+            stem = f"output_{i}"
+        name = stem
+    video = output_dir / f"{name}.mp4"
+    if video.exists() and not overwrite:
+        raise OutputExistsError(f"{video} already exists")
+    return video, output_dir / f"{name}.txt"
+
+
+def make_job(req: GenerateRequest, spec: ModelSpec, name: str) -> GenerationJob:
+    from cosmos_cli.media import probe
+
+    n_frames = req.num_input_frames or spec.default_input_frames
+    if n_frames not in spec.input_frames:
+        raise UsageError(f"--num-input-frames {n_frames}: {spec.name} accepts "
+                         f"{' or '.join(map(str, spec.input_frames))} input frames")
+    info = probe(req.input_path)  # InputError names the file
+    if info.num_frames < n_frames:
+        have = "an image has 1 frame" if info.kind == "image" else f"the video has {info.num_frames} frames"
+        raise InputError(f"{req.input_path}: --num-input-frames {n_frames} needs {n_frames} frames but {have}",
+                         hint="Use --num-input-frames 1, or a longer video.")
+    if req.resize not in RESIZE_MODES:
+        raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {req.resize!r}")
+    prompt = req.prompt.strip() if req.prompt else None
+    if not prompt:
+        raise UsageError("a prompt is required: pass --prompt \"...\"")
+    return GenerationJob(
+        visual_input=Path(req.input_path).resolve(),
+        prompt=prompt,
+        negative_prompt=req.negative_prompt,
+        seed=req.seed,
+        num_input_frames=n_frames,
+        guidance=spec.guidance if req.guidance is None else req.guidance,
+        num_steps=spec.num_steps if req.num_steps is None else req.num_steps,
+        fps=spec.fps if req.fps is None else req.fps,
+        name=name,
+        resize=req.resize,
+    )
+
+
+def plan_for(spec: ModelSpec, req: GenerateRequest, device: str) -> MemoryPlan:
+    """The memory plan `generate` uses: the same function `cosmos memory-plan` shows."""
+    strategy = req.offload
+    from_flags = strategy_for_original_flags(set(req.original_offload_flags))
+    if from_flags is not None:
+        if strategy not in ("auto", from_flags):
+            raise UsageError(f"--offload {strategy} contradicts the original flags "
+                             f"{', '.join('--' + f for f in sorted(req.original_offload_flags))} (= {from_flags})")
+        strategy = from_flags
+    upsampler, guardrail = not req.disable_prompt_upsampler, not req.disable_guardrail
+    if strategy != "auto" and strategy not in STRATEGY_NAMES:
+        raise MemoryPlanError(f"unknown memory strategy {strategy!r}",
+                              hint=f"Use auto or one of: {', '.join(STRATEGY_NAMES)}.")
+    if device == "cpu":
+        return plan_memory(spec, None, strategy="resident", upsampler=upsampler, guardrail=guardrail)
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    plan = plan_memory(spec, free, strategy=strategy, upsampler=upsampler, guardrail=guardrail, num_gpus=req.num_gpus)
+    if not plan.fits:
+        raise MemoryPlanError(plan.reason, hint="See `cosmos memory-plan`; free GPU memory or use more GPUs.")
+    return plan
+
+
+def check_stages_available(req: GenerateRequest) -> None:
+    if not req.disable_prompt_upsampler:
+        raise UsageError("the prompt upsampler is not available in this version",
+                         hint="Pass --disable-prompt-upsampler and give your own --prompt.")
+    if not req.disable_guardrail:
+        raise UsageError("the guardrails are not available in this version",
+                         hint="Pass --disable-guardrail (the model licence expects guardrails: use this only where "
+                              "that is acceptable).")
+
+
+def generate(req: GenerateRequest, progress: Progress | None = None) -> GenerationResult:
+    progress = progress or NullProgress()
+    backend, spec = None, resolve_model(req.model, req.network_dir)
+    backend = find_model(spec.name)[0]
+    check_stages_available(req)
+    if req.num_gpus != 1:
+        raise UsageError("--num-gpus > 1 (context parallelism) is not available in this version",
+                         hint="Run on one GPU.")
+    video_path, prompt_path = output_paths(Path(req.output_dir), req.name, req.overwrite)
+    job = make_job(req, spec, video_path.stem)
+    device = pick_device(req.device)
+    plan = plan_for(spec, req, device)
+    progress.message(f"{spec.name} on {device}: memory strategy {plan.strategy} ({plan.reason})")
+    pipeline = backend.build_pipeline(spec, plan, checkpoint_dir=Path(req.checkpoint_dir), device=device,
+                                      progress=progress,
+                                      options={"numerics": req.numerics, "network_dir": req.network_dir})
+    try:
+        video_path.parent.mkdir(parents=True, exist_ok=True)
+        return pipeline.generate(job, progress, video_path=video_path, prompt_path=prompt_path)
+    except MemoryError as exc:
+        raise GenerationError(f"out of host memory: {exc}") from exc
+    finally:
+        pipeline.close()

@@ -1,0 +1,243 @@
+"""The Video2World generation pipeline of the predict1 backend.
+
+Loads the network, tokenizer and text encoder once from a checkpoint folder in the original layout, places
+them as the memory plan says, and generates one job at a time:
+
+    input frames -> tokenizer encode -> T5 encode -> sampler (network, both guidance branches) -> decode -> mp4
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cosmos_cli.errors import CheckpointError, GenerationError
+from cosmos_cli.jobs import GenerationJob, GenerationResult
+from cosmos_cli.planner import MemoryPlan
+from cosmos_cli.progress import NullProgress, Progress
+from cosmos_cli.specs import NETWORK, TEXT_ENCODER, TOKENIZER, ModelSpec
+
+from . import sampler as S
+
+SIGMA_DATA = S.SIGMA_DATA
+NUMERICS = S.NUMERICS  # "fp32" (default) or "original"
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    network: Path
+    tokenizer: Path
+    text_encoder: Path
+
+
+def checkpoint_paths(spec: ModelSpec, checkpoint_dir: Path, network_dir: str | None = None) -> CheckpointPaths:
+    """Where each component's files are, in the original layout; a clear error lists every missing file."""
+    root = Path(checkpoint_dir)
+    missing = []
+    for f in spec.files:
+        if f.component in (NETWORK, TOKENIZER, TEXT_ENCODER) and not (root / f.local).exists():
+            if f.component == NETWORK and network_dir is not None:
+                continue
+            missing.append(f.local)
+    net_file = root / spec.files_of(NETWORK)[0].local
+    if network_dir is not None:
+        net_file = root / network_dir / net_file.name
+        if not net_file.exists():
+            missing.insert(0, str(Path(network_dir) / net_file.name))
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise CheckpointError(f"{root}: missing checkpoint files for {spec.name}: {shown}",
+                              hint=f"Run `cosmos download --model {spec.aliases[0] if spec.aliases else spec.name} "
+                                   f"--checkpoint-dir {root}` or point --checkpoint-dir at your checkpoints folder.")
+    return CheckpointPaths(
+        network=net_file,
+        tokenizer=(root / spec.files_of(TOKENIZER)[0].local).parent,
+        text_encoder=(root / spec.files_of(TEXT_ENCODER)[0].local).parent,
+    )
+
+
+class Placed:
+    """A component and its placement: resident on ``device``, or moved there only while its stage runs."""
+
+    def __init__(self, module, placement: str, device: torch.device):
+        self.module, self.placement, self.device = module, placement, device
+
+    @contextmanager
+    def active(self):
+        swap = self.placement == "swap" and self.device.type == "cuda"
+        if swap:
+            self.module.to(self.device)
+        try:
+            yield self.module
+        finally:
+            if swap:
+                self.module.to("cpu")
+                torch.cuda.empty_cache()
+
+
+def latent_condition_frames(num_input_frames: int, temporal_compression: int = 8) -> int:
+    """Latent frames that hold ``num_input_frames`` pixel frames of a causal 1+8k tokenizer (1 -> 1, 9 -> 2)."""
+    return 1 + (num_input_frames - 1 + temporal_compression - 1) // temporal_compression
+
+
+def to_uint8(video: torch.Tensor, numerics: str):
+    """[1,3,T,H,W] in [-1,1] -> [T,H,W,3] uint8. ``original`` reproduces the bf16 math and truncation."""
+    if numerics == "original":
+        v = ((1.0 + video.to(torch.bfloat16)).clamp(0, 2) / 2)[0].permute(1, 2, 3, 0) * 255
+        return v.to(torch.uint8).cpu().numpy()
+    v = ((video.float() + 1.0) / 2).clamp(0, 1)[0].permute(1, 2, 3, 0) * 255
+    return v.round().to(torch.uint8).cpu().numpy()
+
+
+class Predict1Pipeline:
+    """Loaded once; ``generate`` runs one job and keeps the models where the plan put them."""
+
+    def __init__(self, spec: ModelSpec, plan: MemoryPlan, device: torch.device, network, tokenizer, text_encoder,
+                 numerics: str = "fp32"):
+        self.spec, self.plan, self.device, self.numerics = spec, plan, device, numerics
+        self.network = Placed(network, plan.placement(NETWORK), device)
+        self.tokenizer = Placed(tokenizer, plan.placement(TOKENIZER), device)
+        self.text_encoder = Placed(text_encoder, plan.placement(TEXT_ENCODER), device)
+
+    @classmethod
+    def load(cls, spec: ModelSpec, plan: MemoryPlan, *, checkpoint_dir: Path, device: str | torch.device,
+             numerics: str = "fp32", network_dir: str | None = None, progress: Progress | None = None):
+        from .checkpoint import load_network
+        from .text_encoder import T5TextEncoder
+        from .tokenizer import load_tokenizer
+
+        if numerics not in NUMERICS:
+            raise GenerationError(f"--numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
+        progress = progress or NullProgress()
+        device = torch.device(device)
+        paths = checkpoint_paths(spec, checkpoint_dir, network_dir)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+        def where(component: str) -> torch.device:
+            return device if plan.placement(component) == "gpu" or device.type != "cuda" else torch.device("cpu")
+
+        with progress.stage("loading the text encoder"):
+            text_encoder = T5TextEncoder.load(paths.text_encoder, device=where(TEXT_ENCODER), dtype=dtype,
+                                              max_length=spec.text_encoder.max_length)
+        with progress.stage("loading the tokenizer"):
+            tokenizer = load_tokenizer(paths.tokenizer, spec.tokenizer, device=where(TOKENIZER), dtype=dtype)
+        with progress.stage("loading the diffusion network"):
+            network = load_network(paths.network, spec.network, device=where(NETWORK), dtype=dtype,
+                                   rope_mode="compat" if numerics == "original" else "fp32")
+        return cls(spec, plan, device, network, tokenizer, text_encoder, numerics)
+
+    def close(self) -> None:
+        self.network = self.tokenizer = self.text_encoder = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- stages --------------------------------------------------------------------------------------------
+
+    def encode_video(self, job: GenerationJob) -> tuple[torch.Tensor, int]:
+        from cosmos_cli.media import frames_to_tensor, read_frames
+
+        spec = self.spec
+        frames = read_frames(job.visual_input, job.num_input_frames)
+        pixels = frames_to_tensor(frames, spec.height, spec.width, resize=job.resize,
+                                  dtype=torch.bfloat16 if self.numerics == "original" else torch.float32)
+        pad = spec.num_frames - pixels.shape[2]
+        if pad < 0:
+            raise GenerationError(f"{job.visual_input}: {pixels.shape[2]} input frames, the model takes at most "
+                                  f"{spec.num_frames}")
+        pixels = torch.nn.functional.pad(pixels, (0, 0, 0, 0, 0, pad))  # zeros (mid-grey) after the input frames
+        with self.tokenizer.active() as tok:
+            dtype = next(tok.parameters()).dtype
+            latent = tok.encode(pixels.to(self.device, dtype)) * SIGMA_DATA
+        return latent.to(torch.bfloat16), latent_condition_frames(job.num_input_frames,
+                                                                   spec.tokenizer.temporal_compression)
+
+    def encode_text(self, prompt: str, negative_prompt: str) -> torch.Tensor:
+        with self.text_encoder.active() as te:
+            emb = te.encode([prompt, negative_prompt])
+        return emb.to(self.device, torch.bfloat16)
+
+    def denoise(self, job: GenerationJob, condition_latent: torch.Tensor, num_condition_frames: int,
+                text_emb: torch.Tensor, progress: Progress) -> torch.Tensor:
+        B, _, T, H, W = condition_latent.shape
+        with self.network.active() as net:
+            dtype = net.x_embedder.proj[1].weight.dtype
+            tables = net.prepare(T, H, W, float(job.fps), device=self.device, dtype=dtype)
+            mask = torch.zeros(1, 1, T, H, W, dtype=dtype, device=self.device)
+            mask[:, :, :num_condition_frames] = 1
+            emb = text_emb.to(dtype)
+
+            def model_fn(x_scaled, t):
+                if self.plan.cfg_batched:
+                    out = net(torch.cat([x_scaled, x_scaled]), t.expand(2), emb, job.fps, mask, tables=tables)
+                    return out[:1], out[1:]
+                f_c = net(x_scaled, t, emb[:1], job.fps, mask, tables=tables)
+                f_u = net(x_scaled, t, emb[1:], job.fps, mask, tables=tables)
+                return f_c, f_u
+
+            advance = progress.steps(job.num_steps, "denoising")
+            try:
+                latent = S.sample(
+                    model_fn,
+                    noise=S.initial_noise(condition_latent.shape, seed=job.seed, device=self.device),
+                    condition_latent=condition_latent,
+                    num_condition_frames=num_condition_frames,
+                    augment=S.augment_noise(condition_latent.shape, seed=job.seed, device=self.device),
+                    num_steps=job.num_steps,
+                    guidance=job.guidance,
+                    numerics=self.numerics,
+                    on_step=lambda info: advance(),
+                )
+            finally:
+                progress.done_steps()
+        return latent
+
+    def decode(self, latent: torch.Tensor):
+        with self.tokenizer.active() as tok:
+            dtype = next(tok.parameters()).dtype
+            video = tok.decode((latent / SIGMA_DATA).to(dtype))
+        return to_uint8(video, self.numerics)
+
+    # -- one job -------------------------------------------------------------------------------------------
+
+    def generate(self, job: GenerationJob, progress: Progress, *, video_path: Path, prompt_path: Path | None = None
+                 ) -> GenerationResult:
+        from cosmos_cli.media import write_text, write_video
+
+        if job.prompt is None:
+            raise GenerationError("no prompt: pass --prompt (the prompt upsampler is not available yet)")
+        timings: dict[str, float] = {}
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        @contextmanager
+        def timed(name: str, label: str):
+            with progress.stage(label):
+                t0 = time.perf_counter()
+                yield
+                if cuda:
+                    torch.cuda.synchronize(self.device)
+                timings[name] = time.perf_counter() - t0
+
+        with torch.inference_mode():
+            with timed("encode_video", "encoding the input frames"):
+                condition_latent, n_cond = self.encode_video(job)
+            with timed("encode_text", "encoding the prompt"):
+                text_emb = self.encode_text(job.prompt, job.negative_prompt)
+            t0 = time.perf_counter()
+            latent = self.denoise(job, condition_latent, n_cond, text_emb, progress)
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            timings["denoise"] = time.perf_counter() - t0
+            with timed("decode", "decoding the video"):
+                frames = self.decode(latent)
+        with timed("write", f"writing {video_path}"):
+            write_video(video_path, frames, fps=job.fps)
+            if prompt_path is not None:
+                write_text(prompt_path, job.prompt)
+        peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
+        return GenerationResult(video_path, prompt_path, job.prompt, "ok", "", timings, peak)
