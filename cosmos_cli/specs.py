@@ -28,11 +28,31 @@ UPSAMPLER, GUARDRAIL, TEXT_ENCODER, TOKENIZER, NETWORK = (
 
 @dataclass(frozen=True)
 class CheckpointFile:
-    """One file a model needs: where it comes from on the Hub and where it lives locally.
+    """One file (or one set of files) a model needs: where it comes from on the Hub and where it lives locally.
 
     ``local`` is relative to the checkpoint folder and follows the original project's layout, so a
     ``checkpoints/`` folder written by the original download script works unchanged. ``component`` names the
-    component that reads the file (a planner component name).
+    component that reads the file (a planner component name). ``md5`` is the original script's checksum, where
+    it lists one; ``cosmos download`` checks it besides the Hub's SHA-256.
+
+    Three kinds of entry, told apart by their fields:
+
+    * a plain file: ``filename`` is a path in ``repo`` and ``local`` the file's path, which ends with
+      ``filename`` (the part before it is the folder the repository's root maps to, as with
+      ``hf_hub_download(local_dir=...)``).
+    * a pattern: ``filename`` holds ``*``, ``?`` or ``[`` and is matched against every path in the repository
+      with :func:`fnmatch.fnmatchcase` (``*`` crosses ``/``, as in huggingface_hub's ``allow_patterns``, so
+      ``guardrail/*`` is the whole folder); ``local`` is then the folder the repository's root maps to. A
+      pattern must match at least one file.
+    * ``hf_cache=True``: ``local`` is a huggingface_hub cache folder, the ``cache_dir=`` that transformers'
+      ``from_pretrained`` reads (the original's guardrail folders); the file lands in
+      ``<local>/models--<org>--<name>/snapshots/<commit>/<filename>``. Such an entry is skipped when another
+      entry's files already fill that cache folder (a model repository that ships it).
+
+    ``convert`` names a conversion (``cosmos_cli.download.CONVERSIONS``): the remote file is fetched into the
+    staging folder ``<repository name>/`` (the original's ``Pixtral-12B-2409/``), the conversion writes
+    ``local`` from all the files of its group, and the staging folder is removed afterwards.
+    ``revision`` is the branch, tag or commit to fetch.
     """
 
     component: str
@@ -40,6 +60,9 @@ class CheckpointFile:
     filename: str
     local: str
     md5: str | None = None
+    revision: str = "main"
+    hf_cache: bool = False
+    convert: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""`cosmos download`: fetch the checkpoints a model reads, resumably and checked, in the original's layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cosmos_cli import download as dl
+from cosmos_cli.errors import UsageError
+from cosmos_cli.options import CheckpointDirOpt
+
+ModelsArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Models to fetch: names or aliases (7B 14B). Default: the default model.", show_default=False),
+]
+ModelListOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model", "-m", "--model-sizes", "--model_sizes",
+                 help="A model to fetch (repeatable; `--model 7B 14B` works too).", show_default=False),
+]
+ModelTypesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model-types", "--model_types",
+                 help="Accepted for the original script's commands: Video2World is the only type.", show_default=False),
+]
+UpsamplerOpt = Annotated[bool, typer.Option("--upsampler/--no-upsampler", help="Fetch the prompt upsampler (Pixtral-12B).")]
+GuardrailOpt = Annotated[bool, typer.Option("--guardrail/--no-guardrail", help="Fetch the guardrail models.")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="Hugging Face token. Default: HF_TOKEN, else the stored login (`hf auth login`).",
+                 show_default=False),
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", "--dry_run",
+                                         help="List every repository and file with its size, the total and the free disk; fetch nothing.")]
+VerifyOpt = Annotated[bool, typer.Option("--verify", help="Re-hash the files already in the folder and name any bad one.")]
+
+
+def download(
+    models: ModelsArg = None,
+    model: ModelListOpt = None,
+    model_types: ModelTypesOpt = None,
+    checkpoint_dir: CheckpointDirOpt = Path("checkpoints"),
+    upsampler: UpsamplerOpt = True,
+    guardrail: GuardrailOpt = True,
+    token: TokenOpt = None,
+    dry_run: DryRunOpt = False,
+    verify: VerifyOpt = False,
+) -> None:
+    """Download the checkpoints a model reads (and nothing else), resume interrupted transfers, verify hashes."""
+    if dry_run and verify:
+        raise UsageError("--dry-run and --verify do not go together")
+    specs = dl.resolve_models([*(model or []), *(models or [])], model_types or [])
+    files = dl.select_files(specs, upsampler=upsampler, guardrail=guardrail)
+    plan = dl.plan_download(files, checkpoint_dir, token=token)
+    if dry_run:
+        typer.echo(dl.format_plan(plan))
+        return
+    if verify:
+        report = dl.verify(plan)
+        for local, problem in report.bad:
+            typer.echo(f"BAD {local}: {problem}")
+        typer.echo(f"{len(report.checked)} files verified, {len(report.bad)} bad, in {checkpoint_dir}")
+        if report.bad:
+            raise dl.VerifyFailed(f"{len(report.bad)} file(s) missing or damaged in {checkpoint_dir}: "
+                                  + ", ".join(local for local, _ in report.bad[:5])
+                                  + (" ..." if len(report.bad) > 5 else ""),
+                                  hint="Run `cosmos download` with the same options to fetch them again.")
+        return
+    report = dl.download(plan, token=token)
+    typer.echo(f"{len(plan.files)} files ready in {checkpoint_dir}: {len(report.fetched)} fetched "
+               f"({dl.human_bytes(report.fetched_bytes)}), {len(report.checked)} checked"
+               + (f", converted {', '.join(report.converted)}" if report.converted else ""))
