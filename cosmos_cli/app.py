@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from cosmos_cli import __version__
-from cosmos_cli.commands import backends, memory_plan, validate
+from cosmos_cli.commands import backends, download, generate, memory_plan, validate
 from cosmos_cli.errors import CosmosError
 
 
@@ -36,13 +36,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     """cosmos: Video2World generation that fits your GPU."""
 
 
+app.command("generate")(generate.generate)
 app.command("validate")(validate.validate)
+app.command("download")(download.download)
 app.command("memory-plan")(memory_plan.memory_plan)
 app.command("backends")(backends.backends)
 
