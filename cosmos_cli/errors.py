@@ -70,3 +70,9 @@ class OutputExistsError(CosmosError):
 
 class MissingDependencyError(CosmosError):
     """An optional dependency is not installed."""
+
+
+class GuardrailBlocked(CosmosError):
+    """A guardrail blocked the prompt or the video: nothing was written."""
+
+    default_hint = "Change the prompt or the input. Blocked outputs are never written."

@@ -10,13 +10,24 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cosmos_cli.errors import GenerationError, InputError, MemoryPlanError, OutputExistsError, UsageError
+from cosmos_cli.errors import (
+    GenerationError,
+    GuardrailBlocked,
+    InputError,
+    MemoryPlanError,
+    OutputExistsError,
+    UsageError,
+)
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
 from cosmos_cli.planner import STRATEGY_NAMES, MemoryPlan, plan_memory, strategy_for_original_flags
 from cosmos_cli.progress import NullProgress, Progress
 from cosmos_cli.registry import default_model_name, find_model
-from cosmos_cli.specs import ModelSpec
+from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
 
+GUARDRAIL_LICENSE_WARNING = (
+    "warning: the safety guardrails are disabled. The NVIDIA Open Model License ties your rights to use the model "
+    "to keeping its guardrails; you are responsible for what you generate."
+)
 NAME_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,200}$")
 RESIZE_MODES = ("stretch", "crop", "pad")
 
@@ -39,6 +50,7 @@ class GenerateRequest:
     overwrite: bool = False
     disable_prompt_upsampler: bool = False
     disable_guardrail: bool = False
+    upsampler_ignores_prompt: bool = False
     offload: str = "auto"
     original_offload_flags: frozenset[str] = field(default_factory=frozenset)
     num_gpus: int = 1
@@ -106,8 +118,9 @@ def make_job(req: GenerateRequest, spec: ModelSpec, name: str) -> GenerationJob:
     if req.resize not in RESIZE_MODES:
         raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {req.resize!r}")
     prompt = req.prompt.strip() if req.prompt else None
-    if not prompt:
-        raise UsageError("a prompt is required: pass --prompt \"...\"")
+    if not prompt and (req.disable_prompt_upsampler or spec.component(UPSAMPLER) is None):
+        why = "with --disable-prompt-upsampler" if req.disable_prompt_upsampler else f"({spec.name} has no upsampler)"
+        raise UsageError(f"a prompt is required {why}: pass --prompt \"...\"")
     return GenerationJob(
         visual_input=Path(req.input_path).resolve(),
         prompt=prompt,
@@ -119,6 +132,7 @@ def make_job(req: GenerateRequest, spec: ModelSpec, name: str) -> GenerationJob:
         fps=spec.fps if req.fps is None else req.fps,
         name=name,
         resize=req.resize,
+        upsampler_ignores_prompt=req.upsampler_ignores_prompt,
     )
 
 
@@ -146,21 +160,16 @@ def plan_for(spec: ModelSpec, req: GenerateRequest, device: str) -> MemoryPlan:
     return plan
 
 
-def check_stages_available(req: GenerateRequest) -> None:
-    if not req.disable_prompt_upsampler:
-        raise UsageError("the prompt upsampler is not available in this version",
-                         hint="Pass --disable-prompt-upsampler and give your own --prompt.")
-    if not req.disable_guardrail:
-        raise UsageError("the guardrails are not available in this version",
-                         hint="Pass --disable-guardrail (the model licence expects guardrails: use this only where "
-                              "that is acceptable).")
-
-
 def generate(req: GenerateRequest, progress: Progress | None = None) -> GenerationResult:
     progress = progress or NullProgress()
     backend, spec = None, resolve_model(req.model, req.network_dir)
     backend = find_model(spec.name)[0]
-    check_stages_available(req)
+    if req.disable_guardrail:
+        progress.warning(GUARDRAIL_LICENSE_WARNING)
+    elif spec.component(GUARDRAIL) is None:
+        progress.warning(f"note: {spec.name} has no guardrail models; the video is not safety-checked")
+    if not req.disable_prompt_upsampler and spec.component(UPSAMPLER) is None:
+        progress.warning(f"note: {spec.name} has no prompt upsampler; your prompt is used as given")
     if req.num_gpus != 1:
         raise UsageError("--num-gpus > 1 (context parallelism) is not available in this version",
                          hint="Run on one GPU.")
@@ -174,7 +183,10 @@ def generate(req: GenerateRequest, progress: Progress | None = None) -> Generati
                                       options={"numerics": req.numerics, "network_dir": req.network_dir})
     try:
         video_path.parent.mkdir(parents=True, exist_ok=True)
-        return pipeline.generate(job, progress, video_path=video_path, prompt_path=prompt_path)
+        result = pipeline.generate(job, progress, video_path=video_path, prompt_path=prompt_path)
+        if result.status == "blocked":
+            raise GuardrailBlocked(f"blocked by the guardrail ({result.message}); nothing was written")
+        return result
     except MemoryError as exc:
         raise GenerationError(f"out of host memory: {exc}") from exc
     finally:

@@ -47,6 +47,7 @@ class GenerationJob:
     name: str = "output"
     line: int | None = None
     resize: str = "stretch"
+    upsampler_ignores_prompt: bool = False
 
     def params(self) -> dict[str, Any]:
         """The values that determine the output (for resume checks and reports)."""
@@ -60,6 +61,7 @@ class GenerationJob:
             "num_steps": self.num_steps,
             "fps": self.fps,
             "resize": self.resize,
+            "upsampler_ignores_prompt": self.upsampler_ignores_prompt,
         }
 
 

@@ -112,3 +112,9 @@ ResizeOpt = Annotated[
     str,
     typer.Option("--resize", help="How the input is fitted to the model's size: stretch (the original's), crop or pad."),
 ]
+UpsamplerIgnoresPromptOpt = Annotated[
+    bool,
+    typer.Option("--upsampler-ignores-prompt",
+                 help="Let the prompt upsampler caption the input alone, discarding --prompt (the original's behaviour). "
+                      "By default it refines your prompt."),
+]

@@ -27,6 +27,10 @@ class Progress:
     def message(self, text: str) -> None:
         pass
 
+    def warning(self, text: str) -> None:
+        """Warnings are shown even when progress is not."""
+        print(text, file=sys.stderr)
+
 
 class NullProgress(Progress):
     pass
@@ -71,6 +75,9 @@ class RichProgress(Progress):
 
     def message(self, text: str) -> None:
         self.console.print(text)
+
+    def warning(self, text: str) -> None:
+        self.console.print(f"[yellow]{text}[/yellow]")
 
 
 def stderr_is_interactive() -> bool:

@@ -31,6 +31,7 @@ def generate(
     overwrite: o.OverwriteOpt = False,
     disable_prompt_upsampler: o.DisableUpsamplerOpt = False,
     disable_guardrail: o.DisableGuardrailOpt = False,
+    upsampler_ignores_prompt: o.UpsamplerIgnoresPromptOpt = False,
     offload: o.OffloadOpt = "auto",
     offload_diffusion_transformer: o.OffloadNetworkOpt = False,
     offload_tokenizer: o.OffloadTokenizerOpt = False,
@@ -55,7 +56,7 @@ def generate(
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
         num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
         output_dir=output_dir, name=name, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
-        disable_guardrail=disable_guardrail, offload=offload, original_offload_flags=frozenset(flags),
+        disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload, original_offload_flags=frozenset(flags),
         num_gpus=num_gpus, device=device, numerics=numerics, resize=resize,
     )
     result = run_generate(request, NullProgress() if as_json else RichProgress())

@@ -19,7 +19,7 @@ from cosmos_cli.errors import CheckpointError, GenerationError
 from cosmos_cli.jobs import GenerationJob, GenerationResult
 from cosmos_cli.planner import MemoryPlan
 from cosmos_cli.progress import NullProgress, Progress
-from cosmos_cli.specs import NETWORK, TEXT_ENCODER, TOKENIZER, ModelSpec
+from cosmos_cli.specs import GUARDRAIL, NETWORK, TEXT_ENCODER, TOKENIZER, UPSAMPLER, ModelSpec
 
 from . import sampler as S
 
@@ -32,6 +32,8 @@ class CheckpointPaths:
     network: Path
     tokenizer: Path
     text_encoder: Path
+    upsampler: Path | None = None
+    guardrail_root: Path | None = None
 
 
 def checkpoint_paths(spec: ModelSpec, checkpoint_dir: Path, network_dir: str | None = None) -> CheckpointPaths:
@@ -53,10 +55,13 @@ def checkpoint_paths(spec: ModelSpec, checkpoint_dir: Path, network_dir: str | N
         raise CheckpointError(f"{root}: missing checkpoint files for {spec.name}: {shown}",
                               hint=f"Run `cosmos download --model {spec.aliases[0] if spec.aliases else spec.name} "
                                    f"--checkpoint-dir {root}` or point --checkpoint-dir at your checkpoints folder.")
+    ups = spec.files_of(UPSAMPLER)
     return CheckpointPaths(
         network=net_file,
         tokenizer=(root / spec.files_of(TOKENIZER)[0].local).parent,
         text_encoder=(root / spec.files_of(TEXT_ENCODER)[0].local).parent,
+        upsampler=(root / ups[0].local).parent if ups else None,
+        guardrail_root=root,
     )
 
 
@@ -94,14 +99,23 @@ def to_uint8(video: torch.Tensor, numerics: str):
 
 
 class Predict1Pipeline:
-    """Loaded once; ``generate`` runs one job and keeps the models where the plan put them."""
+    """Loaded once; ``generate`` runs one job and keeps the models where the plan put them.
+
+    The prompt upsampler and the guardrails are loaded when the plan includes them (they are left out of the
+    plan by ``--disable-prompt-upsampler`` / ``--disable-guardrail``).
+    """
 
     def __init__(self, spec: ModelSpec, plan: MemoryPlan, device: torch.device, network, tokenizer, text_encoder,
-                 numerics: str = "fp32"):
+                 numerics: str = "fp32", upsampler=None, text_guardrail=None, video_guardrail=None):
         self.spec, self.plan, self.device, self.numerics = spec, plan, device, numerics
         self.network = Placed(network, plan.placement(NETWORK), device)
         self.tokenizer = Placed(tokenizer, plan.placement(TOKENIZER), device)
         self.text_encoder = Placed(text_encoder, plan.placement(TEXT_ENCODER), device)
+        self.upsampler = Placed(upsampler, plan.placement(UPSAMPLER), device) if upsampler is not None else None
+        self.text_guardrail = (Placed(text_guardrail, plan.placement(GUARDRAIL), device)
+                               if text_guardrail is not None else None)
+        self.video_guardrail = (Placed(video_guardrail, plan.placement(GUARDRAIL), device)
+                                if video_guardrail is not None else None)
 
     @classmethod
     def load(cls, spec: ModelSpec, plan: MemoryPlan, *, checkpoint_dir: Path, device: str | torch.device,
@@ -128,10 +142,28 @@ class Predict1Pipeline:
         with progress.stage("loading the diffusion network"):
             network = load_network(paths.network, spec.network, device=where(NETWORK), dtype=dtype,
                                    rope_mode="compat" if numerics == "original" else "fp32")
-        return cls(spec, plan, device, network, tokenizer, text_encoder, numerics)
+        upsampler = text_guardrail = video_guardrail = None
+        if plan.placement(UPSAMPLER) != "absent":
+            from .upsampler import PromptUpsampler
+
+            if paths.upsampler is None:
+                raise CheckpointError(f"{spec.name} has no prompt upsampler", hint="Pass --disable-prompt-upsampler.")
+            with progress.stage("loading the prompt upsampler"):
+                upsampler = PromptUpsampler.load(paths.upsampler, device=str(where(UPSAMPLER)), dtype=dtype,
+                                                 processor_folder=paths.guardrail_root / "mistral-community/pixtral-12b")
+        if plan.placement(GUARDRAIL) != "absent":
+            from .guardrails import TextGuardrail, VideoGuardrail, find_guardrail_dir
+
+            folder = find_guardrail_dir(paths.guardrail_root, paths.network.parent.name)
+            with progress.stage("loading the guardrails"):
+                text_guardrail = TextGuardrail.load(folder, device=str(where(GUARDRAIL)), dtype=dtype)
+                video_guardrail = VideoGuardrail.load(folder, device=str(where(GUARDRAIL)))
+        return cls(spec, plan, device, network, tokenizer, text_encoder, numerics, upsampler, text_guardrail,
+                   video_guardrail)
 
     def close(self) -> None:
         self.network = self.tokenizer = self.text_encoder = None
+        self.upsampler = self.text_guardrail = self.video_guardrail = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -203,12 +235,22 @@ class Predict1Pipeline:
 
     # -- one job -------------------------------------------------------------------------------------------
 
+    def final_prompt(self, job: GenerationJob) -> str:
+        """The prompt the network sees: the upsampler's (refining the user's prompt unless told to ignore it)."""
+        if self.upsampler is None:
+            if not job.prompt:
+                raise GenerationError("no prompt: pass --prompt, or enable the prompt upsampler")
+            return job.prompt
+        from cosmos_cli.media import read_frames
+
+        image = read_frames(job.visual_input, 1)[0]  # the input image or the video's last frame
+        with self.upsampler.active() as ups:
+            return ups.upsample(image, job.prompt, seed=job.seed, ignore_prompt=job.upsampler_ignores_prompt)
+
     def generate(self, job: GenerationJob, progress: Progress, *, video_path: Path, prompt_path: Path | None = None
                  ) -> GenerationResult:
         from cosmos_cli.media import write_text, write_video
 
-        if job.prompt is None:
-            raise GenerationError("no prompt: pass --prompt (the prompt upsampler is not available yet)")
         timings: dict[str, float] = {}
         cuda = self.device.type == "cuda"
         if cuda:
@@ -223,11 +265,25 @@ class Predict1Pipeline:
                     torch.cuda.synchronize(self.device)
                 timings[name] = time.perf_counter() - t0
 
+        def blocked(verdict, prompt) -> GenerationResult:
+            return GenerationResult(None, None, prompt, "blocked", f"{verdict.component}: {verdict.reason}", timings,
+                                    torch.cuda.max_memory_allocated(self.device) if cuda else None)
+
         with torch.inference_mode():
+            if self.upsampler is not None:
+                with timed("upsample", "upsampling the prompt"):
+                    prompt = self.final_prompt(job)
+            else:
+                prompt = self.final_prompt(job)
+            if self.text_guardrail is not None:
+                with timed("text_guardrail", "checking the prompt"), self.text_guardrail.active() as guard:
+                    verdict = guard.check(prompt)
+                if not verdict.safe:
+                    return blocked(verdict, prompt)
             with timed("encode_video", "encoding the input frames"):
                 condition_latent, n_cond = self.encode_video(job)
             with timed("encode_text", "encoding the prompt"):
-                text_emb = self.encode_text(job.prompt, job.negative_prompt)
+                text_emb = self.encode_text(prompt, job.negative_prompt)
             t0 = time.perf_counter()
             latent = self.denoise(job, condition_latent, n_cond, text_emb, progress)
             if cuda:
@@ -235,9 +291,14 @@ class Predict1Pipeline:
             timings["denoise"] = time.perf_counter() - t0
             with timed("decode", "decoding the video"):
                 frames = self.decode(latent)
+            if self.video_guardrail is not None:
+                with timed("video_guardrail", "checking the video"), self.video_guardrail.active() as guard:
+                    verdict, frames = guard.check(frames)
+                if not verdict.safe:
+                    return blocked(verdict, prompt)
         with timed("write", f"writing {video_path}"):
             write_video(video_path, frames, fps=job.fps)
             if prompt_path is not None:
-                write_text(prompt_path, job.prompt)
+                write_text(prompt_path, prompt)
         peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
-        return GenerationResult(video_path, prompt_path, job.prompt, "ok", "", timings, peak)
+        return GenerationResult(video_path, prompt_path, prompt, "ok", "", timings, peak)
