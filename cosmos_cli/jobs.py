@@ -76,6 +76,7 @@ class GenerationResult:
     message: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
+    stage_peak_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

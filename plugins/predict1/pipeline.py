@@ -9,7 +9,7 @@ them as the memory plan says, and generates one job at a time:
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,22 +252,30 @@ class Predict1Pipeline:
         from cosmos_cli.media import write_text, write_video
 
         timings: dict[str, float] = {}
+        peaks: dict[str, int] = {}
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
 
         @contextmanager
-        def timed(name: str, label: str):
-            with progress.stage(label):
+        def timed(name: str, label: str | None):
+            """Time a stage and, on a GPU, record its own peak of allocated memory (label None: no spinner)."""
+            overall = torch.cuda.max_memory_allocated(self.device) if cuda else 0
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+            with progress.stage(label) if label else nullcontext():
                 t0 = time.perf_counter()
                 yield
                 if cuda:
                     torch.cuda.synchronize(self.device)
                 timings[name] = time.perf_counter() - t0
+            if cuda:
+                peaks[name] = torch.cuda.max_memory_allocated(self.device)
+                peaks["overall"] = max(overall, peaks[name], peaks.get("overall", 0))
 
         def blocked(verdict, prompt) -> GenerationResult:
             return GenerationResult(None, None, prompt, "blocked", f"{verdict.component}: {verdict.reason}", timings,
-                                    torch.cuda.max_memory_allocated(self.device) if cuda else None)
+                                    peaks.get("overall"), peaks)
 
         with torch.inference_mode():
             if self.upsampler is not None:
@@ -284,11 +292,8 @@ class Predict1Pipeline:
                 condition_latent, n_cond = self.encode_video(job)
             with timed("encode_text", "encoding the prompt"):
                 text_emb = self.encode_text(prompt, job.negative_prompt)
-            t0 = time.perf_counter()
-            latent = self.denoise(job, condition_latent, n_cond, text_emb, progress)
-            if cuda:
-                torch.cuda.synchronize(self.device)
-            timings["denoise"] = time.perf_counter() - t0
+            with timed("denoise", None):  # the sampler shows its own step bar
+                latent = self.denoise(job, condition_latent, n_cond, text_emb, progress)
             with timed("decode", "decoding the video"):
                 frames = self.decode(latent)
             if self.video_guardrail is not None:
@@ -300,5 +305,4 @@ class Predict1Pipeline:
             write_video(video_path, frames, fps=job.fps)
             if prompt_path is not None:
                 write_text(prompt_path, prompt)
-        peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
-        return GenerationResult(video_path, prompt_path, prompt, "ok", "", timings, peak)
+        return GenerationResult(video_path, prompt_path, prompt, "ok", "", timings, peaks.get("overall"), peaks)
