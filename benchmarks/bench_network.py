@@ -112,11 +112,46 @@ def diffusers_network(p: DiTParams, state: dict, device: str = "cuda"):
     return net.eval().requires_grad_(False)
 
 
+def rebuild_network(p: DiTParams, state: dict, device: str = "cuda") -> VideoExtendGeneralDIT:
+    with torch.device("meta"):
+        net = VideoExtendGeneralDIT(p, rope_mode="fp32")
+    net.load_state_dict(state, strict=True, assign=True)
+    net.init_buffers(device)
+    return net.eval().requires_grad_(False)
+
+
+def time_diffusers(p: DiTParams, state: dict, x, emb, mask, t, args, res: dict):
+    dnet = diffusers_network(p, state)
+    pm = torch.zeros(1, 1, 704, 1280, device="cuda", dtype=torch.bfloat16)
+
+    def theirs():
+        return dnet(hidden_states=x, timestep=t, encoder_hidden_states=emb[:1], fps=24, condition_mask=mask,
+                    padding_mask=pm, return_dict=False)[0]
+
+    with torch.no_grad():
+        res["diffusers_b1_s"] = timed(theirs, 1, args.repeats)
+        res["diffusers_b1_peak_gib"] = peak_of(theirs) / GiB
+        out = theirs().float()
+    res["diffusers_b1_tflops"] = forward_flops(p) / res["diffusers_b1_s"] / 1e12
+    res["diffusers_step_s"] = 2 * res["diffusers_b1_s"]  # the pipeline's two B=1 forwards per step
+    dnet = None  # free it (the closure above must not outlive this call)
+    torch.cuda.empty_cache()
+    return out
+
+
 def run_model(label: str, p: DiTParams, args) -> dict:
-    res: dict = {"model": label, "forward_pflop": forward_flops(p) / 1e15}
+    res: dict = {"model": label, "forward_pflop": forward_flops(p) / 1e15,
+                 "order": "diffusers first" if args.diffusers_first else "ours first"}
     net = random_network(p, seed=0)
     res["params"] = sum(t.numel() for t in net.parameters())
+    res["weights_gib"] = torch.cuda.memory_allocated() / GiB
     x, emb, mask, t = make_inputs(p, seed=1)
+    state = dict(net.state_dict())
+    out_theirs = None
+    if args.diffusers_first and not args.skip_diffusers:
+        net = None
+        out_theirs = time_diffusers(p, state, x, emb, mask, t, args, res)
+        net = rebuild_network(p, state)
     tables = net.prepare(*LATENT, 24.0)
     x2, t2 = torch.cat([x, x]), t.expand(2)
 
@@ -126,37 +161,23 @@ def run_model(label: str, p: DiTParams, args) -> dict:
     def ours_b2():
         return net(x2, t2, emb, 24.0, mask, tables=tables)
 
-    weights = torch.cuda.memory_allocated()
     with torch.no_grad():
         res["ours_b1_s"] = timed(ours_b1, 1, args.repeats)
         res["ours_b1_peak_gib"] = peak_of(ours_b1) / GiB
         res["ours_step_batched_s"] = timed(ours_b2, 1, args.repeats)
         res["ours_step_batched_peak_gib"] = peak_of(ours_b2) / GiB
         out_ours = ours_b1().float()
-    res["weights_gib"] = weights / GiB
     res["ours_b1_tflops"] = forward_flops(p) / res["ours_b1_s"] / 1e12
     res["ours_step_batched_tflops"] = forward_flops(p, 2) / res["ours_step_batched_s"] / 1e12
+    net = tables = None
+    torch.cuda.empty_cache()
     if not args.skip_diffusers:
-        state = dict(net.state_dict())
-        del net, tables
-        torch.cuda.empty_cache()
-        dnet = diffusers_network(p, state)
-        pm = torch.zeros(1, 1, 704, 1280, device="cuda", dtype=torch.bfloat16)
-
-        def theirs():
-            return dnet(hidden_states=x, timestep=t, encoder_hidden_states=emb[:1], fps=24, condition_mask=mask,
-                        padding_mask=pm, return_dict=False)[0]
-
-        with torch.no_grad():
-            res["diffusers_b1_s"] = timed(theirs, 1, args.repeats)
-            res["diffusers_b1_peak_gib"] = peak_of(theirs) / GiB
-            out_theirs = theirs().float()
-        res["diffusers_b1_tflops"] = forward_flops(p) / res["diffusers_b1_s"] / 1e12
-        res["diffusers_step_s"] = 2 * res["diffusers_b1_s"]  # the pipeline's two B=1 forwards per step
+        if out_theirs is None:
+            out_theirs = time_diffusers(p, state, x, emb, mask, t, args, res)
         res["ours_b1_vs_diffusers"] = res["ours_b1_s"] / res["diffusers_b1_s"]
         res["ours_step_vs_diffusers_step"] = res["ours_step_batched_s"] / res["diffusers_step_s"]
         res["output_rel_diff_bf16"] = ((out_ours - out_theirs).abs().max() / out_theirs.abs().max()).item()
-        del dnet, state
+    del state
     torch.cuda.empty_cache()
     return res
 
@@ -166,6 +187,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["7B", "14B"], choices=["7B", "14B"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-diffusers", action="store_true")
+    ap.add_argument("--diffusers-first", action="store_true",
+                    help="time diffusers before ours (nothing of ours has run in the process yet)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     specs = {"7B": PREDICT1_7B, "14B": PREDICT1_14B}
