@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cosmos_cli import __version__
-from cosmos_cli.commands import backends, download, generate, memory_plan, validate
+from cosmos_cli.commands import backends, batch, download, generate, memory_plan, validate
 from cosmos_cli.errors import CosmosError
 
 
@@ -43,6 +43,7 @@ def root(
 
 
 app.command("generate")(generate.generate)
+app.command("batch")(batch.batch)
 app.command("validate")(validate.validate)
 app.command("download")(download.download)
 app.command("memory-plan")(memory_plan.memory_plan)

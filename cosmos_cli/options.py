@@ -118,3 +118,23 @@ UpsamplerIgnoresPromptOpt = Annotated[
                  help="Let the prompt upsampler caption the input alone, discarding --prompt (the original's behaviour). "
                       "By default it refines your prompt."),
 ]
+BatchInputOpt = Annotated[
+    Path | None,
+    typer.Option("--batch-input-path", "--batch_input_path",
+                 help="Run every line of this JSONL file as `cosmos batch FILE` does (the original's flag); the "
+                      "other options are each line's defaults."),
+]
+SkipInvalidOpt = Annotated[
+    bool,
+    typer.Option("--skip-invalid", help="Run the valid lines of a batch file with errors; report the others as failed."),
+]
+FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop the batch at the first line that fails.")]
+GpusOpt = Annotated[
+    int,
+    typer.Option("--gpus", min=1, help="Worker processes, one model copy each on cuda:0..N-1 (on the CPU with "
+                                       "--device cpu); lines are shared out round-robin. Under torchrun: one per rank."),
+]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option("--report", help="Where to write the batch report (JSON). Default: OUTPUT_DIR/batch_report.json."),
+]

@@ -7,6 +7,8 @@ import json
 import typer
 
 from cosmos_cli import options as o
+from cosmos_cli.batch import BatchRequest
+from cosmos_cli.commands.batch import run_and_print as run_batch_and_print
 from cosmos_cli.errors import UsageError
 from cosmos_cli.generation import GenerateRequest
 from cosmos_cli.generation import generate as run_generate
@@ -42,23 +44,29 @@ def generate(
     device: o.DeviceOpt = "auto",
     numerics: o.NumericsOpt = "fp32",
     resize: o.ResizeOpt = "stretch",
+    batch_input_path: o.BatchInputOpt = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Generate a video continuing an image or video, guided by a prompt. Prints the output path."""
-    if input_path is None:
+    if batch_input_path is not None and (input_path is not None or name is not None):
+        raise UsageError("--batch-input-path names the inputs and outputs: drop --input and --video-save-name",
+                         hint="Put them in the batch file's visual_input and name keys.")
+    if input_path is None and batch_input_path is None:
         raise UsageError("an input is required: pass --input IMAGE_OR_VIDEO (or --input_image_or_video_path)")
     flags = {name for name, on in (
         ("offload_diffusion_transformer", offload_diffusion_transformer), ("offload_tokenizer", offload_tokenizer),
         ("offload_text_encoder_model", offload_text_encoder_model), ("offload_prompt_upsampler", offload_prompt_upsampler),
         ("offload_guardrail_models", offload_guardrail_models)) if on}
     request = GenerateRequest(
-        input_path=input_path, prompt=prompt, model=model, checkpoint_dir=checkpoint_dir, network_dir=network_dir,
+        input_path=input_path or batch_input_path, prompt=prompt, model=model, checkpoint_dir=checkpoint_dir, network_dir=network_dir,
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
         num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
         output_dir=output_dir, name=name, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
         disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload, original_offload_flags=frozenset(flags),
         num_gpus=num_gpus, device=device, numerics=numerics, resize=resize,
     )
+    if batch_input_path is not None:
+        return run_batch_and_print(BatchRequest(batch_input_path, request), as_json)
     result = run_generate(request, NullProgress() if as_json else RichProgress())
     if as_json:
         typer.echo(json.dumps({"video": str(result.video_path), "prompt_file": str(result.prompt_path),

@@ -1,0 +1,83 @@
+"""`cosmos batch`: every line of a JSONL file, validated first, resumable, one model per GPU."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cosmos_cli import options as o
+from cosmos_cli.batch import BatchDisplay, BatchRequest, is_primary, run_batch
+from cosmos_cli.errors import GenerationError
+from cosmos_cli.generation import GenerateRequest
+from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
+from cosmos_cli.progress import stderr_is_interactive
+
+
+def batch(
+    file: Annotated[Path, typer.Argument(help="Batch file: one JSON object per line (see schemas/batch_job.schema.json).")],
+    model: o.ModelOpt = None,
+    checkpoint_dir: o.CheckpointDirOpt = Path("checkpoints"),
+    network_dir: o.NetworkDirOpt = None,
+    prompt: o.PromptOpt = None,
+    negative_prompt: o.NegativePromptOpt = None,
+    num_input_frames: o.NumInputFramesOpt = None,
+    seed: o.SeedOpt = 1,
+    num_steps: o.NumStepsOpt = None,
+    guidance: o.GuidanceOpt = None,
+    fps: o.FpsOpt = None,
+    output_dir: o.OutputDirOpt = Path("outputs"),
+    overwrite: o.OverwriteOpt = False,
+    disable_prompt_upsampler: o.DisableUpsamplerOpt = False,
+    disable_guardrail: o.DisableGuardrailOpt = False,
+    upsampler_ignores_prompt: o.UpsamplerIgnoresPromptOpt = False,
+    offload: o.OffloadOpt = "auto",
+    offload_diffusion_transformer: o.OffloadNetworkOpt = False,
+    offload_tokenizer: o.OffloadTokenizerOpt = False,
+    offload_text_encoder_model: o.OffloadTextEncoderOpt = False,
+    offload_prompt_upsampler: o.OffloadUpsamplerOpt = False,
+    offload_guardrail_models: o.OffloadGuardrailOpt = False,
+    device: o.DeviceOpt = "auto",
+    numerics: o.NumericsOpt = "fp32",
+    resize: o.ResizeOpt = "stretch",
+    skip_invalid: o.SkipInvalidOpt = False,
+    fail_fast: o.FailFastOpt = False,
+    gpus: o.GpusOpt = 1,
+    report: o.ReportOpt = None,
+    as_json: o.JsonOpt = False,
+) -> None:
+    """Generate every line of a batch file. The options are each line's defaults; a line's keys override them
+    (a line without "seed" uses --seed). Finished lines are skipped when the same command runs again."""
+    flags = {name for name, on in (
+        ("offload_diffusion_transformer", offload_diffusion_transformer), ("offload_tokenizer", offload_tokenizer),
+        ("offload_text_encoder_model", offload_text_encoder_model), ("offload_prompt_upsampler", offload_prompt_upsampler),
+        ("offload_guardrail_models", offload_guardrail_models)) if on}
+    defaults = GenerateRequest(
+        input_path=file, prompt=prompt, model=model, checkpoint_dir=checkpoint_dir, network_dir=network_dir,
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
+        num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
+        output_dir=output_dir, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
+        disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload,
+        original_offload_flags=frozenset(flags), device=device, numerics=numerics, resize=resize,
+    )
+    run_and_print(BatchRequest(file, defaults, skip_invalid=skip_invalid, fail_fast=fail_fast, gpus=gpus,
+                               report_path=report), as_json)
+
+
+def run_and_print(request: BatchRequest, as_json: bool) -> None:
+    """Run the batch with a progress display on stderr; the summary on stdout; the exit code it earned."""
+    mode = "quiet" if as_json else ("rich" if stderr_is_interactive() else "lines")
+    outcome = run_batch(request, BatchDisplay(mode))
+    if is_primary():
+        typer.echo(json.dumps(outcome.summary(), indent=2) if as_json else outcome.summary_line())
+    if outcome.interrupted:
+        print("interrupted: run the same command again to resume (finished lines are skipped)", file=sys.stderr)
+        raise typer.Exit(130)
+    if outcome.exit_code:
+        missing = sum(not r.has_output for r in outcome.records)
+        raise GenerationError(f"{missing} of {len(outcome.records)} lines have no output",
+                              hint=f"See {outcome.report_path}; run the same command again to retry them "
+                                   "(finished lines are skipped).")
