@@ -7,8 +7,9 @@ output path, memory plan), so a mistake costs seconds, not a model load.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cosmos_cli.errors import (
     GenerationError,
@@ -23,6 +24,9 @@ from cosmos_cli.planner import STRATEGY_NAMES, MemoryPlan, plan_memory, strategy
 from cosmos_cli.progress import NullProgress, Progress
 from cosmos_cli.registry import default_model_name, find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
+
+if TYPE_CHECKING:
+    from cosmos_cli.backend import Backend, Pipeline
 
 GUARDRAIL_LICENSE_WARNING = (
     "warning: the safety guardrails are disabled. The NVIDIA Open Model License ties your rights to use the model "
@@ -160,9 +164,10 @@ def plan_for(spec: ModelSpec, req: GenerateRequest, device: str) -> MemoryPlan:
     return plan
 
 
-def generate(req: GenerateRequest, progress: Progress | None = None) -> GenerationResult:
-    progress = progress or NullProgress()
-    backend, spec = None, resolve_model(req.model, req.network_dir)
+def checked_model(req: GenerateRequest, progress: Progress) -> tuple[Backend, ModelSpec]:
+    """The backend and spec ``req`` names, after the checks and warnings every run makes before anything else
+    (shared by `generate` and `batch`)."""
+    spec = resolve_model(req.model, req.network_dir)
     backend = find_model(spec.name)[0]
     if req.disable_guardrail:
         progress.warning(GUARDRAIL_LICENSE_WARNING)
@@ -173,17 +178,52 @@ def generate(req: GenerateRequest, progress: Progress | None = None) -> Generati
     if req.num_gpus != 1:
         raise UsageError("--num-gpus > 1 (context parallelism) is not available in this version",
                          hint="Run on one GPU.")
+    return backend, spec
+
+
+def load_pipeline(backend: Backend, spec: ModelSpec, req: GenerateRequest, device: str, progress: Progress) -> Pipeline:
+    """Plan memory on ``device`` and load ``spec``'s models as the plan says (shared by `generate` and `batch`)."""
+    plan = plan_for(spec, req, device)
+    progress.message(f"{spec.name} on {device}: memory strategy {plan.strategy} ({plan.reason})")
+    return backend.build_pipeline(spec, plan, checkpoint_dir=Path(req.checkpoint_dir), device=device,
+                                  progress=progress, options={"numerics": req.numerics, "network_dir": req.network_dir})
+
+
+def generate(req: GenerateRequest, progress: Progress | None = None) -> GenerationResult:
+    progress = progress or NullProgress()
+    backend, spec = checked_model(req, progress)
     video_path, prompt_path = output_paths(Path(req.output_dir), req.name, req.overwrite)
     job = make_job(req, spec, video_path.stem)
     device = pick_device(req.device)
-    plan = plan_for(spec, req, device)
-    progress.message(f"{spec.name} on {device}: memory strategy {plan.strategy} ({plan.reason})")
-    pipeline = backend.build_pipeline(spec, plan, checkpoint_dir=Path(req.checkpoint_dir), device=device,
-                                      progress=progress,
-                                      options={"numerics": req.numerics, "network_dir": req.network_dir})
+    pipeline = load_pipeline(backend, spec, req, device, progress)
     try:
         video_path.parent.mkdir(parents=True, exist_ok=True)
-        result = pipeline.generate(job, progress, video_path=video_path, prompt_path=prompt_path)
+        # CUDA out of memory (the files are written only at the end, atomically, so none is half-written): under
+        # auto, retry once with the next leaner strategy; otherwise name the strategy to use.
+        import torch
+
+        from cosmos_cli.planner import leaner_strategy
+
+        for attempt in (1, 2):
+            oom = None
+            try:
+                result = pipeline.generate(job, progress, video_path=video_path, prompt_path=prompt_path)
+            except torch.cuda.OutOfMemoryError as exc:
+                oom = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"
+            if oom is None:
+                break  # leaving the except clause above dropped the failed attempt's tensors
+            strategy = getattr(getattr(pipeline, "plan", None), "strategy", req.offload)
+            leaner = leaner_strategy(strategy) if strategy in STRATEGY_NAMES else None
+            if leaner is None:
+                raise GenerationError(f"CUDA out of memory even under the leanest strategy, {strategy} ({oom})",
+                                      hint="Free GPU memory (other processes?) and see `cosmos memory-plan`.")
+            if req.offload != "auto" or req.original_offload_flags or attempt == 2:
+                raise GenerationError(f"CUDA out of memory under memory strategy {strategy}: "
+                                      f"use --offload {leaner} (or --offload auto)")
+            progress.warning(f"CUDA out of memory under memory strategy {strategy}; retrying once with the next "
+                             f"leaner one, {leaner}")
+            pipeline.close()
+            pipeline = load_pipeline(backend, spec, replace(req, offload=leaner), device, progress)
         if result.status == "blocked":
             raise GuardrailBlocked(f"blocked by the guardrail ({result.message}); nothing was written")
         return result

@@ -3,8 +3,10 @@
 A *strategy* says where each component lives at each stage of a generation. Strategies are ordered from
 the fastest (everything resident on the GPU) to the leanest. The first five offloading strategies are the
 original project's five ``--offload_*`` levels, in the order of its published memory table; the leaner
-ones go further (CPU text encoder, block streaming of the network, tiled tokenizer, one guidance branch at
-a time).
+ones go further: the network's blocks streamed from host memory with the prompt upsampler and guardrails on
+the CPU (``stream``), one guidance branch at a time (``stream-sequential``), and the T5 encoder's layers streamed
+too with the network's attention and MLP over chunks of tokens (``stream-lean``). Every strategy runs the tokenizer over
+chunks of frames: the result is the same up to rounding, it costs about a second, and it saves ~25 GiB.
 
 Placements:
 
@@ -12,12 +14,14 @@ Placements:
 * ``swap``: on the GPU only for its own stages, parked in pinned host memory in between (the original
   deletes and reloads from disk instead: the same GPU peak, a slower batch);
 * ``cpu``: kept and computed on the CPU;
-* ``stream``: transformer blocks live in pinned host memory and are copied to the GPU a block or two ahead
-  of the computation; the rest of the network is resident during its stage.
+* ``stream``: transformer blocks (of the network, or T5's layers) live in pinned host memory and are copied to
+  the GPU a block or two ahead of the computation; the rest of the model is resident during its stage.
 
 The predicted peak of a stage is the bytes of every weight on the GPU during that stage plus the
-activation peak of the stage; the plan's peak is the largest over the stages. A strategy *fits* when the
-peak plus a safety margin is at most the available memory. ``memory-plan`` and ``generate`` call the same
+activation peak of the stage: what ``torch.cuda.max_memory_allocated`` reports, which is what the backend's
+formulas are calibrated against (benchmarks/bench_memory.py). The plan's peak is the largest over the stages. A
+strategy *fits* when the peak plus a margin (a fixed runtime allowance for allocator fragmentation and
+workspaces, plus 5% of the memory) is at most the available memory. ``memory-plan`` and ``generate`` call the same
 function, so the plan shown is the plan used.
 """
 
@@ -39,10 +43,10 @@ from cosmos_cli.specs import (
 
 GiB = 1 << 30
 
-# Fixed overhead on top of the tensors torch reports: allocator fragmentation and workspaces (cuBLAS,
-# cuDNN). The CUDA context itself is outside torch's counters and is already missing from "free" memory.
+# Fixed allowance on top of the tensors torch reports: allocator fragmentation and workspaces outside its
+# counters. The CUDA context itself is already missing from "free" memory.
 RUNTIME_OVERHEAD_BYTES = int(0.5 * GiB)
-# A plan fits when peak + margin <= available memory.
+# A plan fits when peak + margin <= available memory, margin = the runtime allowance + max(0.5 GiB, 5%).
 MARGIN_FRACTION = 0.05
 MIN_MARGIN_BYTES = int(0.5 * GiB)
 # Blocks resident at once when streaming: the one computing and the ones being copied ahead.
@@ -59,20 +63,22 @@ class Strategy:
     cfg_batched: bool = True
     tiled_tokenizer: bool = False
     original_flags: tuple[str, ...] = ()
+    lean_network: bool = False
 
     def placement(self, component: str) -> str:
         return dict(self.placements).get(component, "gpu")
 
 
-def _strategy(name, description, *, swap=(), cpu=(), stream=(), cfg_batched=True, tiled=False, flags=()):
+def _strategy(name, description, *, swap=(), cpu=(), stream=(), cfg_batched=True, tiled=True, flags=(),
+              lean=False):
     placements = tuple((c, "swap") for c in swap) + tuple((c, "cpu") for c in cpu) + tuple((c, "stream") for c in stream)
-    return Strategy(name, description, placements, cfg_batched, tiled, tuple(flags))
+    return Strategy(name, description, placements, cfg_batched, tiled, tuple(flags), lean)
 
 
 _UPS, _GRD, _TXT, _TOK, _NET = UPSAMPLER, GUARDRAIL, TEXT_ENCODER, TOKENIZER, NETWORK
 
-# Leaner strategies (tiled tokenizer, CPU text encoder, block streaming, one guidance branch at a time) are
-# added here by the memory engine as it implements them: a strategy is listed only once it runs.
+# A strategy is listed only once the backend runs it (cosmos_plugins.predict1.offload); every one is measured by
+# benchmarks/bench_memory.py.
 STRATEGIES: tuple[Strategy, ...] = (
     _strategy("resident", "every model stays on the GPU"),
     _strategy("offload-upsampler", "the prompt upsampler is on the GPU only while it runs",
@@ -86,10 +92,18 @@ STRATEGIES: tuple[Strategy, ...] = (
               swap=(_UPS, _GRD, _TXT, _TOK),
               flags=("--offload_prompt_upsampler", "--offload_guardrail_models", "--offload_text_encoder_model",
                      "--offload_tokenizer")),
-    _strategy("offload-all", "+ the diffusion network is on the GPU only while it denoises (all five original flags)",
-              swap=(_UPS, _GRD, _TXT, _TOK, _NET),
+    _strategy("offload-all", "+ the diffusion network is on the GPU only while it denoises, its two guidance "
+              "branches one after the other (all five original flags)", swap=(_UPS, _GRD, _TXT, _TOK, _NET),
+              cfg_batched=False,
               flags=("--offload_prompt_upsampler", "--offload_guardrail_models", "--offload_text_encoder_model",
                      "--offload_tokenizer", "--offload_diffusion_transformer")),
+    _strategy("stream", "the network's blocks stream from pinned host memory, copied a block or two ahead on a "
+              "side stream; prompt upsampler and guardrails on the CPU; T5 and tokenizer on the GPU only for "
+              "their stages", swap=(_TXT, _TOK), cpu=(_UPS, _GRD), stream=(_NET,)),
+    _strategy("stream-sequential", "+ the two guidance branches one after the other",
+              swap=(_TXT, _TOK), cpu=(_UPS, _GRD), stream=(_NET,), cfg_batched=False),
+    _strategy("stream-lean", "+ T5's layers stream too; the network's attention and MLP over chunks of tokens",
+              swap=(_TOK,), cpu=(_UPS, _GRD), stream=(_TXT, _NET), cfg_batched=False, lean=True),
 )
 
 STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
@@ -102,6 +116,12 @@ ORIGINAL_FLAG_ORDER = (
     "offload_tokenizer",
     "offload_diffusion_transformer",
 )
+
+
+def leaner_strategy(name: str) -> str | None:
+    """The strategy after ``name`` in :data:`STRATEGIES` (None after the leanest)."""
+    i = STRATEGY_NAMES.index(name)
+    return STRATEGY_NAMES[i + 1] if i + 1 < len(STRATEGY_NAMES) else None
 
 
 def strategy_for_original_flags(flags: set[str]) -> str | None:
@@ -144,6 +164,7 @@ class MemoryPlan:
     num_gpus: int = 1
     reason: str = ""
     alternatives: tuple[tuple[str, int, bool], ...] = field(default=(), compare=False)
+    lean_network: bool = False
 
     def placement(self, component: str) -> str:
         for c in self.components:
@@ -162,6 +183,7 @@ class MemoryPlan:
             "margin_bytes": self.margin_bytes,
             "cfg_batched": self.cfg_batched,
             "tiled_tokenizer": self.tiled_tokenizer,
+            "lean_network": self.lean_network,
             "components": [
                 {"name": c.name, "placement": c.placement, "weight_bytes": c.weight_bytes, "stages": list(c.stages)}
                 for c in self.components
@@ -192,6 +214,8 @@ def _activation_bytes(c: Component, placement: str, stage: str, strategy: Strate
         act = c.activation(stage)
         if not strategy.cfg_batched and c.activation_bytes_sequential is not None:
             act = c.activation_bytes_sequential
+        if strategy.lean_network and c.activation("denoise_lean"):
+            act = c.activation("denoise_lean") * (1 if not strategy.cfg_batched else 2)
         return act // num_gpus
     if c.name == TOKENIZER and strategy.tiled_tokenizer:
         return c.activation(f"{stage}_tiled") or c.activation(stage)
@@ -199,7 +223,8 @@ def _activation_bytes(c: Component, placement: str, stage: str, strategy: Strate
 
 
 def margin_for(vram_bytes: int) -> int:
-    return max(MIN_MARGIN_BYTES, int(vram_bytes * MARGIN_FRACTION))
+    """What must stay free above the predicted peak on a GPU with ``vram_bytes`` available."""
+    return RUNTIME_OVERHEAD_BYTES + max(MIN_MARGIN_BYTES, int(vram_bytes * MARGIN_FRACTION))
 
 
 def evaluate(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True, guardrail: bool = True,
@@ -215,8 +240,8 @@ def evaluate(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True, gua
             continue
         weights = sum(_resident_bytes(c, strategy.placement(c.name), stage) for c in comps)
         act = max((_activation_bytes(c, strategy.placement(c.name), stage, strategy, num_gpus) for c in users), default=0)
-        stage_peaks.append((stage, weights + act + RUNTIME_OVERHEAD_BYTES))
-    peak = max((b for _, b in stage_peaks), default=RUNTIME_OVERHEAD_BYTES)
+        stage_peaks.append((stage, weights + act))
+    peak = max((b for _, b in stage_peaks), default=0)
     return peak, plans, tuple(stage_peaks)
 
 
@@ -250,7 +275,7 @@ def plan_memory(
 
     def build(s: Strategy, peak: int, comps, stages, reason: str) -> MemoryPlan:
         return MemoryPlan(spec.name, s.name, vram_bytes, fits(peak), peak, margin, comps, stages, s.cfg_batched,
-                          s.tiled_tokenizer, num_gpus, reason, alternatives)
+                          s.tiled_tokenizer, num_gpus, reason, alternatives, lean_network=s.lean_network)
 
     gib = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
     if strategy != "auto":

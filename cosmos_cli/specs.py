@@ -73,7 +73,9 @@ class Component:
     ``activation_bytes`` maps stage name -> peak transient bytes of that stage at the model's default job
     (for the network: with both guidance branches batched; ``activation_bytes_sequential`` when the two
     branches run one after the other). ``num_blocks``/``block_params`` describe a network whose
-    transformer blocks can be streamed from host memory one at a time.
+    transformer blocks can be streamed from host memory one at a time. ``measured_peak_bytes`` maps a strategy
+    name -> the peak GPU memory measured for a whole generation of the default job under it (a backend puts
+    its benchmark's figures on one component; ``memory-plan`` shows them next to the predictions).
     """
 
     name: str
@@ -85,6 +87,7 @@ class Component:
     num_blocks: int = 0
     block_params: int = 0
     cpu_capable: bool = False
+    measured_peak_bytes: tuple[tuple[str, int], ...] = ()
 
     @property
     def weight_bytes(self) -> int:

@@ -27,8 +27,13 @@ def memory_plan(
     gpus = [] if vram else detect_gpus()
     vram_bytes = parse_size(vram) if vram else (min(g.free_bytes for g in gpus[:num_gpus]) if gpus else None)
     plan = plan_memory(spec, vram_bytes, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)
+    # measured figures are for the default job on one GPU with the upsampler and guardrails
+    measured = ({name: b for c in spec.components for name, b in c.measured_peak_bytes}
+                if upsampler and guardrail and num_gpus == 1 else {})
     if as_json:
         data = plan.to_json()
+        for entry in data["strategies"]:
+            entry["measured_peak_bytes"] = measured.get(entry["name"])
         data["gpus"] = [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "free_bytes": g.free_bytes}
                         for g in gpus]
         typer.echo(json.dumps(data, indent=2))
@@ -54,11 +59,14 @@ def memory_plan(
     for s, b in plan.stage_peaks:
         stages.add_row(s, format_bytes(b))
     out.print(stages)
-    strategies = Table(title="strategies, fastest first")
-    for col in ("strategy", "predicted peak", "fits"):
+    strategies = Table(title="strategies, fastest first",
+                       caption="measured: benchmarks/bench_memory.py (torch.cuda.max_memory_allocated, default job)"
+                       if measured else None)
+    for col in ("strategy", "predicted peak", "measured peak", "fits"):
         strategies.add_column(col)
     for name, peak, fits in plan.alternatives:
         mark = "yes" if fits else ("?" if vram_bytes is None else "no")
-        strategies.add_row(f"[bold]{name}[/bold]" if name == plan.strategy else name, format_bytes(peak), mark)
+        strategies.add_row(f"[bold]{name}[/bold]" if name == plan.strategy else name, format_bytes(peak),
+                           format_bytes(measured.get(name)), mark)
     out.print(strategies)
     out.print(f"strategy: [bold]{plan.strategy}[/bold] ({'fits' if plan.fits else 'does not fit'}) - {plan.reason}")

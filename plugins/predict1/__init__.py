@@ -1,4 +1,4 @@
-"""Built-in backend: NVIDIA Cosmos-Predict1 Video2World (7B, 14B), native PyTorch.
+"""Built-in backend: NVIDIA Cosmos-Predict1 Video2World (7B, 14B, and the bundled demo model), native PyTorch.
 
 Registered through the ``cosmos`` entry-point group like any third-party backend. Importing this module
 does not import torch: the models are built only when a pipeline is.
@@ -11,9 +11,23 @@ from pathlib import Path
 from cosmos_cli.backend import Backend
 from cosmos_cli.hookspecs import hookimpl
 
-from .specs import BACKEND_ID, SPECS
+from .specs import BACKEND_ID, PREDICT1_DEMO, SPECS
 
 __version__ = "0.1.0"
+
+# The bundled demo checkpoint: assets/demo, installed as the package `cosmos_demo_assets` (pyproject package-dir).
+BUNDLED_PACKAGE = "cosmos_demo_assets"
+
+
+def bundled_checkpoint_dir() -> Path:
+    """The folder holding the demo model's files: the installed ``cosmos_demo_assets`` package, or
+    ``assets/demo`` of a source checkout when that package is not installed."""
+    from importlib.resources import files
+
+    try:
+        return Path(str(files(BUNDLED_PACKAGE)))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "assets" / "demo"
 
 
 class Predict1Backend(Backend):
@@ -22,6 +36,11 @@ class Predict1Backend(Backend):
 
     def models(self):
         return SPECS
+
+    def checkpoint_path(self, spec, checkpoint_dir: Path) -> Path:
+        """The demo model ships with the package and is found wherever --checkpoint-dir points; every other
+        model lives under --checkpoint-dir."""
+        return bundled_checkpoint_dir() if spec == PREDICT1_DEMO else Path(checkpoint_dir)
 
     def build_pipeline(self, spec, plan, *, checkpoint_dir: Path, device: str, progress=None, options=None):
         from .pipeline import Predict1Pipeline

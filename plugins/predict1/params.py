@@ -9,13 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Calibration constants of the activation formulas. Each is a multiple of the smallest tensor the stage must
-# hold, measured on the GPU machine (benchmarks/results/) and rounded up.
-DIT_ACTIVATION_FACTOR = 12  # peak of one forward / (tokens * model_channels * 2 bytes) per batch element
-TOKENIZER_DECODE_BYTES_PER_PIXEL = 292  # untiled decode of a 121-frame clip (diffusers anchor: 29.8 GiB at 704x1280)
-TOKENIZER_ENCODE_BYTES_PER_PIXEL = 292
-TOKENIZER_TILED_BYTES_PER_PIXEL = 292  # per pixel of one tile
-TOKENIZER_TILE_PIXELS = 17 * 352 * 640  # frames x height x width of one tiled chunk
+# Calibration constants of the activation formulas, measured on the GPU machine (benchmarks/bench_memory.py,
+# benchmarks/results/memory-h100.json) and rounded up. The network's are multiples of one token-wide tensor,
+# tokens * model_channels * 2 bytes (a "unit"); the tokenizer's are bytes per pixel of the clip.
+DIT_ACTIVATION_FACTOR = 13.45  # units per batch element of the plain forward's peak
+DIT_SHARED_FACTOR = 1.0  # units shared by the batch (the learnable position embedding, sampler state)
+DIT_LEAN_FACTOR = 3.0  # units per batch element of lean_forward's peak (the residual stream, keys, values)
+DIT_LEAN_CHUNK_FACTOR = 12.0  # units per batch element of one chunk of tokens in lean_forward, per chunk fraction
+DIT_LEAN_CHUNK_TOKENS = 8192  # tokens per chunk in lean_forward (cosmos_plugins.predict1.offload)
+TOKENIZER_DECODE_BYTES_PER_PIXEL = 292  # whole-clip decode of 121 frames (measured 29.4 GiB at 704x1280)
+TOKENIZER_ENCODE_BYTES_PER_PIXEL = 292  # whole-clip encode (29.4 GiB)
+# Chunked tokenizer (every module over chunks of frames): whole-clip tensors of the widest level, plus one chunk's
+# intermediates, which scale with (chunk + halo) / frames at the widest level.
+TOKENIZER_CHUNK_FRAMES = 4  # frames per chunk, at every level of the encoder and decoder
+TOKENIZER_CHUNK_HALO = 4  # look-back frames of a ResNet block
+TOKENIZER_DECODE_CHUNKED_BYTES_PER_PIXEL = 29  # fit to 4.6 / 5.0 / 6.0 GiB at chunks of 2 / 4 / 8 frames (720p)
+TOKENIZER_DECODE_CHUNK_BYTES_PER_PIXEL = 80
+TOKENIZER_ENCODE_CHUNKED_BYTES_PER_PIXEL = 47  # with the input clip: 5.0 GiB at 4 frames, nearly flat in the chunk
+TOKENIZER_ENCODE_CHUNK_BYTES_PER_PIXEL = 10
 
 
 @dataclass(frozen=True)
@@ -136,28 +147,49 @@ def dit_tokens(p: DiTParams, latent_t: int, latent_h: int, latent_w: int) -> int
 
 def dit_activation_bytes(p: DiTParams, tokens: int, batch: int) -> int:
     """Peak transient bytes of one bf16 forward over ``tokens`` tokens for ``batch`` stacked inputs."""
-    return DIT_ACTIVATION_FACTOR * tokens * p.model_channels * 2 * batch
+    return int((DIT_ACTIVATION_FACTOR * batch + DIT_SHARED_FACTOR) * tokens * p.model_channels * 2)
+
+
+def dit_lean_activation_bytes(p: DiTParams, tokens: int, batch: int, chunk_tokens: int = DIT_LEAN_CHUNK_TOKENS) -> int:
+    """Peak transient bytes of one bf16 ``lean_forward`` (attention and MLP over chunks of ``chunk_tokens``)."""
+    chunk = min(1.0, chunk_tokens / tokens)
+    units = (DIT_LEAN_FACTOR + DIT_LEAN_CHUNK_FACTOR * chunk) * batch + DIT_SHARED_FACTOR
+    return int(units * tokens * p.model_channels * 2)
+
+
+def t5_layer_params(p: T5Params) -> int:
+    """Parameters of one encoder layer (self-attention, feed-forward, their two norms)."""
+    attn = 4 * p.d_model * p.num_heads * p.d_kv
+    ff = (3 if p.gated else 2) * p.d_model * p.d_ff
+    return attn + ff + 2 * p.d_model
 
 
 def t5_params(p: T5Params) -> int:
-    inner = p.num_heads * p.d_kv
-    attn = 4 * p.d_model * inner
-    ff = (3 if p.gated else 2) * p.d_model * p.d_ff
-    layer = attn + ff + 2 * p.d_model
-    return p.vocab_size * p.d_model + p.num_layers * layer + p.relative_attention_num_buckets * p.num_heads + p.d_model
+    layers = p.num_layers * t5_layer_params(p)
+    return p.vocab_size * p.d_model + layers + p.relative_attention_num_buckets * p.num_heads + p.d_model
+
+
+T5_FF_FACTOR = 7  # feed-forward-sized tensors alive at the peak of one encode (measured: 0.68 GiB for T5-11B)
 
 
 def t5_activation_bytes(p: T5Params, dtype_bytes: int = 2) -> int:
     """Peak of one 512-token encode: the feed-forward hidden state dominates, plus the attention scores."""
     tokens = p.max_length
-    return 4 * tokens * p.d_ff * dtype_bytes + 2 * p.num_heads * tokens * tokens * 4
+    return T5_FF_FACTOR * tokens * p.d_ff * dtype_bytes + 2 * p.num_heads * tokens * tokens * 4
 
 
-def tokenizer_activation_bytes(frames: int, height: int, width: int, tiled: bool) -> int:
+def tokenizer_activation_bytes(frames: int, height: int, width: int, tiled: bool, stage: str = "decode",
+                               chunk: int = TOKENIZER_CHUNK_FRAMES, patch: int = 4) -> int:
+    """Peak transient bytes of the tokenizer's ``stage`` ("encode_video" or "decode") on a clip, whole or chunked."""
     pixels = frames * height * width
-    if tiled:
-        return TOKENIZER_TILED_BYTES_PER_PIXEL * min(pixels, TOKENIZER_TILE_PIXELS)
-    return TOKENIZER_DECODE_BYTES_PER_PIXEL * pixels
+    decode = stage == "decode"
+    if not tiled:
+        return (TOKENIZER_DECODE_BYTES_PER_PIXEL if decode else TOKENIZER_ENCODE_BYTES_PER_PIXEL) * pixels
+    widest = (frames + patch - 1) // patch  # frames at the widest level (after the Haar patching)
+    share = min(1.0, (chunk + TOKENIZER_CHUNK_HALO) / widest)
+    whole, part = ((TOKENIZER_DECODE_CHUNKED_BYTES_PER_PIXEL, TOKENIZER_DECODE_CHUNK_BYTES_PER_PIXEL) if decode else
+                   (TOKENIZER_ENCODE_CHUNKED_BYTES_PER_PIXEL, TOKENIZER_ENCODE_CHUNK_BYTES_PER_PIXEL))
+    return int(pixels * (whole + part * share))
 
 
 @dataclass(frozen=True)

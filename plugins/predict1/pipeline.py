@@ -1,7 +1,8 @@
 """The Video2World generation pipeline of the predict1 backend.
 
 Loads the network, tokenizer and text encoder once from a checkpoint folder in the original layout, places
-them as the memory plan says, and generates one job at a time:
+them as the memory plan says (:mod:`.offload`: resident, parked in pinned host memory between their stages,
+computed on the CPU, or the network's blocks streamed), and generates one job at a time:
 
     input frames -> tokenizer encode -> T5 encode -> sampler (network, both guidance branches) -> decode -> mp4
 """
@@ -13,6 +14,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cosmos_cli.errors import CheckpointError, GenerationError
@@ -22,6 +24,8 @@ from cosmos_cli.progress import NullProgress, Progress
 from cosmos_cli.specs import GUARDRAIL, NETWORK, TEXT_ENCODER, TOKENIZER, UPSAMPLER, ModelSpec
 
 from . import sampler as S
+from .offload import network_forward, place
+from .params import TOKENIZER_CHUNK_FRAMES
 
 SIGMA_DATA = S.SIGMA_DATA
 NUMERICS = S.NUMERICS  # "fp32" (default) or "original"
@@ -65,23 +69,11 @@ def checkpoint_paths(spec: ModelSpec, checkpoint_dir: Path, network_dir: str | N
     )
 
 
-class Placed:
-    """A component and its placement: resident on ``device``, or moved there only while its stage runs."""
-
-    def __init__(self, module, placement: str, device: torch.device):
-        self.module, self.placement, self.device = module, placement, device
-
-    @contextmanager
-    def active(self):
-        swap = self.placement == "swap" and self.device.type == "cuda"
-        if swap:
-            self.module.to(self.device)
-        try:
-            yield self.module
-        finally:
-            if swap:
-                self.module.to("cpu")
-                torch.cuda.empty_cache()
+def _t5_blocks(text_encoder) -> dict:
+    """The T5 encoder's layers, for streaming (a ``T5TextEncoder`` wrapping a transformers ``T5EncoderModel``)."""
+    model = getattr(text_encoder, "model", None)
+    layers = getattr(getattr(model, "encoder", None), "block", None)
+    return {"blocks": list(layers), "module": model} if layers is not None else {}
 
 
 def latent_condition_frames(num_input_frames: int, temporal_compression: int = 8) -> int:
@@ -108,14 +100,18 @@ class Predict1Pipeline:
     def __init__(self, spec: ModelSpec, plan: MemoryPlan, device: torch.device, network, tokenizer, text_encoder,
                  numerics: str = "fp32", upsampler=None, text_guardrail=None, video_guardrail=None):
         self.spec, self.plan, self.device, self.numerics = spec, plan, device, numerics
-        self.network = Placed(network, plan.placement(NETWORK), device)
-        self.tokenizer = Placed(tokenizer, plan.placement(TOKENIZER), device)
-        self.text_encoder = Placed(text_encoder, plan.placement(TEXT_ENCODER), device)
-        self.upsampler = Placed(upsampler, plan.placement(UPSAMPLER), device) if upsampler is not None else None
-        self.text_guardrail = (Placed(text_guardrail, plan.placement(GUARDRAIL), device)
-                               if text_guardrail is not None else None)
-        self.video_guardrail = (Placed(video_guardrail, plan.placement(GUARDRAIL), device)
-                                if video_guardrail is not None else None)
+        self.stage_reserved_bytes: dict[str, int] = {}  # the last generation's torch.cuda.max_memory_reserved per stage
+
+        def placed(obj, component: str, **kw):
+            return None if obj is None else place(obj, plan.placement(component), device, **kw)
+
+        self.network = placed(network, NETWORK, blocks=list(network.blocks.values()) if network is not None else ())
+        self.tokenizer = placed(tokenizer, TOKENIZER)
+        self.text_encoder = placed(text_encoder, TEXT_ENCODER, **_t5_blocks(text_encoder))
+        self.upsampler = placed(upsampler, UPSAMPLER)
+        self.text_guardrail = placed(text_guardrail, GUARDRAIL)
+        self.video_guardrail = placed(video_guardrail, GUARDRAIL)
+        self.tokenizer_chunk = TOKENIZER_CHUNK_FRAMES if plan.tiled_tokenizer else None
 
     @classmethod
     def load(cls, spec: ModelSpec, plan: MemoryPlan, *, checkpoint_dir: Path, device: str | torch.device,
@@ -162,6 +158,10 @@ class Predict1Pipeline:
                    video_guardrail)
 
     def close(self) -> None:
+        for part in (self.network, self.tokenizer, self.text_encoder, self.upsampler, self.text_guardrail,
+                     self.video_guardrail):
+            if part is not None:
+                part.close()
         self.network = self.tokenizer = self.text_encoder = None
         self.upsampler = self.text_guardrail = self.video_guardrail = None
         if self.device.type == "cuda":
@@ -183,7 +183,7 @@ class Predict1Pipeline:
         pixels = torch.nn.functional.pad(pixels, (0, 0, 0, 0, 0, pad))  # zeros (mid-grey) after the input frames
         with self.tokenizer.active() as tok:
             dtype = next(tok.parameters()).dtype
-            latent = tok.encode(pixels.to(self.device, dtype)) * SIGMA_DATA
+            latent = tok.encode(pixels.to(self.device, dtype), chunk_frames=self.tokenizer_chunk) * SIGMA_DATA
         return latent.to(torch.bfloat16), latent_condition_frames(job.num_input_frames,
                                                                    spec.tokenizer.temporal_compression)
 
@@ -196,6 +196,7 @@ class Predict1Pipeline:
                 text_emb: torch.Tensor, progress: Progress) -> torch.Tensor:
         B, _, T, H, W = condition_latent.shape
         with self.network.active() as net:
+            forward = network_forward(self.network, self.plan.lean_network)
             dtype = net.x_embedder.proj[1].weight.dtype
             tables = net.prepare(T, H, W, float(job.fps), device=self.device, dtype=dtype)
             mask = torch.zeros(1, 1, T, H, W, dtype=dtype, device=self.device)
@@ -204,10 +205,10 @@ class Predict1Pipeline:
 
             def model_fn(x_scaled, t):
                 if self.plan.cfg_batched:
-                    out = net(torch.cat([x_scaled, x_scaled]), t.expand(2), emb, job.fps, mask, tables=tables)
+                    out = forward(torch.cat([x_scaled, x_scaled]), t.expand(2), emb, job.fps, mask, tables=tables)
                     return out[:1], out[1:]
-                f_c = net(x_scaled, t, emb[:1], job.fps, mask, tables=tables)
-                f_u = net(x_scaled, t, emb[1:], job.fps, mask, tables=tables)
+                f_c = forward(x_scaled, t, emb[:1], job.fps, mask, tables=tables)
+                f_u = forward(x_scaled, t, emb[1:], job.fps, mask, tables=tables)
                 return f_c, f_u
 
             advance = progress.steps(job.num_steps, "denoising")
@@ -230,8 +231,12 @@ class Predict1Pipeline:
     def decode(self, latent: torch.Tensor):
         with self.tokenizer.active() as tok:
             dtype = next(tok.parameters()).dtype
-            video = tok.decode((latent / SIGMA_DATA).to(dtype))
-        return to_uint8(video, self.numerics)
+            video = tok.decode((latent / SIGMA_DATA).to(dtype), chunk_frames=self.tokenizer_chunk)
+        if self.tokenizer_chunk is None:
+            return to_uint8(video, self.numerics)
+        step = 8 * self.tokenizer_chunk  # convert a few frames at a time: to_uint8 works in fp32
+        return np.concatenate([to_uint8(video[:, :, a:a + step], self.numerics)
+                               for a in range(0, video.shape[2], step)])
 
     # -- one job -------------------------------------------------------------------------------------------
 
@@ -256,6 +261,7 @@ class Predict1Pipeline:
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
+        self.stage_reserved_bytes = {}
 
         @contextmanager
         def timed(name: str, label: str | None):
@@ -272,6 +278,7 @@ class Predict1Pipeline:
             if cuda:
                 peaks[name] = torch.cuda.max_memory_allocated(self.device)
                 peaks["overall"] = max(overall, peaks[name], peaks.get("overall", 0))
+                self.stage_reserved_bytes[name] = torch.cuda.max_memory_reserved(self.device)
 
         def blocked(verdict, prompt) -> GenerationResult:
             return GenerationResult(None, None, prompt, "blocked", f"{verdict.component}: {verdict.reason}", timings,

@@ -27,9 +27,11 @@ from .params import (
     TokenizerParams,
     dit_activation_bytes,
     dit_block_params,
+    dit_lean_activation_bytes,
     dit_params,
     dit_tokens,
     t5_activation_bytes,
+    t5_layer_params,
     t5_params,
     tokenizer_activation_bytes,
 )
@@ -45,12 +47,26 @@ UPSAMPLER_DIR = "Pixtral-12B"
 PIXTRAL_12B_PARAMS = 12_682_294_272
 # Guardrails: LlamaGuard-7b (Llama-2-7B, 6,738,415,616) + SigLIP so400m vision tower (~428e6)
 # + safety MLP (0.7e6) + RetinaFace ResNet-50 (27.3e6).
-GUARDRAIL_PARAMS = 6_738_415_616 + 428_225_600 + 724_487 + 27_293_600
+VIDEO_GUARDRAIL_PARAMS = 428_225_600 + 724_487 + 27_293_600  # what the video check loads (the rest is the text's)
+GUARDRAIL_PARAMS = 6_738_415_616 + VIDEO_GUARDRAIL_PARAMS
 # Tokenizer parameter counts (encoder + decoder), checked against the modules by tests/test_specs.py.
 TOKENIZER_CV8X8X8_PARAMS = 105_653_696
 TOKENIZER_TINY_PARAMS = 220_968
 
 GiB = 1 << 30
+
+# Peak GPU memory of a whole generation of the default job under each strategy, measured by benchmarks/bench_memory.py
+# on an H100 (torch.cuda.max_memory_allocated; benchmarks/results/memory-h100.md), keyed by the network's (width,
+# blocks). Only figures measured with the code as it now runs each strategy are listed.
+MEASURED_PEAK_BYTES = {
+    (4096, 28): (("resident", 76_907_078_656), ("offload-upsampler", 64_268_118_528),
+                 ("offload-guardrails", 49_878_799_872), ("offload-text-encoder", 40_082_896_384),
+                 ("offload-tokenizer", 39_871_083_008), ("stream", 14_353_362_944),
+                 ("stream-sequential", 10_461_432_320)),
+    (5120, 36): (("offload-guardrails", 63_939_638_784), ("offload-text-encoder", 54_144_257_536),
+                 ("offload-tokenizer", 53_932_947_968), ("stream", 18_369_951_744),
+                 ("stream-sequential", 10_865_314_304), ("stream-lean", 5_769_234_944)),
+}
 
 
 def _network_component(p: DiTParams, latent_t: int, latent_h: int, latent_w: int) -> Component:
@@ -68,18 +84,32 @@ def _network_component(p: DiTParams, latent_t: int, latent_h: int, latent_w: int
 
 def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, height: int, width: int,
                 latent: tuple[int, int, int], upsampler_params: int, guardrail_params: int) -> tuple[Component, ...]:
-    tok_act = tokenizer_activation_bytes(frames, height, width, tiled=False)
-    tok_tiled = tokenizer_activation_bytes(frames, height, width, tiled=True)
+    tok = {stage: tokenizer_activation_bytes(frames, height, width, tiled=False, stage=stage)
+           for stage in ("encode_video", "decode")}
+    tiled = {f"{stage}_tiled": tokenizer_activation_bytes(frames, height, width, tiled=True, stage=stage)
+             for stage in ("encode_video", "decode")}
+    tokens = dit_tokens(p, *latent)
+    video_guardrail = min(guardrail_params, VIDEO_GUARDRAIL_PARAMS)
+    network = replace(_network_component(p, *latent),
+                      activation_bytes=(("denoise", dit_activation_bytes(p, tokens, batch=2)),
+                                        ("denoise_lean", dit_lean_activation_bytes(p, tokens, batch=1))),
+                      measured_peak_bytes=MEASURED_PEAK_BYTES.get((p.model_channels, p.num_blocks), ())
+                      if (frames, height, width) == (121, 704, 1280) else ())
     return (
-        Component(UPSAMPLER, ("upsample",), upsampler_params, activation_bytes=(("upsample", 2 * GiB),)),
-        Component(GUARDRAIL, ("text_guardrail", "video_guardrail"), guardrail_params,
-                  activation_bytes=(("text_guardrail", GiB), ("video_guardrail", 2 * GiB))),
+        Component(UPSAMPLER, ("upsample",), upsampler_params, activation_bytes=(("upsample", GiB),),
+                  cpu_capable=True),
+        # Two entries of one component: the text check (LlamaGuard) and the video check (SigLIP, RetinaFace) are
+        # placed alike but each moves only its own models to the GPU when swapped.
+        Component(GUARDRAIL, ("text_guardrail",), guardrail_params - video_guardrail,
+                  activation_bytes=(("text_guardrail", GiB),), cpu_capable=True),
+        Component(GUARDRAIL, ("video_guardrail",), video_guardrail,
+                  activation_bytes=(("video_guardrail", 2 * GiB),), cpu_capable=True),
         Component(TEXT_ENCODER, ("encode_text",), t5_params(t5),
-                  activation_bytes=(("encode_text", t5_activation_bytes(t5)),), cpu_capable=True),
+                  activation_bytes=(("encode_text", t5_activation_bytes(t5)),), cpu_capable=True,
+                  num_blocks=t5.num_layers, block_params=t5_layer_params(t5)),
         Component(TOKENIZER, ("encode_video", "decode"), tokenizer_params,
-                  activation_bytes=(("encode_video", tok_act), ("decode", tok_act),
-                                    ("encode_video_tiled", tok_tiled), ("decode_tiled", tok_tiled))),
-        _network_component(p, *latent),
+                  activation_bytes=(*tok.items(), *tiled.items())),
+        network,
     )
 
 
@@ -151,7 +181,7 @@ PREDICT1_7B = ModelSpec(
     backend=BACKEND_ID,
     description="Cosmos-Predict1 7B Video2World: 121 frames at 704x1280 from 1 or 9 input frames",
     aliases=("7B", "predict1-7b"),
-    is_default=True,
+    is_default=False,
     network=DIT_7B,
     tokenizer=TOKENIZER_720P,
     text_encoder=T5_11B,
@@ -203,10 +233,56 @@ PREDICT1_TINY = ModelSpec(
         CheckpointFile(TEXT_ENCODER, "", "config.json", "t5-tiny/config.json"),
         CheckpointFile(TEXT_ENCODER, "", "pytorch_model.bin", "t5-tiny/pytorch_model.bin"),
     ),
-    components=_components(DIT_TINY, T5_TINY, TOKENIZER_TINY_PARAMS, 17, 32, 32, (3, 4, 4), 0, 0)[2:],
+    components=tuple(c for c in _components(DIT_TINY, T5_TINY, TOKENIZER_TINY_PARAMS, 17, 32, 32, (3, 4, 4), 0, 0)
+                     if c.name not in (UPSAMPLER, GUARDRAIL)),  # no upsampler or guardrail models
     num_frames=17,
     height=32,
     width=32,
 )
 
 SPECS = (*SPECS, PREDICT1_TINY)
+
+
+# The bundled demo model: the same network, sampler, conditioning, tokenizer family and T5-style encoder at a
+# small size, trained by tools/demo/train.py on the procedural clips of tools/demo/scenes.py (33 frames of
+# 128x128, latent 5x16x16, 320 tokens). Its files ship with the package (assets/demo, the `cosmos_demo_assets`
+# package) and the backend reads them from there whatever --checkpoint-dir says. The text encoder has random,
+# frozen weights; its tokenizer knows the captions' words (`build_word_tokenizer`).
+DEMO_DIR = "Cosmos-Predict1-Demo-Video2World"
+DEMO_TOKENIZER_DIR = "Cosmos-Tokenize1-CV8x8x8-Demo"
+DEMO_T5_DIR = "t5-demo"
+DIT_DEMO = DiTParams(model_channels=256, num_blocks=8, num_heads=4, crossattn_emb_channels=128, max_img_h=16,
+                     max_img_w=16, max_frames=8, adaln_lora_dim=64)
+TOKENIZER_DEMO = TokenizerParams(channels=24, channels_mult=(2, 4, 4), num_res_blocks=1, attn_resolutions=(),
+                                 resolution=128, pixel_chunk_duration=33)
+T5_DEMO = T5Params(d_model=128, d_kv=32, num_heads=4, d_ff=512, num_layers=2, vocab_size=271, max_length=32)
+TOKENIZER_DEMO_PARAMS = 2_960_208
+
+PREDICT1_DEMO = ModelSpec(
+    name="Cosmos-Predict1-Demo-Video2World",
+    backend=BACKEND_ID,
+    description="bundled demo: 33 frames at 128x128 from 1 or 9 input frames, trained on procedural clips "
+                "(a ball or a box moving left or right); runs on a CPU in seconds",
+    aliases=("demo", "predict1-demo"),
+    is_default=True,
+    network=DIT_DEMO,
+    tokenizer=TOKENIZER_DEMO,
+    text_encoder=T5_DEMO,
+    checkpoint_subdir=DEMO_DIR,
+    files=(
+        CheckpointFile(NETWORK, "", "model.pt", f"{DEMO_DIR}/model.pt"),
+        CheckpointFile(TOKENIZER, "", "encoder.jit", f"{DEMO_TOKENIZER_DIR}/encoder.jit"),
+        CheckpointFile(TOKENIZER, "", "decoder.jit", f"{DEMO_TOKENIZER_DIR}/decoder.jit"),
+        CheckpointFile(TOKENIZER, "", "mean_std.pt", f"{DEMO_TOKENIZER_DIR}/mean_std.pt"),
+        CheckpointFile(TEXT_ENCODER, "", "config.json", f"{DEMO_T5_DIR}/config.json"),
+        CheckpointFile(TEXT_ENCODER, "", "pytorch_model.bin", f"{DEMO_T5_DIR}/pytorch_model.bin"),
+        CheckpointFile(TEXT_ENCODER, "", "tokenizer.json", f"{DEMO_T5_DIR}/tokenizer.json"),
+    ),
+    components=tuple(c for c in _components(DIT_DEMO, T5_DEMO, TOKENIZER_DEMO_PARAMS, 33, 128, 128, (5, 16, 16), 0, 0)
+                     if c.name not in (UPSAMPLER, GUARDRAIL)),
+    num_frames=33,
+    height=128,
+    width=128,
+)
+
+SPECS = (*SPECS, PREDICT1_DEMO)
