@@ -3,14 +3,21 @@
 A backend is registered by a plugin (see :mod:`cosmos_cli.hookspecs`). The core asks it for its
 :class:`~cosmos_cli.specs.ModelSpec` list and, to generate, for a :class:`Pipeline` built for one spec
 under one :class:`~cosmos_cli.planner.MemoryPlan`. The core never imports a backend's modules directly.
+
+One generation on several GPUs (``torchrun ... --num-gpus N``): the core asks the backend to join the run
+(:meth:`Backend.start_parallel`, which also decides whether and how the work can be split), plans memory with the
+smallest free memory of any rank, and passes the :class:`ParallelRun` to :meth:`Backend.build_pipeline` as
+``options["parallel"]``; the pipeline then splits every ``generate`` over the ranks, and only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from cosmos_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from cosmos_cli.jobs import GenerationJob, GenerationResult
@@ -30,6 +37,32 @@ class Pipeline(Protocol):
         """Release the models."""
 
 
+class ParallelRun(Protocol):
+    """This process's place in a run of several processes that split each generation (one per GPU).
+
+    Every rank builds the same pipeline and calls ``generate`` with the same jobs in the same order; the pipeline
+    returns the same status on every rank and writes the files on rank 0 only (its paths are None elsewhere).
+    """
+
+    rank: int
+    world_size: int
+    device: Any  # this rank's device (``str()`` gives e.g. "cuda:1" or "cpu")
+
+    def agree_min(self, value: int) -> int:
+        """The smallest ``value`` over all ranks (free GPU memory, so that every rank makes the same plan)."""
+
+    def share(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run ``fn`` on rank 0 only and return its (picklable) result on every rank. If it raises there, the
+        other ranks raise an error that :func:`cosmos_cli.errors.quiet_on_this_rank` silences."""
+
+    def shared_failure(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised here by ``generate`` or :meth:`share`, was raised alike on every rank (rank 0
+        failed in a stage it runs alone), so that the ranks can go on together with the next job."""
+
+    def close(self, ok: bool = True) -> None:
+        """Leave the run (``ok`` False after a failure: no further collective is attempted)."""
+
+
 class Backend(abc.ABC):
     """Base class of model backends."""
 
@@ -45,8 +78,21 @@ class Backend(abc.ABC):
                        progress: Progress | None = None, options: Mapping[str, Any] | None = None) -> Pipeline:
         """Load ``spec``'s models from ``checkpoint_dir`` and place them as ``plan`` says.
 
-        ``options`` carries backend-specific settings chosen on the command line (for example numerics).
+        ``options`` carries backend-specific settings chosen on the command line (for example numerics), and
+        ``options["parallel"]``, the :class:`ParallelRun` from :meth:`start_parallel`, for a split generation.
         """
+
+    def start_parallel(self, spec: ModelSpec, num_gpus: int, *, device: str, command: str = "generate",
+                       options: Mapping[str, Any] | None = None) -> ParallelRun | None:
+        """Join the run of ``num_gpus`` processes that torchrun started to split each generation of ``spec``.
+
+        Called on every rank after the request is validated and before anything loads; raises a ``CosmosError``
+        when the work cannot be split that way or the launch does not match (``command`` names the subcommand
+        for the hint). The default: this backend generates in one process only.
+        """
+        raise UsageError(f"the {self.id} backend cannot split one generation over several GPUs",
+                         hint="Use --num-gpus 1 in a single process (to share a batch's lines out over GPUs: "
+                              "`cosmos batch --gpus N`).")
 
     def checkpoint_path(self, spec: ModelSpec, checkpoint_dir: Path) -> Path:
         """Where this spec's own files live (overridable: the bundled demo model lives in the package)."""

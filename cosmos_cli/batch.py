@@ -45,6 +45,13 @@ Several GPUs
 progress and results to the parent, which draws one progress display and writes one report. Under
 ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes lines ``rank, rank+WORLD_SIZE, ...`` on ``cuda:LOCAL_RANK``
 and the records are gathered over ``torch.distributed`` (gloo) for rank 0 to write the combined report.
+
+With ``--num-gpus N`` under torchrun (N processes) the ranks work together instead: every line is one generation
+split over the N GPUs (see :mod:`cosmos_cli.generation`). Every rank validates the file; rank 0's plan is then
+shared, so every rank runs the same items in the same order, and rank 0 alone commits the outputs and sidecars
+and writes the report. A line that fails on rank 0 in a stage it runs alone (an input that does not decode, a
+guardrail block) is recorded and the batch goes on; a failure of one rank inside the split work (out of memory,
+a lost rank) stops the batch, since the others cannot go on without it.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cosmos_cli.errors import CosmosError, GenerationError, UsageError, ValidationFailed
+from cosmos_cli.errors import CosmosError, GenerationError, RankError, UsageError, ValidationFailed
 from cosmos_cli.generation import (
     RESIZE_MODES,
     GenerateRequest,
@@ -72,9 +79,11 @@ from cosmos_cli.generation import (
     load_pipeline,
     make_job,
     pick_device,
+    start_parallel,
 )
+from cosmos_cli.generation import is_primary as is_primary
 from cosmos_cli.jobs import GenerationJob, default_name, validate_batch
-from cosmos_cli.progress import Progress
+from cosmos_cli.progress import Progress, QuietProgress
 from cosmos_cli.registry import find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
 
@@ -224,6 +233,8 @@ def job_params(job: GenerationJob, spec: ModelSpec, req: GenerateRequest) -> tup
         "prompt_upsampler": not req.disable_prompt_upsampler and spec.component(UPSAMPLER) is not None,
         "guardrail": not req.disable_guardrail and spec.component(GUARDRAIL) is not None,
     }
+    if not req.fast.exact:  # (absent in exact mode, so earlier outputs keep their keys)
+        params["fast"] = req.fast.describe()
     blob = json.dumps(params, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return params, hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -449,17 +460,23 @@ def commit(item: BatchItem, prompt: str | None) -> None:
     os.replace(item.staged_video, item.video_path)
 
 
-def run_item(pipeline, item: BatchItem, progress: Progress, device: str) -> ItemRecord:
-    """Generate one item; every failure becomes a record (KeyboardInterrupt propagates, after clean-up)."""
+def run_item(pipeline, item: BatchItem, progress: Progress, device: str, run=None) -> ItemRecord:
+    """Generate one item; every failure becomes a record (KeyboardInterrupt propagates, after clean-up).
+
+    ``run`` (rank 0 of a split generation, ``--num-gpus``): a failure of the generation that the other ranks did
+    not share raises :class:`RankError` instead, which stops the batch."""
     import torch
 
     job = item.job
     rec = ItemRecord(item.line, job.name, "failed", input=item.data, visual_input=str(job.visual_input),
                      prompt=job.prompt, seed=job.seed, params_hash=item.params_hash, device=device)
     t0 = time.perf_counter()
+    generating = False
     try:
         item.video_path.parent.mkdir(parents=True, exist_ok=True)
+        generating = True
         result = pipeline.generate(job, progress, video_path=item.staged_video, prompt_path=item.staged_prompt)
+        generating = False
         rec.timings = dict(result.timings)
         rec.prompt = result.final_prompt if result.final_prompt is not None else job.prompt
         if result.status == "ok" and item.staged_video.exists():
@@ -472,21 +489,39 @@ def run_item(pipeline, item: BatchItem, progress: Progress, device: str) -> Item
         else:
             rec.status = "blocked" if result.status == "blocked" else "failed"
             rec.message = result.message or f"the pipeline returned {result.status}"
-    except torch.cuda.OutOfMemoryError as exc:
-        rec.message = f"out of GPU memory on {device}: {one_line(exc).removeprefix('OutOfMemoryError: ')}"
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except MemoryError as exc:
-        rec.message = f"out of host memory: {exc}"
     except Exception as exc:  # the batch's fault boundary: one item's failure must not stop the others
-        rec.message = one_line(exc)
-        if os.environ.get("COSMOS_DEBUG") == "1":
-            traceback.print_exc()
+        if generating and run is not None and not run.shared_failure(exc):
+            raise rank_failure(item, run, exc) from exc
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            rec.message = f"out of GPU memory on {device}: {one_line(exc).removeprefix('OutOfMemoryError: ')}"
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        elif isinstance(exc, MemoryError):
+            rec.message = f"out of host memory: {exc}"
+        else:
+            rec.message = one_line(exc)
+            if os.environ.get("COSMOS_DEBUG") == "1":
+                traceback.print_exc()
     finally:
         for staged in (item.staged_video, item.staged_prompt):
             staged.unlink(missing_ok=True)
     rec.timings["total"] = time.perf_counter() - t0
     return rec
+
+
+def rank_failure(item: BatchItem, run, exc: BaseException) -> RankError:
+    return RankError(f"rank {run.rank}: line {item.line} ({item.job.name}) failed on this rank alone: {one_line(exc)}",
+                     hint="The other ranks cannot go on without this one, so the batch stopped; fix the cause and "
+                          "run the same command again (finished lines are skipped).")
+
+
+def follow_item(pipeline, item: BatchItem, run) -> None:
+    """A rank other than 0 of a split generation: its part of ``item``; rank 0 writes and records it."""
+    try:
+        pipeline.generate(item.job, QuietProgress(), video_path=item.staged_video, prompt_path=item.staged_prompt)
+    except Exception as exc:
+        if not run.shared_failure(exc):  # rank 0 failing alone is recorded by rank 0, and the ranks go on
+            raise rank_failure(item, run, exc) from exc
 
 
 def run_items(backend, spec: ModelSpec, req: BatchRequest, items: list[BatchItem], device: str,
@@ -720,12 +755,6 @@ def torchrun_env() -> tuple[int, int, int] | None:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
 
 
-def is_primary() -> bool:
-    """False in torchrun ranks other than 0, which leave the summary and the report to rank 0."""
-    env = torchrun_env()
-    return env is None or env[0] == 0
-
-
 def worker_devices(device: str, n: int) -> list[str]:
     """The device of each of ``n`` workers: the CPU for every one with --device cpu, else cuda:0..n-1."""
     if n == 1:
@@ -751,15 +780,21 @@ def run_batch(req: BatchRequest, display: BatchDisplay | None = None) -> BatchOu
     if req.gpus < 1:
         raise UsageError(f"--gpus must be at least 1, got {req.gpus}")
     dist = torchrun_env()
+    if d.num_gpus > 1 and req.gpus != 1:
+        raise UsageError(f"--gpus {req.gpus} (one model per GPU, the lines shared out) and --num-gpus {d.num_gpus} "
+                         "(each line split over the GPUs) cannot be combined", hint="Choose one of them.")
     if dist is not None and req.gpus not in (1, dist[1]):
         raise UsageError(f"--gpus {req.gpus} under torchrun with {dist[1]} processes",
                          hint="Under torchrun each process is one worker: leave --gpus out.")
     log = BatchDisplay("off") if dist is not None and dist[0] != 0 else display
     backend, spec = checked_model(d, EventProgress(log.handle, 0))
     try:
-        plan = plan_batch(req, spec, EventProgress(log.handle, 0), shard=(dist[0], dist[1]) if dist else (0, 1))
+        shard = (dist[0], dist[1]) if dist is not None and d.num_gpus == 1 else (0, 1)  # --num-gpus: rank 0 plans all
+        plan = plan_batch(req, spec, EventProgress(log.handle, 0), shard=shard)
     except KeyboardInterrupt:  # nothing generated yet: no report, but the same exit code as later
         return BatchOutcome(Path(req.file), Path(d.output_dir), report_path_for(req), spec.name, [], interrupted=True)
+    if d.num_gpus > 1:
+        return _run_split(req, spec, backend, plan, log)
     if dist is not None:
         return _run_distributed(req, spec, backend, plan, log, dist)
 
@@ -938,3 +973,56 @@ def _run_distributed(req: BatchRequest, spec: ModelSpec, backend, plan: BatchPla
         cls, message, hint = fatals[0]
         raise cls(message, hint)
     return outcome
+
+
+def _run_split(req: BatchRequest, spec: ModelSpec, backend, plan: BatchPlan, display: BatchDisplay) -> BatchOutcome:
+    """``--num-gpus N`` under torchrun: every line one generation split over the ranks (see the module doc)."""
+    run = start_parallel(backend, spec, req.defaults, "batch")
+    ok = False
+    try:
+        shared = run.share(lambda: plan, "planning the batch")  # rank 0's items, in rank 0's order, on every rank
+        outcome = _split_items(req, spec, backend, shared, display, run)
+        ok = not outcome.interrupted
+        return outcome
+    finally:
+        run.close(ok=ok)
+
+
+def _split_items(req: BatchRequest, spec: ModelSpec, backend, plan: BatchPlan, display: BatchDisplay,
+                 run) -> BatchOutcome:
+    main, device = run.rank == 0, str(run.device)
+    coord = Coordinator(req, spec, plan, display, report_path_for(req) if main else None, run.world_size)
+    done = sum(r.status == "skipped" for r in plan.records.values())
+    display.message(f"{req.file}: {len(plan.items) + len(plan.records)} lines, {len(plan.items)} to generate"
+                    + (f", {done} already complete" if done else "") + f", each split over {run.world_size} GPUs")
+    display.start(len(plan.items))
+    coord.stopped = req.fail_fast and plan.failed_before_start()  # alike on every rank: the plan is rank 0's
+    progress = EventProgress(display.handle, 0) if main else QuietProgress()
+    try:
+        if plan.items and not coord.stopped:
+            pipeline = load_pipeline(backend, spec, req.defaults, device, progress, run)
+            try:
+                for item in plan.items:
+                    if not run.share(lambda: not coord.stopped, "starting the next line"):  # --fail-fast
+                        break
+                    if main:
+                        coord.on_event(("start", 0, item.line, item.job.name))
+                        coord.on_event(("record", 0, run_item(pipeline, item, progress, device, run)))
+                    else:
+                        follow_item(pipeline, item, run)
+            finally:
+                pipeline.close()
+    except KeyboardInterrupt:
+        coord.interrupted = True
+    except BaseException:
+        if main:
+            coord.write_report(final=True)
+        raise
+    finally:
+        display.close()
+        if main:
+            sweep(plan, coord.records)
+    outcome = coord.write_report(final=True) if main else coord.outcome()
+    if coord.interrupted:  # no collective after Ctrl-C: the ranks stop where they are
+        return outcome
+    return run.share(lambda: outcome, "the batch report")  # every rank exits with rank 0's code

@@ -3,9 +3,14 @@
 Library code raises a :class:`CosmosError` subclass with a one-line ``message`` and an optional ``hint``
 (what to do next). :func:`cosmos_cli.app.main` catches it once, prints both on stderr and exits with the
 class's ``exit_code``: 1 for bad input or a failed run, 2 for usage errors.
+
+In a run of several processes (torchrun, ``--num-gpus N``) every process goes through ``main()``; only rank 0
+prints the errors every rank raises alike (see :func:`quiet_on_this_rank`).
 """
 
 from __future__ import annotations
+
+import os
 
 
 class CosmosError(Exception):
@@ -76,3 +81,16 @@ class GuardrailBlocked(CosmosError):
     """A guardrail blocked the prompt or the video: nothing was written."""
 
     default_hint = "Change the prompt or the input. Blocked outputs are never written."
+
+
+class RankError(GenerationError):
+    """One process's own failure in a run of several processes (a lost peer, a timeout, out of memory on its
+    GPU): unlike the errors every rank raises alike, it is printed by the rank that raised it."""
+
+
+def quiet_on_this_rank(exc: BaseException) -> bool:
+    """Whether ``main()`` should exit without printing ``exc``: in a torchrun process other than rank 0 (``RANK``),
+    an error that every rank raises alike (validation, usage: rank 0 prints it) or that echoes rank 0's. A
+    :class:`RankError` and non-Cosmos exceptions (bugs) are printed on every rank."""
+    return (int(os.environ.get("RANK", "0") or 0) != 0 and isinstance(exc, CosmosError)
+            and not isinstance(exc, RankError))

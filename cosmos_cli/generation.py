@@ -2,10 +2,17 @@
 
 Everything about the request is validated before any model loads (input file, frame count, prompt,
 output path, memory plan), so a mistake costs seconds, not a model load.
+
+Several GPUs on one generation: ``torchrun --nproc_per_node=N --no-python cosmos generate ... --num-gpus N``
+starts N processes that run this same code. After the request is validated, :func:`start_parallel` has the
+backend check that N can split the work and join the run; the memory plan uses the smallest free memory of any
+GPU, so every rank makes the same plan; the backend loads on each rank what that rank needs and splits the
+generation; rank 0 alone writes the files and prints (the others use a :class:`~cosmos_cli.progress.QuietProgress`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,8 +24,10 @@ from cosmos_cli.errors import (
     InputError,
     MemoryPlanError,
     OutputExistsError,
+    RankError,
     UsageError,
 )
+from cosmos_cli.fastmode import FastMode, check_fast
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
 from cosmos_cli.planner import STRATEGY_NAMES, MemoryPlan, plan_memory, strategy_for_original_flags
 from cosmos_cli.progress import NullProgress, Progress
@@ -26,7 +35,7 @@ from cosmos_cli.registry import default_model_name, find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
 
 if TYPE_CHECKING:
-    from cosmos_cli.backend import Backend, Pipeline
+    from cosmos_cli.backend import Backend, ParallelRun, Pipeline
 
 GUARDRAIL_LICENSE_WARNING = (
     "warning: the safety guardrails are disabled. The NVIDIA Open Model License ties your rights to use the model "
@@ -61,6 +70,9 @@ class GenerateRequest:
     device: str = "auto"
     numerics: str = "fp32"
     resize: str = "stretch"
+    cp_scheme: str = "auto"
+    fast: FastMode = field(default_factory=FastMode)  # opt-in speed options that change the video
+    compile: bool = False  # torch.compile of the network's blocks (exact mode)
 
 
 def resolve_model(model: str | None, network_dir: str | None) -> ModelSpec:
@@ -140,8 +152,9 @@ def make_job(req: GenerateRequest, spec: ModelSpec, name: str) -> GenerationJob:
     )
 
 
-def plan_for(spec: ModelSpec, req: GenerateRequest, device: str) -> MemoryPlan:
-    """The memory plan `generate` uses: the same function `cosmos memory-plan` shows."""
+def plan_for(spec: ModelSpec, req: GenerateRequest, device: str, run: ParallelRun | None = None) -> MemoryPlan:
+    """The memory plan `generate` uses: the same function `cosmos memory-plan` shows. With ``run`` (several
+    processes), planned for the GPU with the least free memory, so that every rank makes the same plan."""
     strategy = req.offload
     from_flags = strategy_for_original_flags(set(req.original_offload_flags))
     if from_flags is not None:
@@ -158,6 +171,8 @@ def plan_for(spec: ModelSpec, req: GenerateRequest, device: str) -> MemoryPlan:
     import torch
 
     free, _ = torch.cuda.mem_get_info(torch.device(device))
+    if run is not None:
+        free = run.agree_min(free)
     plan = plan_memory(spec, free, strategy=strategy, upsampler=upsampler, guardrail=guardrail, num_gpus=req.num_gpus)
     if not plan.fits:
         raise MemoryPlanError(plan.reason, hint="See `cosmos memory-plan`; free GPU memory or use more GPUs.")
@@ -175,29 +190,76 @@ def checked_model(req: GenerateRequest, progress: Progress) -> tuple[Backend, Mo
         progress.warning(f"note: {spec.name} has no guardrail models; the video is not safety-checked")
     if not req.disable_prompt_upsampler and spec.component(UPSAMPLER) is None:
         progress.warning(f"note: {spec.name} has no prompt upsampler; your prompt is used as given")
-    if req.num_gpus != 1:
-        raise UsageError("--num-gpus > 1 (context parallelism) is not available in this version",
-                         hint="Run on one GPU.")
+    if not req.fast.exact:
+        check_fast(req.fast, pick_device(req.device), req.num_gpus)
     return backend, spec
 
 
-def load_pipeline(backend: Backend, spec: ModelSpec, req: GenerateRequest, device: str, progress: Progress) -> Pipeline:
-    """Plan memory on ``device`` and load ``spec``'s models as the plan says (shared by `generate` and `batch`)."""
-    plan = plan_for(spec, req, device)
-    progress.message(f"{spec.name} on {device}: memory strategy {plan.strategy} ({plan.reason})")
+def launched_world_size() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``), 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def is_primary() -> bool:
+    """False in the torchrun processes other than rank 0, which leave printing and writing to rank 0."""
+    return launched_world_size() <= 1 or int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def start_parallel(backend: Backend, spec: ModelSpec, req: GenerateRequest, command: str) -> ParallelRun | None:
+    """Join the torchrun run that splits each generation over ``req.num_gpus`` GPUs (None: one process).
+
+    Every rank calls it alike, after validating the request and before loading anything; the backend refuses a GPU
+    count that cannot split the work (naming the ones that can), a launch that does not match (giving the torchrun
+    command), a missing NCCL."""
+    if req.num_gpus == 1 and (command != "generate" or launched_world_size() == 1):
+        return None  # (a batch under torchrun with --num-gpus 1 shares its lines out instead, see cosmos_cli.batch)
+    if req.num_gpus > 1 and req.device not in ("auto", "cuda", "cpu"):
+        raise UsageError(f"--num-gpus {req.num_gpus} puts each process on its own GPU (cuda:LOCAL_RANK); "
+                         f"--device {req.device} names one",
+                         hint="Drop --device (or use --device cuda), and choose the GPUs with CUDA_VISIBLE_DEVICES.")
+    return backend.start_parallel(spec, req.num_gpus, device=req.device, command=command,
+                                  options={"cp_scheme": req.cp_scheme})
+
+
+def load_pipeline(backend: Backend, spec: ModelSpec, req: GenerateRequest, device: str, progress: Progress,
+                  run: ParallelRun | None = None) -> Pipeline:
+    """Plan memory on ``device`` and load ``spec``'s models as the plan says (shared by `generate` and `batch`);
+    with ``run``, the pipeline splits each generation over its ranks."""
+    plan = plan_for(spec, req, device, run)
+    where = device if run is None else f"{run.world_size} x {device.split(':')[0]}"
+    progress.message(f"{spec.name} on {where}: memory strategy {plan.strategy} ({plan.reason})")
+    options = {"numerics": req.numerics, "network_dir": req.network_dir, "fast": req.fast, "compile": req.compile}
+    if run is not None:
+        options.update(parallel=run, cp_scheme=req.cp_scheme)
     return backend.build_pipeline(spec, plan, checkpoint_dir=Path(req.checkpoint_dir), device=device,
-                                  progress=progress, options={"numerics": req.numerics, "network_dir": req.network_dir})
+                                  progress=progress, options=options)
 
 
 def generate(req: GenerateRequest, progress: Progress | None = None) -> GenerationResult:
+    """One video. Under torchrun with ``--num-gpus N`` every rank calls this alike; the result's paths are set
+    on rank 0 only (the only one that writes)."""
     progress = progress or NullProgress()
     backend, spec = checked_model(req, progress)
     video_path, prompt_path = output_paths(Path(req.output_dir), req.name, req.overwrite)
     job = make_job(req, spec, video_path.stem)
-    device = pick_device(req.device)
-    pipeline = load_pipeline(backend, spec, req, device, progress)
+    run = start_parallel(backend, spec, req, "generate")
+    ok = False
     try:
-        video_path.parent.mkdir(parents=True, exist_ok=True)
+        device = str(run.device) if run is not None else pick_device(req.device)
+        result = _generate(backend, spec, req, job, device, progress, video_path, prompt_path, run)
+        ok = True
+        return result
+    finally:
+        if run is not None:
+            run.close(ok=ok)
+
+
+def _generate(backend: Backend, spec: ModelSpec, req: GenerateRequest, job: GenerationJob, device: str,
+              progress: Progress, video_path: Path, prompt_path: Path, run: ParallelRun | None) -> GenerationResult:
+    pipeline = load_pipeline(backend, spec, req, device, progress, run)
+    try:
+        if run is None or run.rank == 0:
+            video_path.parent.mkdir(parents=True, exist_ok=True)
         # CUDA out of memory (the files are written only at the end, atomically, so none is half-written): under
         # auto, retry once with the next leaner strategy; otherwise name the strategy to use.
         import torch
@@ -214,6 +276,10 @@ def generate(req: GenerateRequest, progress: Progress | None = None) -> Generati
                 break  # leaving the except clause above dropped the failed attempt's tensors
             strategy = getattr(getattr(pipeline, "plan", None), "strategy", req.offload)
             leaner = leaner_strategy(strategy) if strategy in STRATEGY_NAMES else None
+            if run is not None:  # the other ranks cannot retry with this one: stop, naming the next strategy
+                raise RankError(f"rank {run.rank}: CUDA out of memory under memory strategy {strategy} ({oom})",
+                                hint=f"Use --offload {leaner}." if leaner else
+                                "Free GPU memory (other processes?) and see `cosmos memory-plan`.")
             if leaner is None:
                 raise GenerationError(f"CUDA out of memory even under the leanest strategy, {strategy} ({oom})",
                                       hint="Free GPU memory (other processes?) and see `cosmos memory-plan`.")

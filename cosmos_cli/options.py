@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from cosmos_cli import fastmode as fm
+
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Model name or alias (see `cosmos backends`). Default: the backend's default model."),
@@ -31,7 +33,17 @@ VramOpt = Annotated[
     typer.Option("--vram", help="GPU memory to plan for, e.g. 24GB (10^9 bytes), 24GiB or 24000MiB. Default: detected free memory."),
 ]
 NumGpusOpt = Annotated[
-    int, typer.Option("--num-gpus", "--num_gpus", min=1, help="GPUs working on one generation (context parallelism).")
+    int,
+    typer.Option("--num-gpus", "--num_gpus", min=1,
+                 help="GPUs working on each generation (context parallelism), one process per GPU started by "
+                      "torchrun: torchrun --nproc_per_node=N --no-python cosmos generate (or batch) ... --num-gpus N."),
+]
+CpSchemeOpt = Annotated[
+    str,
+    typer.Option("--cp-scheme",
+                 help="How --num-gpus N splits a generation: auto (cfg when N is even and the memory plan runs the "
+                      "two guidance branches together, else sequence), sequence (each GPU takes 1/N of the video's "
+                      "tokens) or cfg (the two guidance branches on two halves of the GPUs)."),
 ]
 UpsamplerOpt = Annotated[bool, typer.Option("--upsampler/--no-upsampler", help="Count the prompt upsampler.")]
 GuardrailOpt = Annotated[bool, typer.Option("--guardrail/--no-guardrail", help="Count the guardrail models.")]
@@ -107,6 +119,21 @@ NumericsOpt = Annotated[
     str,
     typer.Option("--numerics", help="fp32: fp32 position tables and sampler scalars, as the model was trained "
                                     "(default). original: the original script's bf16 details, for identical videos."),
+]
+FastOpt = Annotated[
+    str | None,
+    typer.Option("--fast", metavar="OPTIONS",
+                 help="Opt-in speed options that change the video (quality cost measured: README, Fast mode), "
+                      "comma-separated: step-cache[=THRESHOLD] (skip most of the network while its input changes "
+                      f"little; default {fm.DEFAULT_STEP_CACHE_THRESHOLD:g}), guidance-trunc[=FRACTION] (no negative-"
+                      f"prompt pass in the last FRACTION of the steps; default {fm.DEFAULT_GUIDANCE_TRUNC_FRACTION:g}), "
+                      "fp8 (FP8 matrix products; GPUs of compute capability 8.9+ only), fp8-sim (FP8 rounding "
+                      "simulated on any device: slower, for checking quality). Default: exact."),
+]
+CompileOpt = Annotated[
+    bool,
+    typer.Option("--compile", help="Compile the network's blocks with torch.compile (same video within float "
+                                   "rounding; the first step waits for the compilation)."),
 ]
 ResizeOpt = Annotated[
     str,

@@ -36,6 +36,13 @@ class NullProgress(Progress):
     pass
 
 
+class QuietProgress(NullProgress):
+    """Nothing at all, not even warnings: the torchrun ranks other than 0, which leave the display to rank 0."""
+
+    def warning(self, text: str) -> None:
+        pass
+
+
 class RichProgress(Progress):
     """Stage lines with their durations, and one rich progress bar for the denoising steps."""
 

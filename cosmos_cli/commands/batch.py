@@ -12,6 +12,7 @@ import typer
 from cosmos_cli import options as o
 from cosmos_cli.batch import BatchDisplay, BatchRequest, is_primary, run_batch
 from cosmos_cli.errors import GenerationError
+from cosmos_cli.fastmode import parse_fast
 from cosmos_cli.generation import GenerateRequest
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
 from cosmos_cli.progress import stderr_is_interactive
@@ -40,8 +41,12 @@ def batch(
     offload_text_encoder_model: o.OffloadTextEncoderOpt = False,
     offload_prompt_upsampler: o.OffloadUpsamplerOpt = False,
     offload_guardrail_models: o.OffloadGuardrailOpt = False,
+    num_gpus: o.NumGpusOpt = 1,
+    cp_scheme: o.CpSchemeOpt = "auto",
     device: o.DeviceOpt = "auto",
     numerics: o.NumericsOpt = "fp32",
+    fast: o.FastOpt = None,
+    compile_blocks: o.CompileOpt = False,
     resize: o.ResizeOpt = "stretch",
     skip_invalid: o.SkipInvalidOpt = False,
     fail_fast: o.FailFastOpt = False,
@@ -50,7 +55,10 @@ def batch(
     as_json: o.JsonOpt = False,
 ) -> None:
     """Generate every line of a batch file. The options are each line's defaults; a line's keys override them
-    (a line without "seed" uses --seed). Finished lines are skipped when the same command runs again."""
+    (a line without "seed" uses --seed). Finished lines are skipped when the same command runs again.
+
+    Several GPUs: --gpus N shares the lines out (one model per GPU); under torchrun with --num-gpus N every line
+    is one generation split over the N processes."""
     flags = {name for name, on in (
         ("offload_diffusion_transformer", offload_diffusion_transformer), ("offload_tokenizer", offload_tokenizer),
         ("offload_text_encoder_model", offload_text_encoder_model), ("offload_prompt_upsampler", offload_prompt_upsampler),
@@ -61,7 +69,8 @@ def batch(
         num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
         output_dir=output_dir, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
         disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload,
-        original_offload_flags=frozenset(flags), device=device, numerics=numerics, resize=resize,
+        original_offload_flags=frozenset(flags), num_gpus=num_gpus, cp_scheme=cp_scheme, device=device,
+        numerics=numerics, resize=resize, fast=parse_fast(fast), compile=compile_blocks,
     )
     run_and_print(BatchRequest(file, defaults, skip_invalid=skip_invalid, fail_fast=fail_fast, gpus=gpus,
                                report_path=report), as_json)

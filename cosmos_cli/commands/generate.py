@@ -10,10 +10,11 @@ from cosmos_cli import options as o
 from cosmos_cli.batch import BatchRequest
 from cosmos_cli.commands.batch import run_and_print as run_batch_and_print
 from cosmos_cli.errors import UsageError
-from cosmos_cli.generation import GenerateRequest
+from cosmos_cli.fastmode import parse_fast
+from cosmos_cli.generation import GenerateRequest, is_primary
 from cosmos_cli.generation import generate as run_generate
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
-from cosmos_cli.progress import NullProgress, RichProgress
+from cosmos_cli.progress import NullProgress, QuietProgress, RichProgress
 
 
 def generate(
@@ -41,8 +42,11 @@ def generate(
     offload_prompt_upsampler: o.OffloadUpsamplerOpt = False,
     offload_guardrail_models: o.OffloadGuardrailOpt = False,
     num_gpus: o.NumGpusOpt = 1,
+    cp_scheme: o.CpSchemeOpt = "auto",
     device: o.DeviceOpt = "auto",
     numerics: o.NumericsOpt = "fp32",
+    fast: o.FastOpt = None,
+    compile_blocks: o.CompileOpt = False,
     resize: o.ResizeOpt = "stretch",
     batch_input_path: o.BatchInputOpt = None,
     as_json: o.JsonOpt = False,
@@ -63,10 +67,14 @@ def generate(
         num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
         output_dir=output_dir, name=name, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
         disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload, original_offload_flags=frozenset(flags),
-        num_gpus=num_gpus, device=device, numerics=numerics, resize=resize,
+        num_gpus=num_gpus, cp_scheme=cp_scheme, device=device, numerics=numerics, resize=resize,
+        fast=parse_fast(fast), compile=compile_blocks,
     )
     if batch_input_path is not None:
         return run_batch_and_print(BatchRequest(batch_input_path, request), as_json)
+    if not is_primary():  # a torchrun rank other than 0: rank 0 shows the progress and prints the result
+        run_generate(request, QuietProgress())
+        return None
     result = run_generate(request, NullProgress() if as_json else RichProgress())
     if as_json:
         typer.echo(json.dumps({"video": str(result.video_path), "prompt_file": str(result.prompt_path),

@@ -6,6 +6,7 @@ does not import torch: the models are built only when a pipeline is.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cosmos_cli.backend import Backend
@@ -48,7 +49,21 @@ class Predict1Backend(Backend):
         options = dict(options or {})
         return Predict1Pipeline.load(spec, plan, checkpoint_dir=self.checkpoint_path(spec, checkpoint_dir),
                                      device=device, progress=progress, numerics=options.get("numerics", "fp32"),
-                                     network_dir=options.get("network_dir"))
+                                     network_dir=options.get("network_dir"), parallel=options.get("parallel"),
+                                     cp_scheme=options.get("cp_scheme", "auto"), fast=options.get("fast"),
+                                     compile=options.get("compile", False))
+
+    def start_parallel(self, spec, num_gpus: int, *, device: str, command: str = "generate", options=None):
+        """Context parallelism (:mod:`.parallel`): refuse a GPU count or scheme that cannot split ``spec``'s job
+        (before joining, so no process waits for the others to fail alike), then join torchrun's run."""
+        from . import parallel as P
+
+        scheme = dict(options or {}).get("cp_scheme", "auto")
+        if num_gpus > 1:  # the same checks as the layout choice after the memory plan (they do not depend on it)
+            P.choose_layout(num_gpus, spec.network, P.latent_shape_of(spec),
+                            scheme=os.environ.get(P.SCHEME_ENV, "auto") if scheme == "auto" else scheme,
+                            attention=os.environ.get(P.ATTENTION_ENV, "auto"))
+        return P.init_distributed(num_gpus, device=device, command=command)
 
 
 @hookimpl

@@ -120,6 +120,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
+# cache(x, run_blocks) -> x after every block, where run_blocks(x, start, stop) runs blocks start..stop-1.
+BlockCache = Callable[[Tensor, Callable[[Tensor, int, int], Tensor]], Tensor]
+
+
 class TokenShard(Protocol):
     """Sequence parallelism seen from the network (see :mod:`cosmos_plugins.predict1.parallel`).
 
@@ -437,7 +441,8 @@ class VideoExtendGeneralDIT(nn.Module):
 
     def forward(self, x: Tensor, timesteps: Tensor, crossattn_emb: Tensor, fps: Tensor | float | None,
                 condition_video_input_mask: Tensor, padding_mask: Tensor | None = None,
-                tables: PosTables | None = None, shard: TokenShard | None = None) -> Tensor:
+                tables: PosTables | None = None, shard: TokenShard | None = None,
+                cache: BlockCache | None = None) -> Tensor:
         """Raw network output F.
 
         Args:
@@ -451,6 +456,9 @@ class VideoExtendGeneralDIT(nn.Module):
             shard: sequence parallelism: the blocks run on the tokens ``shard.start:shard.stop`` only, with
                 ``shard.self_attention``, and ``shard.gather`` reassembles the final layer's output. None: all
                 tokens here.
+            cache: step caching (:class:`~.fast.StepCache`): ``cache(x, run_blocks)`` returns x after every block,
+                running some of them with ``run_blocks(x, start, stop)`` and reusing earlier work for the rest.
+                None: every block runs.
         Returns:
             (B, out_channels, T, H, W) in the weights' dtype.
         """
@@ -484,8 +492,14 @@ class VideoExtendGeneralDIT(nn.Module):
             part = slice(shard.start, shard.stop)
             x, extra_pos, rope = x[:, part], extra_pos[:, part], (rope[0][part], rope[1][part])  # (B, S/N, D)
             sharded = {"self_attention": shard.self_attention}
-        for block in self.blocks.values():
-            x = block(x, emb, adaln_lora_3d, crossattn_emb, rope, extra_pos, **sharded)
+        blocks = list(self.blocks.values())
+
+        def run_blocks(x: Tensor, start: int, stop: int) -> Tensor:
+            for block in blocks[start:stop]:
+                x = block(x, emb, adaln_lora_3d, crossattn_emb, rope, extra_pos, **sharded)
+            return x
+
+        x = run_blocks(x, 0, len(blocks)) if cache is None else cache(x, run_blocks)  # (B, S, D)
 
         x = self.final_layer(x, emb, adaln_lora_3d)  # (B, S, ps*ps*pt*C)
         if shard is not None:

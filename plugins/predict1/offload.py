@@ -367,7 +367,6 @@ class Streamed(Placed):
         self.slot_free: list = [None] * self.num_slots  # event: the slot's last block finished computing
         self.slot_of: dict[int, int] = {}  # block index -> slot, for the blocks issued and not yet run
         self.ready: dict[int, object] = {}  # block index -> event: its copy finished
-        self.next_slot = 0
         self.rest_flats = self.rest.empty_device(dev)
         self.rest.load(self.rest_flats)
         self.rest.attach(self.rest_flats)
@@ -376,11 +375,15 @@ class Streamed(Placed):
         self.issue(0)
 
     def issue(self, i: int) -> None:
-        """Start copying block ``i`` into the next slot (once)."""
+        """Start copying block ``i`` into a slot that holds no block waiting to run (once).
+
+        In order (each block once per forward) this is round robin. A forward that skips blocks (step caching)
+        leaves blocks issued and not run; they keep their slots until they run, so the window of issued blocks
+        stays at most ``num_slots`` wide and a slot in use is never overwritten."""
         if i in self.slot_of:
             return
-        slot = self.next_slot
-        self.next_slot = (slot + 1) % self.num_slots
+        taken = set(self.slot_of.values())
+        slot = next(k for k in range(self.num_slots) if k not in taken)
         self.slot_of[i] = slot
         if self.copy_stream is None:
             self.blocks[i].load(self.slots[slot])
@@ -519,9 +522,11 @@ def lean_block(block: nn.Module, x: Tensor, emb: Tensor, adaln_lora_3d: Tensor, 
 
 def lean_forward(net: nn.Module, x: Tensor, timesteps: Tensor, crossattn_emb: Tensor, fps,
                  condition_video_input_mask: Tensor, padding_mask: Tensor | None = None, tables=None, *,
-                 streamer: Streamed | None = None, chunk: int = LEAN_CHUNK_TOKENS) -> Tensor:
+                 streamer: Streamed | None = None, chunk: int = LEAN_CHUNK_TOKENS,
+                 cache: _network.BlockCache | None = None) -> Tensor:
     """The network's forward (same arguments and result as ``VideoExtendGeneralDIT.forward``) with bounded
-    activations (module doc); ``streamer`` brings each block's weights in around its computation."""
+    activations (module doc); ``streamer`` brings each block's weights in around its computation; ``cache`` as
+    the network's forward takes it."""
     p = net.params
     dtype = net.x_embedder.proj[1].weight.dtype
     B, _, T, H, W = x.shape
@@ -538,9 +543,15 @@ def lean_forward(net: nn.Module, x: Tensor, timesteps: Tensor, crossattn_emb: Te
     adaln_lora_3d = net.t_embedder[1](s)  # (B, 3D)
     emb = net.affline_norm(s)
     crossattn_emb = crossattn_emb.to(dtype)
-    for i, block in enumerate(net.blocks.values()):
-        with streamer.block(i) if streamer is not None else nullcontext():
-            x = lean_block(block, x, emb, adaln_lora_3d, crossattn_emb, tables.rope, tables.extra_pos, chunk)
+    blocks = list(net.blocks.values())
+
+    def run_blocks(x: Tensor, start: int, stop: int) -> Tensor:
+        for i in range(start, stop):
+            with streamer.block(i) if streamer is not None else nullcontext():
+                x = lean_block(blocks[i], x, emb, adaln_lora_3d, crossattn_emb, tables.rope, tables.extra_pos, chunk)
+        return x
+
+    x = run_blocks(x, 0, len(blocks)) if cache is None else cache(x, run_blocks).contiguous()
     out = torch.cat([net.final_layer(x[:, a:b], emb, adaln_lora_3d) for a, b in _spans(x.shape[1], chunk)], dim=1)
     del x
     ps, pt = p.patch_spatial, p.patch_temporal

@@ -30,8 +30,13 @@ measurement in ``benchmarks/bench_parallel.py``.
 State: the network holds none of this. A :class:`ContextParallel` (rank, groups, layout) is passed in per call
 (``net(..., shard=...)``), so the network can be swapped, streamed block by block or rebuilt between calls: the
 memory engine's placements (resident, swap, stream) work unchanged, their block hooks firing inside the sharded
-forward. The memory-lean forward (``offload.lean_forward``, chunked attention) has no ``shard`` argument yet; under
-context parallelism the network's own forward runs instead, on S/N tokens per rank.
+forward. The memory-lean forward (``offload.lean_forward``, chunked attention) has no ``shard`` argument yet: the
+pipeline refuses a lean plan (``stream-lean``) under context parallelism, naming the leanest strategy that splits.
+
+From the command line: ``--num-gpus N`` (``cosmos_cli.generation.start_parallel`` calls the backend's
+``start_parallel``: the layout checks, then :func:`init_distributed`), ``--cp-scheme`` (else ``COSMOS_CP_SCHEME``),
+``Predict1Pipeline.load(parallel=...)`` (only the network on ranks > 0) and ``Predict1Pipeline.generate``, which
+calls :func:`generate_parallel`. A :class:`DistContext` is what the core sees as its ``ParallelRun``.
 
 Failures: a rank count that does not divide the work, a launch without torchrun, or a missing NCCL are clear
 errors before anything loads. Every process group has a timeout. A collective that fails (a rank died: its
@@ -55,7 +60,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from cosmos_cli.errors import CosmosError, GenerationError, MissingDependencyError, UsageError
+from cosmos_cli.errors import CosmosError, MissingDependencyError, RankError, UsageError
+from cosmos_cli.errors import quiet_on_this_rank as quiet_on_this_rank
 
 from . import network as _network
 from . import sampler as S
@@ -73,7 +79,7 @@ DEFAULT_WAIT_TIMEOUT_S, DEFAULT_STEP_TIMEOUT_S = 1800.0, 600.0
 SCHEME_ENV, ATTENTION_ENV = "COSMOS_CP_SCHEME", "COSMOS_CP_ATTENTION"
 
 
-class ParallelError(GenerationError):
+class ParallelError(RankError):
     """A failure of the multi-process machinery on this rank: setup, a lost rank, a timeout (always printed)."""
 
     default_hint = ("Another rank failed or stopped: look for its message above. Timeouts: "
@@ -83,7 +89,7 @@ class ParallelError(GenerationError):
 class FollowerExit(CosmosError):
     """Raised on ranks > 0 when rank 0 failed or stopped in a rank-0-only stage; rank 0 printed why.
 
-    ``main()`` on a rank > 0 should exit with ``exit_code`` without printing (see :func:`quiet_on_this_rank`).
+    ``main()`` on a rank > 0 exits with ``exit_code`` without printing (see ``cosmos_cli.errors.quiet_on_this_rank``).
     """
 
     def __init__(self, message: str, exit_code: int = 1, hint: str | None = None):
@@ -177,10 +183,10 @@ def choose_layout(world_size: int, params: DiTParams, latent_shape: tuple[int, i
     if scheme == "cfg" and not cfg_ok:
         why = "is odd" if world_size % 2 else f"/ 2 = {world_size // 2} does not divide the {tokens:,} tokens"
         raise UsageError(f"the cfg scheme needs an even GPU count whose half divides the work; {world_size} {why}",
-                         hint=f"Set {SCHEME_ENV}=sequence (or auto).")
+                         hint=f"Use --cp-scheme sequence (or auto; {SCHEME_ENV} sets the default).")
     if scheme == "sequence" and not seq_ok:
         raise UsageError(f"the sequence scheme needs a GPU count that divides the {tokens:,} tokens; "
-                         f"{world_size} does not", hint=f"Set {SCHEME_ENV}=cfg (or auto).")
+                         f"{world_size} does not", hint=f"Use --cp-scheme cfg (or auto; {SCHEME_ENV} sets the default).")
     groups = 2 if scheme == "cfg" else 1
     n = world_size // groups
     heads = params.num_heads
@@ -246,6 +252,20 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    # -- what the core uses (cosmos_cli.backend.ParallelRun) ---------------------------------------------------
+
+    def agree_min(self, value: int) -> int:
+        return agree_min(self, value)
+
+    def share(self, fn: Callable[[], Any], what: str = "a rank-0 stage") -> Any:
+        return from_rank0(self, fn, what)
+
+    def shared_failure(self, exc: BaseException) -> bool:
+        return isinstance(exc, FollowerExit) or getattr(exc, _SHARED_MARK, False)
+
+    def close(self, ok: bool = True) -> None:
+        shutdown(self, ok=ok)
+
 
 def _env_seconds(name: str, default: float) -> float:
     raw = os.environ.get(name)
@@ -270,25 +290,19 @@ def this_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def quiet_on_this_rank(exc: BaseException) -> bool:
-    """Whether ``main()`` should exit without printing ``exc``: on ranks > 0, errors that every rank raises
-    alike (validation, usage: rank 0 prints them) and :class:`FollowerExit`. A :class:`ParallelError` and
-    non-Cosmos exceptions (bugs, out of memory) are printed on every rank."""
-    return this_rank() != 0 and isinstance(exc, CosmosError) and not isinstance(exc, ParallelError)
-
-
 def init_distributed(num_gpus: int, *, device: str = "auto", wait_timeout_s: float | None = None,
-                     step_timeout_s: float | None = None) -> DistContext | None:
+                     step_timeout_s: float | None = None, command: str = "generate") -> DistContext | None:
     """Join the run torchrun started (None for a plain single-process run).
 
     Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT as torchrun sets them; uses NCCL on CUDA
     (one GPU per local rank) and gloo on the CPU. Raises :class:`UsageError` for a launch that does not match
-    ``--num-gpus``, :class:`MissingDependencyError` without NCCL, :class:`ParallelError` when the rendezvous
-    fails.
+    ``--num-gpus`` (its hint gives the torchrun command for ``cosmos <command>``), :class:`MissingDependencyError`
+    without NCCL, :class:`ParallelError` when the rendezvous fails. (``quiet_on_this_rank``, re-exported here,
+    is ``cosmos_cli.errors.quiet_on_this_rank``.)
     """
     global _ACTIVE
     world = launched_world_size()
-    launch = f"torchrun --nproc_per_node={num_gpus} --no-python cosmos generate ... --num-gpus {num_gpus}"
+    launch = f"torchrun --nproc_per_node={num_gpus} --no-python cosmos {command} ... --num-gpus {num_gpus}"
     if num_gpus < 1:
         raise UsageError(f"--num-gpus must be >= 1, got {num_gpus}")
     if num_gpus == 1 and world == 1:
@@ -444,6 +458,10 @@ def from_rank0(ctx: DistContext, fn: Callable[[], Any], what: str = "a rank-0 st
         except BaseException as exc:
             code = exc.exit_code if isinstance(exc, CosmosError) else 1
             _broadcast_object(ctx, ("error", f"rank 0 stopped in {what}: {_first_line(exc)}", code), what)
+            try:  # the other ranks know: the run may go on together (DistContext.shared_failure)
+                setattr(exc, _SHARED_MARK, True)
+            except AttributeError:
+                pass
             raise
         skeleton = _flatten(result, tensors)
         _broadcast_object(ctx, ("ok", skeleton, 0), what)
@@ -464,6 +482,9 @@ def from_rank0(ctx: DistContext, fn: Callable[[], Any], what: str = "a rank-0 st
         if ctx.rank != 0:
             received.append(buf.to(ctx.device if slot.device_type == "cuda" else torch.device("cpu")))
     return result if ctx.rank == 0 else _unflatten(skeleton, received)
+
+
+_SHARED_MARK = "_cosmos_shared_with_ranks"  # set on rank 0's exception once the other ranks raised FollowerExit
 
 
 def _collect_slots(obj: Any, out: list[_TensorSlot]) -> None:

@@ -5,6 +5,10 @@ them as the memory plan says (:mod:`.offload`: resident, parked in pinned host m
 computed on the CPU, or the network's blocks streamed), and generates one job at a time:
 
     input frames -> tokenizer encode -> T5 encode -> sampler (network, both guidance branches) -> decode -> mp4
+
+Loaded with ``parallel`` (a :class:`~.parallel.DistContext`: torchrun, ``--num-gpus N``), every rank holds the
+network and rank 0 the other models too; each ``generate`` is then split over the ranks as
+:func:`.parallel.generate_parallel` says, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import numpy as np
 import torch
 
 from cosmos_cli.errors import CheckpointError, GenerationError
+from cosmos_cli.fastmode import FastMode
 from cosmos_cli.jobs import GenerationJob, GenerationResult
 from cosmos_cli.planner import MemoryPlan
 from cosmos_cli.progress import NullProgress, Progress
 from cosmos_cli.specs import GUARDRAIL, NETWORK, TEXT_ENCODER, TOKENIZER, UPSAMPLER, ModelSpec
 
 from . import sampler as S
+from .fast import StepCache, compile_blocks, to_fp8
 from .offload import network_forward, place
 from .params import TOKENIZER_CHUNK_FRAMES
 
@@ -90,6 +96,22 @@ def to_uint8(video: torch.Tensor, numerics: str):
     return v.round().to(torch.uint8).cpu().numpy()
 
 
+def _context_parallel(spec: ModelSpec, plan: MemoryPlan, ctx, scheme: str):
+    """The split of every generation over ``ctx``'s ranks, for this plan (created alike on every rank)."""
+    from cosmos_cli.errors import MemoryPlanError
+    from cosmos_cli.planner import STRATEGIES
+
+    from .parallel import ContextParallel, latent_shape_of
+
+    if plan.lean_network:  # offload.lean_forward has no token shard: its chunked attention sees all the tokens
+        splittable = [s.name for s in STRATEGIES if not s.lean_network]
+        raise MemoryPlanError(f"memory strategy {plan.strategy} (the network's chunked forward) cannot be split over "
+                              f"GPUs", hint=f"Use --offload {splittable[-1]} or a faster strategy (each GPU then "
+                                            f"holds 1/{ctx.world_size} of the activations), or --num-gpus 1.")
+    return ContextParallel.create(ctx, spec.network, latent_shape_of(spec), cfg_batched=plan.cfg_batched,
+                                  scheme=None if scheme == "auto" else scheme)
+
+
 class Predict1Pipeline:
     """Loaded once; ``generate`` runs one job and keeps the models where the plan put them.
 
@@ -98,8 +120,16 @@ class Predict1Pipeline:
     """
 
     def __init__(self, spec: ModelSpec, plan: MemoryPlan, device: torch.device, network, tokenizer, text_encoder,
-                 numerics: str = "fp32", upsampler=None, text_guardrail=None, video_guardrail=None):
+                 numerics: str = "fp32", upsampler=None, text_guardrail=None, video_guardrail=None, cp=None, *,
+                 fast: FastMode | None = None, compile: bool = False):
         self.spec, self.plan, self.device, self.numerics = spec, plan, device, numerics
+        self.fast, self.compiled = fast or FastMode(), compile  # speed options (cosmos_cli.fastmode, .fast)
+        self.denoise_stats: dict[str, int] = {}  # the last generation's network forwards (see denoise)
+        if network is not None and self.fast.fp8 is not None:
+            to_fp8(network, self.fast.fp8)  # before placing: the host copies hold the e4m3 weights
+        if network is not None and compile:
+            compile_blocks(network)
+        self.cp = cp  # a parallel.ContextParallel: each generation split over its ranks (None: this process alone)
         self.stage_reserved_bytes: dict[str, int] = {}  # the last generation's torch.cuda.max_memory_reserved per stage
 
         def placed(obj, component: str, **kw):
@@ -115,7 +145,11 @@ class Predict1Pipeline:
 
     @classmethod
     def load(cls, spec: ModelSpec, plan: MemoryPlan, *, checkpoint_dir: Path, device: str | torch.device,
-             numerics: str = "fp32", network_dir: str | None = None, progress: Progress | None = None):
+             numerics: str = "fp32", network_dir: str | None = None, progress: Progress | None = None,
+             parallel=None, cp_scheme: str = "auto", fast: FastMode | None = None, compile: bool = False):
+        """Load the models ``plan`` includes. ``parallel`` (a DistContext, on every rank alike): choose the split
+        (``cp_scheme``: auto, sequence or cfg) first; the ranks other than 0 load the network only. ``fast`` and
+        ``compile``: the speed options (:mod:`cosmos_cli.fastmode`, :mod:`.fast`)."""
         from .checkpoint import load_network
         from .text_encoder import T5TextEncoder
         from .tokenizer import load_tokenizer
@@ -126,9 +160,19 @@ class Predict1Pipeline:
         device = torch.device(device)
         paths = checkpoint_paths(spec, checkpoint_dir, network_dir)
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        cp = None
+        if parallel is not None:
+            cp = _context_parallel(spec, plan, parallel, cp_scheme)
+            progress.message(f"context parallel: {cp.layout.reason}")
 
         def where(component: str) -> torch.device:
             return device if plan.placement(component) == "gpu" or device.type != "cuda" else torch.device("cpu")
+
+        if cp is not None and not cp.is_main:  # the other ranks only denoise: rank 0 encodes, decodes and checks
+            with progress.stage("loading the diffusion network"):
+                network = load_network(paths.network, spec.network, device=where(NETWORK), dtype=dtype,
+                                       rope_mode="compat" if numerics == "original" else "fp32")
+            return cls(spec, plan, device, network, None, None, numerics, cp=cp, fast=fast, compile=compile)
 
         with progress.stage("loading the text encoder"):
             text_encoder = T5TextEncoder.load(paths.text_encoder, device=where(TEXT_ENCODER), dtype=dtype,
@@ -155,7 +199,7 @@ class Predict1Pipeline:
                 text_guardrail = TextGuardrail.load(folder, device=str(where(GUARDRAIL)), dtype=dtype)
                 video_guardrail = VideoGuardrail.load(folder, device=str(where(GUARDRAIL)))
         return cls(spec, plan, device, network, tokenizer, text_encoder, numerics, upsampler, text_guardrail,
-                   video_guardrail)
+                   video_guardrail, cp=cp, fast=fast, compile=compile)
 
     def close(self) -> None:
         for part in (self.network, self.tokenizer, self.text_encoder, self.upsampler, self.text_guardrail,
@@ -202,14 +246,22 @@ class Predict1Pipeline:
             mask = torch.zeros(1, 1, T, H, W, dtype=dtype, device=self.device)
             mask[:, :, :num_condition_frames] = 1
             emb = text_emb.to(dtype)
+            fast = self.fast
+            cache = None if fast.step_cache is None else StepCache(fast.step_cache, job.num_steps, len(net.blocks))
+            branch_forwards = [0]
 
-            def model_fn(x_scaled, t):
+            def run(x_scaled, t, rows, *branches):  # rows of emb: (prompt, negative prompt)
+                branch_forwards[0] += len(branches)
+                extra = {} if cache is None else {"cache": cache.for_branches(*branches)}
+                return forward(x_scaled, t, emb[rows], job.fps, mask, tables=tables, **extra)
+
+            def model_fn(x_scaled, t, uncond=True):
+                if not uncond:  # guidance truncation: the prompt's branch alone
+                    return run(x_scaled, t, slice(0, 1), "cond"), None
                 if self.plan.cfg_batched:
-                    out = forward(torch.cat([x_scaled, x_scaled]), t.expand(2), emb, job.fps, mask, tables=tables)
+                    out = run(torch.cat([x_scaled, x_scaled]), t.expand(2), slice(0, 2), "cond", "uncond")
                     return out[:1], out[1:]
-                f_c = forward(x_scaled, t, emb[:1], job.fps, mask, tables=tables)
-                f_u = forward(x_scaled, t, emb[1:], job.fps, mask, tables=tables)
-                return f_c, f_u
+                return run(x_scaled, t, slice(0, 1), "cond"), run(x_scaled, t, slice(1, 2), "uncond")
 
             advance = progress.steps(job.num_steps, "denoising")
             try:
@@ -223,9 +275,13 @@ class Predict1Pipeline:
                     guidance=job.guidance,
                     numerics=self.numerics,
                     on_step=lambda info: advance(),
+                    guided_steps=S.guided_step_count(job.num_steps, fast.guidance_trunc),
                 )
             finally:
                 progress.done_steps()
+            n = branch_forwards[0]
+            self.denoise_stats = {"branch_forwards": n, **(cache.stats() if cache is not None else {
+                "full_forwards": n, "cached_forwards": 0, "blocks_run": n * len(net.blocks)})}
         return latent
 
     def decode(self, latent: torch.Tensor):
@@ -254,6 +310,10 @@ class Predict1Pipeline:
 
     def generate(self, job: GenerationJob, progress: Progress, *, video_path: Path, prompt_path: Path | None = None
                  ) -> GenerationResult:
+        if self.cp is not None:  # every rank calls this alike; rank 0 writes
+            from .parallel import generate_parallel
+
+            return generate_parallel(self, self.cp, job, progress, video_path=video_path, prompt_path=prompt_path)
         from cosmos_cli.media import write_text, write_video
 
         timings: dict[str, float] = {}

@@ -95,8 +95,19 @@ class StepInfo:
     sigma: float
 
 
-# model_fn(x_scaled, c_noise) -> (F_cond, F_uncond): the network on both guidance branches.
-ModelFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# model_fn(x_scaled, c_noise) -> (F_cond, F_uncond): the network on both guidance branches. On the steps past
+# ``guided_steps`` (see sample) it is called as model_fn(x_scaled, c_noise, uncond=False) -> (F_cond, None).
+ModelFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def guided_step_count(num_steps: int, truncate_fraction: float | None) -> int:
+    """Steps that apply guidance when the last ``truncate_fraction`` of ``num_steps`` run the conditional branch
+    only (rounded to the nearest step; None or 0: every step)."""
+    if not truncate_fraction:
+        return num_steps
+    if not 0 <= truncate_fraction < 1:
+        raise ValueError(f"truncate_fraction must be in [0, 1), got {truncate_fraction}")
+    return num_steps - min(num_steps, int(truncate_fraction * num_steps + 0.5))
 
 
 @torch.inference_mode()
@@ -111,6 +122,7 @@ def sample(
     guidance: float = 7.0,
     numerics: str = "original",
     on_step: Callable[[StepInfo], None] | None = None,
+    guided_steps: int | None = None,
 ) -> torch.Tensor:
     """Denoise ``noise`` ([B,C,T,H,W], already scaled by the initial sigma) into a clean latent.
 
@@ -118,6 +130,8 @@ def sample(
     of the same shape; its first ``num_condition_frames`` latent frames condition the generation.
     ``augment`` is the fixed conditioning noise (see :func:`augment_noise`). The network is evaluated at
     ``x * c_in(sigma)`` and ``c_noise(sigma)``; the returned latent is in the network's latent scale.
+    ``guided_steps`` (fast mode's guidance truncation): only the first ``guided_steps`` steps apply guidance; the
+    later ones use the conditional output alone and do not compute the unconditional one. None: every step.
     """
     if numerics not in NUMERICS:
         raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
@@ -133,8 +147,17 @@ def sample(
     # The input region seen at noise level 0.001, scaled by c_in(0.001): the same every step.
     augmented = (latent.float() + augment.to(device, f32) * AUGMENT_SIGMA) * c_in(AUGMENT_SIGMA)
 
+    guided_steps = num_steps if guided_steps is None else guided_steps
+
+    def network(x_scaled: torch.Tensor, t: torch.Tensor, guided: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return model_fn(x_scaled, t) if guided else model_fn(x_scaled, t, uncond=False)
+
+    def guide(f_cond: torch.Tensor, f_uncond: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        return f_cond.to(dtype) if f_uncond is None else apply_guidance(f_cond.to(dtype), f_uncond.to(dtype), guidance)
+
     x = noise.to(bf16 if original else f32)
     for i in range(num_steps):
+        guided = i < guided_steps
         s, s_next = sigmas[i], sigmas[i + 1]
         sb = s.to(bf16)
         active = AUGMENT_SIGMA < sb.item() if original else AUGMENT_SIGMA < s.item()
@@ -145,8 +168,7 @@ def sample(
             x_in = (ind * (augmented / c_in_b.to(device)) + (1 - ind) * x).to(bf16)
             x_scaled = x_in * c_in(s)  # bf16 tensor * fp32 0-dim -> bf16
             t = c_noise(s).to(bf16).to(device).reshape(1)
-            f_cond, f_uncond = model_fn(x_scaled, t)
-            f = apply_guidance(f_cond.to(bf16), f_uncond.to(bf16), guidance)
+            f = guide(*network(x_scaled, t, guided), bf16)
             f_latent = latent / c_out_b.to(device) - c_skip_b.to(device) * x_in
             f = ind * f_latent + (1 - ind) * f
             xf = x_in.float()
@@ -156,8 +178,7 @@ def sample(
             sf = s.item()
             x_in = ind.float() * (augmented / c_in(sf)) + (1 - ind.float()) * x
             t = torch.full((1,), c_noise(sf), dtype=f32, device=device)
-            f_cond, f_uncond = model_fn((x_in * c_in(sf)).to(bf16), t)
-            f = apply_guidance(f_cond.float(), f_uncond.float(), guidance)
+            f = guide(*network((x_in * c_in(sf)).to(bf16), t, guided), f32)
             f_latent = (latent.float() - c_skip(sf) * x_in) / c_out(sf)  # makes x0 == latent exactly
             f = ind.float() * f_latent + (1 - ind.float()) * f
             x0 = c_skip(sf) * x_in + c_out(sf) * f

@@ -55,8 +55,9 @@ EVAL_FIRST_SEED = EVAL_SEEDS.start + 1000  # clear of the example inputs (the fi
 DEFAULT_STEPS = (35, 15, 8)
 
 
-def load_pipeline(checkpoint_dir: Path | None = None, device: str = "cpu") -> Predict1Pipeline:
-    """The demo model's pipeline as ``cosmos generate`` builds it (no upsampler, no guardrails)."""
+def load_pipeline(checkpoint_dir: Path | None = None, device: str = "cpu", **options) -> Predict1Pipeline:
+    """The demo model's pipeline as ``cosmos generate`` builds it (no upsampler, no guardrails); ``options`` go
+    to :meth:`Predict1Pipeline.load` (``fast``, ``compile``, ``numerics``)."""
     spec = PREDICT1_DEMO
     if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info(torch.device(device))
@@ -64,7 +65,7 @@ def load_pipeline(checkpoint_dir: Path | None = None, device: str = "cpu") -> Pr
     else:
         plan = plan_memory(spec, None, strategy="resident", upsampler=False, guardrail=False)
     folder = bundled_checkpoint_dir() if checkpoint_dir is None else Path(checkpoint_dir)
-    return Predict1Pipeline.load(spec, plan, checkpoint_dir=folder, device=device)
+    return Predict1Pipeline.load(spec, plan, checkpoint_dir=folder, device=device, **options)
 
 
 def flip_direction(caption: str) -> str:

@@ -1,0 +1,295 @@
+"""`cosmos generate` / `cosmos batch` with ``--num-gpus N`` under torchrun: the CLI end to end on the CPU (gloo).
+
+Each multi-process test launches ``python -m torch.distributed.run --standalone --nproc-per-node N`` on the tiny
+model, either the console script itself (``--no-python cosmos``) or ``tests/torchrun_cosmos.py``, which runs the
+same ``main()`` and saves what rank 0 decodes (the mp4 is compressed, so the numbers are compared there). The
+checks that need no second process (the launch, the GPU count, NCCL, combinations that are refused) run in this
+process through ``main()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cosmos_cli.media import probe
+from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
+from cosmos_plugins.predict1.specs import PREDICT1_TINY
+from tests.conftest import make_image
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not torch.distributed.is_available(),
+                                reason="torchrun needs POSIX and torch.distributed")
+
+TINY = "predict1-tiny"
+HERE = Path(__file__).resolve().parent
+RUN_TIMEOUT_S = 150
+LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+               "COSMOS_CP_SCHEME", "COSMOS_CP_ATTENTION")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return write_checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    return make_image(tmp_path_factory.mktemp("inputs") / "frame.png", 40, 56)
+
+
+@pytest.fixture(autouse=True)
+def single_process_env(monkeypatch):
+    """The in-process tests start as a plain single process, whatever the environment of the test run."""
+    for var in LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def gen_args(ckpt: Path, image: Path, out: Path, *extra: str) -> list[str]:
+    return ["generate", "--model", TINY, "--checkpoint-dir", str(ckpt), "-i", str(image), "--prompt", "a red ball",
+            "--disable-prompt-upsampler", "--disable-guardrail", "--device", "cpu", "--num-steps", "3",
+            "--seed", "3", "--video-save-folder", str(out), "--video-save-name", "v", *extra]
+
+
+def cosmos_script() -> list[str]:
+    """The installed console script (``--no-python``), else the module."""
+    found = Path(sys.executable).with_name("cosmos")
+    path = str(found) if found.exists() else shutil.which("cosmos")
+    return ["--no-python", path] if path else ["-m", "cosmos_cli.app"]
+
+
+def torchrun(n: int, args: list[str], *, script: bool = False, launch: tuple[str, ...] = (), **env: str):
+    """``cosmos ARGS`` in n processes (``script``: through tests/torchrun_cosmos.py). Returns (process, seconds)."""
+    entry = [str(HERE / "torchrun_cosmos.py")] if script else cosmos_script()
+    full_env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    full_env.update(OMP_NUM_THREADS="1", COSMOS_DIST_TIMEOUT="60", COSMOS_DIST_STEP_TIMEOUT="30", **env)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+                           *launch, *entry, *args], capture_output=True, text=True, env=full_env,
+                          timeout=RUN_TIMEOUT_S, cwd=HERE.parent)
+    return proc, time.monotonic() - t0
+
+
+def decoded(folder: Path) -> list[Path]:
+    return sorted(folder.glob("decoded-rank*.pt"))
+
+
+def load_decoded(path: Path) -> dict:
+    return torch.load(path, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt, image, tmp_path_factory) -> dict:
+    """One process, through the same script: the video, the prompt file and what was decoded."""
+    d = tmp_path_factory.mktemp("reference")
+    proc, _ = torchrun(1, gen_args(ckpt, image, d / "out"), script=True, COSMOS_TEST_SPY=str(d))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"video": d / "out" / "v.mp4", "prompt": d / "out" / "v.txt", **load_decoded(decoded(d)[0])}
+
+
+def check_split_run(proc, out: Path, spy: Path, reference: dict) -> None:
+    """One video and one prompt file, written by rank 0 only, with the one-process numbers."""
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [str(out / "v.mp4")]  # only rank 0 prints the result
+    assert sorted(p.name for p in out.iterdir()) == ["v.mp4", "v.txt"]  # nothing else, no temporaries
+    assert (out / "v.txt").read_text(encoding="utf-8") == reference["prompt"].read_text(encoding="utf-8")
+    info = probe(out / "v.mp4")
+    assert (info.kind, info.num_frames) == ("video", PREDICT1_TINY.num_frames)
+    assert [p.name for p in decoded(spy)] == ["decoded-rank0-0.pt"]  # the other ranks decode nothing
+    got = load_decoded(decoded(spy)[0])
+    err = ((got["latent"] - reference["latent"]).abs().max() / reference["latent"].abs().max()).item()
+    assert err < 1e-2, err  # fp32 math in another order; the latent itself is rounded to bf16
+    diff = np.abs(got["frames"].astype(int) - reference["frames"].astype(int)).max()
+    assert diff <= 1, diff
+    if np.array_equal(got["frames"], reference["frames"]):  # the same frames give the same file
+        assert (out / "v.mp4").read_bytes() == reference["video"].read_bytes()
+    assert stderr_errors(proc.stderr) == []
+
+
+def stderr_errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# -- several processes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag, scheme, layout", [
+    ("--num_gpus", "auto", "the two guidance branches on two groups of 1"),  # the original's flag; the default
+    ("--num-gpus", "sequence", "sequence parallel (as asked): 12 tokens in 2 contiguous ranges"),
+])
+def test_generate_on_two_ranks_matches_one_process(ckpt, image, reference, tmp_path, flag, scheme, layout):
+    out = tmp_path / "out"
+    proc, _ = torchrun(2, gen_args(ckpt, image, out, flag, "2", "--cp-scheme", scheme), script=True,
+                       COSMOS_TEST_SPY=str(tmp_path))
+    check_split_run(proc, out, tmp_path, reference)
+    assert layout in " ".join(proc.stderr.split())  # rank 0 says how the work is split (rich wraps lines)
+
+
+@pytest.mark.parametrize("scheme, layout", [
+    ("auto", "the two guidance branches on two groups of 2; within a group, 12 tokens in 2"),
+    pytest.param("sequence", "ring attention", marks=pytest.mark.slow),  # (the library's tests cover ring too)
+])
+def test_generate_on_four_ranks_matches_one_process(ckpt, image, reference, tmp_path, scheme, layout):
+    out = tmp_path / "out"
+    proc, _ = torchrun(4, gen_args(ckpt, image, out, "--num-gpus", "4", "--cp-scheme", scheme), script=True,
+                       COSMOS_TEST_SPY=str(tmp_path))
+    check_split_run(proc, out, tmp_path, reference)
+    assert layout in " ".join(proc.stderr.split())
+
+
+def test_console_script_under_torchrun_and_errors_printed_once(ckpt, image, reference, tmp_path):
+    """The installed `cosmos` itself, and an error that every rank raises: printed once, by rank 0."""
+    out = tmp_path / "out"
+    proc, _ = torchrun(2, gen_args(ckpt, image, out, "--num-gpus", "2", "--json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)  # one JSON document: rank 1 prints nothing
+    assert data["video"] == str(out / "v.mp4") and sorted(p.name for p in out.iterdir()) == ["v.mp4", "v.txt"]
+    assert {"encode_video", "encode_text", "denoise", "decode"} <= set(data["timings"])
+
+    proc, _ = torchrun(2, gen_args(ckpt, image, tmp_path / "bad", "--num-gpus", "2", "--num-input-frames", "5"))
+    assert proc.returncode != 0
+    assert stderr_errors(proc.stderr) == ["error: --num-input-frames 5: Cosmos-Predict1-Tiny-Video2World accepts "
+                                          "1 or 9 input frames"], proc.stderr[-3000:]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_dying_rank_stops_the_run_with_a_message(ckpt, image, tmp_path):
+    out = tmp_path / "out"
+    # torchrun stops the other processes once one has exited; checking every second gives rank 0 time to print
+    proc, seconds = torchrun(2, gen_args(ckpt, image, out, "--num-gpus", "2"), script=True,
+                             launch=("--monitor-interval", "1"), COSMOS_TEST_DIE_RANK="1")
+    assert proc.returncode != 0 and seconds < 60
+    errors = stderr_errors(proc.stderr)
+    assert len(errors) == 1 and errors[0].startswith("error: rank 0: lost contact with the other ranks"), proc.stderr
+    assert "exitcode  : 17" in proc.stderr  # torchrun's summary names the rank that died
+    assert not (out / "v.mp4").exists()
+
+
+def write_jsonl(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def undecodable_video(path: Path) -> Path:
+    """An mp4 whose container (and so validation) is fine but whose frames do not decode: its SPS spoiled."""
+    from tests.conftest import make_video
+
+    data = bytearray(make_video(path, 12, 40, 56).read_bytes())
+    at = data.find(b"avcC")
+    for k in range(at + 13, at + 12 + int.from_bytes(data[at + 10:at + 12], "big")):
+        data[k] = 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_batch_with_each_line_split_over_two_ranks(ckpt, image, reference, tmp_path):
+    bad = undecodable_video(tmp_path / "undecodable.mp4")
+    jsonl = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"visual_input": str(image), "prompt": "a red ball", "seed": 3, "name": "v"},
+        {"visual_input": str(bad), "prompt": "x", "num_input_frames": 9, "name": "bad"},  # fails on rank 0 alone
+        {"visual_input": str(image), "prompt": "a blue box", "seed": 4},
+    ])
+    out = tmp_path / "out"
+    args = ["batch", str(jsonl), "--model", TINY, "--checkpoint-dir", str(ckpt), "--output-dir", str(out),
+            "--disable-prompt-upsampler", "--disable-guardrail", "--device", "cpu", "--num-steps", "3",
+            "--num-gpus", "2", "--json"]
+    proc, _ = torchrun(2, args, script=True, COSMOS_TEST_SPY=str(tmp_path))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # one summary: rank 1 prints nothing
+    assert summary["counts"]["ok"] == 2 and summary["counts"]["failed"] == 1 and summary["workers"] == 2
+    assert stderr_errors(proc.stderr) == ["error: 1 of 3 lines have no output"], proc.stderr[-3000:]
+    # rank 0's failure to decode line 2 reached rank 1 (which had nothing to do there) and the batch went on
+    assert sorted(p.name for p in out.iterdir()) == ["batch_report.json", "line00003.job.json", "line00003.mp4",
+                                                     "line00003.txt", "v.job.json", "v.mp4", "v.txt"]
+    report = json.loads((out / "batch_report.json").read_text(encoding="utf-8"))
+    assert [(i["line"], i["status"]) for i in report["items"]] == [(1, "ok"), (2, "failed"), (3, "ok")]
+    assert "undecodable.mp4" in report["items"][1]["message"]
+    assert [p.name for p in decoded(tmp_path)] == ["decoded-rank0-0.pt", "decoded-rank0-1.pt"]  # lines 1 and 3
+    first = load_decoded(tmp_path / "decoded-rank0-0.pt")
+    assert np.abs(first["frames"].astype(int) - reference["frames"].astype(int)).max() <= 1
+
+
+# -- one process: what is refused before anything starts ---------------------------------------------------
+
+
+def test_num_gpus_without_torchrun_gives_the_command(cli, ckpt, image, tmp_path):
+    res = cli(*gen_args(ckpt, image, tmp_path, "--num-gpus", "2"))
+    assert res.exit_code == 2 and "Traceback" not in res.stderr
+    assert "error: --num-gpus 2 needs one process per GPU, started by torchrun" in res.stderr
+    assert "torchrun --nproc_per_node=2 --no-python cosmos generate ... --num-gpus 2" in res.stderr
+    jsonl = write_jsonl(tmp_path / "jobs.jsonl", [{"visual_input": str(image), "prompt": "x"}])
+    res = cli("batch", str(jsonl), "--model", TINY, "--checkpoint-dir", str(ckpt), "--device", "cpu",
+              "--disable-guardrail", "--num-gpus", "2")
+    assert res.exit_code == 2 and "torchrun --nproc_per_node=2 --no-python cosmos batch ... --num-gpus 2" in res.stderr
+
+
+def test_launch_that_does_not_match(cli, ckpt, image, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    res = cli(*gen_args(ckpt, image, tmp_path, "--num-gpus", "2"))
+    assert res.exit_code == 2 and "error: --num-gpus 2 but torchrun started 4 processes" in res.stderr
+    res = cli(*gen_args(ckpt, image, tmp_path))  # --num-gpus 1: four processes would write the same video
+    assert res.exit_code == 2 and "--num-gpus 1 but torchrun started 4" in res.stderr
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+@pytest.mark.parametrize("n, extra, message, hint", [
+    (5, (), "5 GPUs cannot split this job: its 12 tokens are not divisible by 5", "1, 2, 3, 4, 6, 8, 12."),
+    (3, ("--cp-scheme", "cfg"), "the cfg scheme needs an even GPU count", "--cp-scheme sequence"),
+    (2, ("--cp-scheme", "tensor"), "unknown parallel scheme 'tensor'", "auto, sequence, cfg"),
+])
+def test_a_split_that_cannot_work_is_refused_before_launching(cli, ckpt, image, tmp_path, n, extra, message, hint):
+    res = cli(*gen_args(ckpt, image, tmp_path, "--num-gpus", str(n), *extra))
+    assert res.exit_code == 2, res.stderr
+    assert message in res.stderr and hint in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_nccl(cli, ckpt, image, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: False)
+    res = cli(*gen_args(ckpt, image, tmp_path, "--num-gpus", "2", "--device", "cuda"))
+    assert res.exit_code == 1 and "this PyTorch build has no NCCL" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_combinations_that_are_refused(cli, ckpt, image, tmp_path):
+    args = gen_args(ckpt, image, tmp_path, "--num-gpus", "2")
+    args[args.index("--device") + 1] = "cuda:1"
+    res = cli(*args)
+    assert res.exit_code == 2 and "--device cuda:1 names one" in res.stderr and "CUDA_VISIBLE_DEVICES" in res.stderr
+    jsonl = write_jsonl(tmp_path / "jobs.jsonl", [{"visual_input": str(image), "prompt": "x"}])
+    res = cli("batch", str(jsonl), "--model", TINY, "--checkpoint-dir", str(ckpt), "--device", "cpu",
+              "--gpus", "2", "--num-gpus", "2")
+    assert res.exit_code == 2 and "cannot be combined" in res.stderr
+
+
+def test_the_chunked_network_forward_is_not_split():
+    """stream-lean's chunked forward has no token shard: refused under --num-gpus with the strategy to use."""
+    from types import SimpleNamespace
+
+    from cosmos_cli.errors import MemoryPlanError
+    from cosmos_cli.planner import plan_memory
+    from cosmos_plugins.predict1.pipeline import _context_parallel
+    from cosmos_plugins.predict1.specs import PREDICT1_7B
+
+    plan = plan_memory(PREDICT1_7B, None, strategy="stream-lean", num_gpus=2)
+    with pytest.raises(MemoryPlanError, match="stream-lean .* cannot be split") as e:
+        _context_parallel(PREDICT1_7B, plan, SimpleNamespace(world_size=2), "auto")
+    assert "--offload stream-sequential" in e.value.hint
+
+
+def test_other_ranks_exit_quietly_after_rank0_had_time_to_print(cli, ckpt, image, tmp_path, monkeypatch):
+    from cosmos_cli import app
+
+    monkeypatch.setattr(app, "FOLLOWER_EXIT_GRACE_S", 0.0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    res = cli(*gen_args(ckpt, image, tmp_path, "--num-gpus", "2", "--num-input-frames", "5"))
+    assert res.exit_code == 2 and res.stderr == "" and res.stdout == ""
