@@ -68,6 +68,10 @@ class Backend(abc.ABC):
 
     id: str = ""
     version: str = ""
+    # Generation options a backend must honour or refuse: a backend that does not implement them says so here,
+    # and `generate`/`batch` refuse the option before anything loads instead of ignoring it.
+    supports_fast: bool = False  # --fast (step caching, guidance truncation, FP8)
+    supports_compile: bool = False  # --compile
 
     @abc.abstractmethod
     def models(self) -> Sequence[ModelSpec]:

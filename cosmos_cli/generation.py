@@ -191,7 +191,13 @@ def checked_model(req: GenerateRequest, progress: Progress) -> tuple[Backend, Mo
     if not req.disable_prompt_upsampler and spec.component(UPSAMPLER) is None:
         progress.warning(f"note: {spec.name} has no prompt upsampler; your prompt is used as given")
     if not req.fast.exact:
+        if not backend.supports_fast:
+            raise UsageError(f"--fast: the {backend.id} backend of {spec.name} has no fast mode",
+                             hint="Drop --fast (exact mode).")
         check_fast(req.fast, pick_device(req.device), req.num_gpus)
+    if req.compile and not backend.supports_compile:
+        raise UsageError(f"--compile: the {backend.id} backend of {spec.name} does not compile its network",
+                         hint="Drop --compile.")
     return backend, spec
 
 

@@ -362,3 +362,18 @@ def test_batch_resume_key_includes_the_fast_mode():
     _, fast_key = job_params(job, PREDICT1_TINY, GenerateRequest(input_path=Path("/x.png"), prompt="p",
                                                                  fast=parse_fast("step-cache")))
     assert fast_key != exact_key
+
+
+def test_backend_without_fast_mode_refuses_the_options(cli, fake_backend, tmp_path):
+    """A backend that does not implement --fast or --compile refuses them before loading, never ignores them."""
+    from tests.conftest import make_image
+
+    image = make_image(tmp_path / "in.png", 40, 40)
+    base = ("generate", "-i", str(image), "--prompt", "a ball", "--model", "fake", "--disable-prompt-upsampler",
+            "--disable-guardrail", "--device", "cpu", "--video-save-folder", str(tmp_path / "out"))
+    res = cli(*base, "--fast", "guidance-trunc")
+    assert res.exit_code == 2 and "the fake backend" in res.stderr and "has no fast mode" in res.stderr, res.stderr
+    res = cli(*base, "--compile")
+    assert res.exit_code == 2 and "does not compile" in res.stderr, res.stderr
+    assert fake_backend.built == []
+    assert "Traceback" not in res.stderr

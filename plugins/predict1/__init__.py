@@ -34,6 +34,8 @@ def bundled_checkpoint_dir() -> Path:
 class Predict1Backend(Backend):
     id = BACKEND_ID
     version = __version__
+    supports_fast = True
+    supports_compile = True
 
     def models(self):
         return SPECS
