@@ -73,6 +73,11 @@ class Backend(abc.ABC):
     supports_fast: bool = False  # --fast (step caching, guidance truncation, FP8)
     supports_compile: bool = False  # --compile
 
+    def fast_mode_bytes(self, spec: ModelSpec, fast: Any) -> int:
+        """GPU memory the fast options ``fast`` (a :class:`cosmos_cli.fastmode.FastMode`) need beyond the memory
+        plan's figures (for example a step cache's stored tensors); `generate` plans with that much less."""
+        return 0
+
     @abc.abstractmethod
     def models(self) -> Sequence[ModelSpec]:
         """The model specs this backend provides."""

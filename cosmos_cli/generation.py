@@ -173,7 +173,12 @@ def plan_for(spec: ModelSpec, req: GenerateRequest, device: str, run: ParallelRu
     free, _ = torch.cuda.mem_get_info(torch.device(device))
     if run is not None:
         free = run.agree_min(free)
-    plan = plan_memory(spec, free, strategy=strategy, upsampler=upsampler, guardrail=guardrail, num_gpus=req.num_gpus)
+    reserved = find_model(spec.name)[0].fast_mode_bytes(spec, req.fast) if not req.fast.exact else 0
+    plan = plan_memory(spec, max(free - reserved, 0), strategy=strategy, upsampler=upsampler, guardrail=guardrail,
+                       num_gpus=req.num_gpus)
+    if reserved:
+        plan = replace(plan, reason=f"{plan.reason}; {reserved / 2**30:.1f} GiB set aside for --fast "
+                                    f"{req.fast.describe()}")
     if not plan.fits:
         raise MemoryPlanError(plan.reason, hint="See `cosmos memory-plan`; free GPU memory or use more GPUs.")
     return plan

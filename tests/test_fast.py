@@ -5,6 +5,7 @@ the options with one-line errors."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,25 @@ def test_backend_without_fast_mode_refuses_the_options(cli, fake_backend, tmp_pa
     assert res.exit_code == 2 and "does not compile" in res.stderr, res.stderr
     assert fake_backend.built == []
     assert "Traceback" not in res.stderr
+
+
+def test_step_cache_memory_is_set_aside_by_the_plan(monkeypatch):
+    """The step cache's tensors (10 x tokens x width bf16: 4.3 GiB for 7B) come off the free memory the plan
+    uses, so a GPU that fits stream-sequential in exact mode gets a leaner plan with step-cache on."""
+    import torch
+
+    from cosmos_cli.fastmode import parse_fast
+    from cosmos_cli.generation import GenerateRequest, plan_for
+    from cosmos_cli.registry import find_model
+
+    backend, spec = find_model("7B")
+    assert backend.fast_mode_bytes(spec, parse_fast("step-cache")) == 10 * 56_320 * 4096 * 2
+    assert backend.fast_mode_bytes(spec, parse_fast("guidance-trunc,fp8-sim")) == 0
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (14 * 2**30, 16 * 2**30))
+    base = GenerateRequest(Path("in.png"), "a ball", model="7B", disable_prompt_upsampler=True,
+                           disable_guardrail=True, device="cuda")
+    exact = plan_for(spec, base, "cuda")
+    cached = plan_for(spec, replace(base, fast=parse_fast("step-cache")), "cuda")
+    assert exact.strategy == "stream-sequential" and cached.strategy == "stream-lean", (exact, cached)
+    assert "4.3 GiB set aside for --fast step-cache=0.2" in cached.reason
+    assert plan_for(spec, replace(base, fast=parse_fast("guidance-trunc")), "cuda").strategy == exact.strategy
