@@ -13,9 +13,9 @@ Network mode (default), for each of 7B and 14B at the default job (latent 16x88x
 
 Generate mode (``--generate``): one full-size generation with random weights through the multi-GPU generation
 path (``parallel.generate_parallel``: rank 0 encodes, both GPUs denoise, rank 0 decodes and writes), a few
-steps; checks that it completes and wrote exactly one video, and reports each GPU's peak memory. Once
-``cosmos generate`` is wired to it, the same run from the command line is
-``torchrun --nproc_per_node=2 --no-python cosmos generate ... --num-gpus 2`` on a random-weight checkpoint folder.
+steps; checks that it completes and wrote exactly one video, and reports each GPU's peak memory. The same path
+runs from the command line as ``torchrun --nproc_per_node=2 --no-python cosmos generate ... --num-gpus 2``
+(tests/test_parallel_cli.py runs that on the CPU with gloo).
 
     torchrun --nproc_per_node=2 benchmarks/bench_parallel.py --models 7B 14B --steps 3 \\
         --out benchmarks/results/parallel-h200x2.json
