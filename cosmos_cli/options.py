@@ -165,3 +165,11 @@ ReportOpt = Annotated[
     Path | None,
     typer.Option("--report", help="Where to write the batch report (JSON). Default: OUTPUT_DIR/batch_report.json."),
 ]
+
+
+def original_offload_flags(offload_diffusion_transformer: bool, offload_tokenizer: bool,
+                           offload_text_encoder_model: bool, offload_prompt_upsampler: bool,
+                           offload_guardrail_models: bool) -> frozenset[str]:
+    """The names of the original's five --offload_* flags that are on (for ``GenerateRequest``)."""
+    given = locals()
+    return frozenset(name for name, on in given.items() if on)

@@ -59,17 +59,15 @@ def batch(
 
     Several GPUs: --gpus N shares the lines out (one model per GPU); under torchrun with --num-gpus N every line
     is one generation split over the N processes."""
-    flags = {name for name, on in (
-        ("offload_diffusion_transformer", offload_diffusion_transformer), ("offload_tokenizer", offload_tokenizer),
-        ("offload_text_encoder_model", offload_text_encoder_model), ("offload_prompt_upsampler", offload_prompt_upsampler),
-        ("offload_guardrail_models", offload_guardrail_models)) if on}
+    flags = o.original_offload_flags(offload_diffusion_transformer, offload_tokenizer, offload_text_encoder_model,
+                                     offload_prompt_upsampler, offload_guardrail_models)
     defaults = GenerateRequest(
         input_path=file, prompt=prompt, model=model, checkpoint_dir=checkpoint_dir, network_dir=network_dir,
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
         num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
         output_dir=output_dir, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
         disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload,
-        original_offload_flags=frozenset(flags), num_gpus=num_gpus, cp_scheme=cp_scheme, device=device,
+        original_offload_flags=flags, num_gpus=num_gpus, cp_scheme=cp_scheme, device=device,
         numerics=numerics, resize=resize, fast=parse_fast(fast), compile=compile_blocks,
     )
     run_and_print(BatchRequest(file, defaults, skip_invalid=skip_invalid, fail_fast=fail_fast, gpus=gpus,

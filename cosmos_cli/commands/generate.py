@@ -57,16 +57,14 @@ def generate(
                          hint="Put them in the batch file's visual_input and name keys.")
     if input_path is None and batch_input_path is None:
         raise UsageError("an input is required: pass --input IMAGE_OR_VIDEO (or --input_image_or_video_path)")
-    flags = {name for name, on in (
-        ("offload_diffusion_transformer", offload_diffusion_transformer), ("offload_tokenizer", offload_tokenizer),
-        ("offload_text_encoder_model", offload_text_encoder_model), ("offload_prompt_upsampler", offload_prompt_upsampler),
-        ("offload_guardrail_models", offload_guardrail_models)) if on}
+    flags = o.original_offload_flags(offload_diffusion_transformer, offload_tokenizer, offload_text_encoder_model,
+                                     offload_prompt_upsampler, offload_guardrail_models)
     request = GenerateRequest(
         input_path=input_path or batch_input_path, prompt=prompt, model=model, checkpoint_dir=checkpoint_dir, network_dir=network_dir,
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
         num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
         output_dir=output_dir, name=name, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
-        disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload, original_offload_flags=frozenset(flags),
+        disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload, original_offload_flags=flags,
         num_gpus=num_gpus, cp_scheme=cp_scheme, device=device, numerics=numerics, resize=resize,
         fast=parse_fast(fast), compile=compile_blocks,
     )

@@ -757,7 +757,6 @@ def generate_parallel(pipe, cp: ContextParallel, job, progress, *, video_path: P
     GPU's denoising peak, and ``peak_memory_bytes`` the largest peak of any stage on any GPU.
     """
     from cosmos_cli.jobs import GenerationResult
-    from cosmos_cli.media import write_text, write_video
 
     device = cp.ctx.device
     cuda = device.type == "cuda"
@@ -777,39 +776,8 @@ def generate_parallel(pipe, cp: ContextParallel, job, progress, *, video_path: P
         if cuda:
             peaks[name] = torch.cuda.max_memory_allocated(device)
 
-    def prepare():
-        if pipe.upsampler is not None:
-            with timed("upsample", "upsampling the prompt"):
-                prompt = pipe.final_prompt(job)
-        else:
-            prompt = pipe.final_prompt(job)
-        if pipe.text_guardrail is not None:
-            with timed("text_guardrail", "checking the prompt"), pipe.text_guardrail.active() as guard:
-                verdict = guard.check(prompt)
-            if not verdict.safe:
-                return "blocked", f"{verdict.component}: {verdict.reason}", prompt, None
-        with timed("encode_video", "encoding the input frames"):
-            latent, n_cond = pipe.encode_video(job)
-        with timed("encode_text", "encoding the prompt"):
-            text_emb = pipe.encode_text(prompt, job.negative_prompt)
-        return "ok", "", prompt, (latent, n_cond, text_emb)
-
-    def finish(latent):
-        with timed("decode", "decoding the video"):
-            frames = pipe.decode(latent)
-        if pipe.video_guardrail is not None:
-            with timed("video_guardrail", "checking the video"), pipe.video_guardrail.active() as guard:
-                verdict, frames = guard.check(frames)
-            if not verdict.safe:
-                return "blocked", f"{verdict.component}: {verdict.reason}"
-        with timed("write", f"writing {video_path}"):
-            write_video(video_path, frames, fps=job.fps)
-            if prompt_path is not None:
-                write_text(prompt_path, prompt)
-        return "ok", ""
-
     with torch.inference_mode():
-        status, message, prompt, inputs = from_rank0(cp.ctx, prepare, "encoding the inputs")
+        status, message, prompt, inputs = from_rank0(cp.ctx, lambda: pipe.prepare(job, timed), "encoding the inputs")
         if status == "ok":
             condition_latent, n_cond, text_emb = inputs
             with timed("denoise"):  # the sampler shows its own step bar on rank 0
@@ -818,7 +786,8 @@ def generate_parallel(pipe, cp: ContextParallel, job, progress, *, video_path: P
                                               cfg_batched=pipe.plan.cfg_batched, device=device)
             for r, b in enumerate(_gather_ints(cp.ctx, peaks.get("denoise", 0))):
                 peaks[f"denoise_gpu{r}"] = b
-            status, message = from_rank0(cp.ctx, lambda: finish(latent), "decoding and writing")
+            status, message = from_rank0(cp.ctx, lambda: pipe.finish(job, latent, prompt, timed, video_path=video_path,
+                                                                      prompt_path=prompt_path), "decoding and writing")
     written = cp.is_main and status == "ok"
     overall = max(peaks.values()) if cuda and peaks else None
     return GenerationResult(video_path if written else None, prompt_path if written else None, prompt, status,

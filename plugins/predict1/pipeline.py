@@ -314,8 +314,6 @@ class Predict1Pipeline:
             from .parallel import generate_parallel
 
             return generate_parallel(self, self.cp, job, progress, video_path=video_path, prompt_path=prompt_path)
-        from cosmos_cli.media import write_text, write_video
-
         timings: dict[str, float] = {}
         peaks: dict[str, int] = {}
         cuda = self.device.type == "cuda"
@@ -340,36 +338,55 @@ class Predict1Pipeline:
                 peaks["overall"] = max(overall, peaks[name], peaks.get("overall", 0))
                 self.stage_reserved_bytes[name] = torch.cuda.max_memory_reserved(self.device)
 
-        def blocked(verdict, prompt) -> GenerationResult:
-            return GenerationResult(None, None, prompt, "blocked", f"{verdict.component}: {verdict.reason}", timings,
-                                    peaks.get("overall"), peaks)
-
         with torch.inference_mode():
-            if self.upsampler is not None:
-                with timed("upsample", "upsampling the prompt"):
-                    prompt = self.final_prompt(job)
-            else:
+            status, message, prompt, inputs = self.prepare(job, timed)
+            if status == "ok":
+                condition_latent, n_cond, text_emb = inputs
+                with timed("denoise", None):  # the sampler shows its own step bar
+                    latent = self.denoise(job, condition_latent, n_cond, text_emb, progress)
+                status, message = self.finish(job, latent, prompt, timed, video_path=video_path,
+                                              prompt_path=prompt_path)
+        written = status == "ok"
+        return GenerationResult(video_path if written else None, prompt_path if written else None, prompt, status,
+                                message, timings, peaks.get("overall"), peaks)
+
+    # The stages before and after denoising, shared with the multi-GPU path (`parallel.generate_parallel`, where
+    # rank 0 runs them alone). ``timed(name, label)`` is the caller's context manager that times a stage.
+
+    def prepare(self, job: GenerationJob, timed) -> tuple[str, str, str, tuple | None]:
+        """Upsample and check the prompt, encode the input frames and the prompts: ``(status, message, prompt,
+        (condition_latent, num_condition_frames, text_emb))``; status "blocked" (inputs None) when the text
+        guardrail refuses the prompt."""
+        if self.upsampler is not None:
+            with timed("upsample", "upsampling the prompt"):
                 prompt = self.final_prompt(job)
-            if self.text_guardrail is not None:
-                with timed("text_guardrail", "checking the prompt"), self.text_guardrail.active() as guard:
-                    verdict = guard.check(prompt)
-                if not verdict.safe:
-                    return blocked(verdict, prompt)
-            with timed("encode_video", "encoding the input frames"):
-                condition_latent, n_cond = self.encode_video(job)
-            with timed("encode_text", "encoding the prompt"):
-                text_emb = self.encode_text(prompt, job.negative_prompt)
-            with timed("denoise", None):  # the sampler shows its own step bar
-                latent = self.denoise(job, condition_latent, n_cond, text_emb, progress)
-            with timed("decode", "decoding the video"):
-                frames = self.decode(latent)
-            if self.video_guardrail is not None:
-                with timed("video_guardrail", "checking the video"), self.video_guardrail.active() as guard:
-                    verdict, frames = guard.check(frames)
-                if not verdict.safe:
-                    return blocked(verdict, prompt)
+        else:
+            prompt = self.final_prompt(job)
+        if self.text_guardrail is not None:
+            with timed("text_guardrail", "checking the prompt"), self.text_guardrail.active() as guard:
+                verdict = guard.check(prompt)
+            if not verdict.safe:
+                return "blocked", f"{verdict.component}: {verdict.reason}", prompt, None
+        with timed("encode_video", "encoding the input frames"):
+            condition_latent, n_cond = self.encode_video(job)
+        with timed("encode_text", "encoding the prompt"):
+            text_emb = self.encode_text(prompt, job.negative_prompt)
+        return "ok", "", prompt, (condition_latent, n_cond, text_emb)
+
+    def finish(self, job: GenerationJob, latent: torch.Tensor, prompt: str, timed, *, video_path: Path,
+               prompt_path: Path | None) -> tuple[str, str]:
+        """Decode, check the video and write the files: ``(status, message)``; a blocked video writes nothing."""
+        from cosmos_cli.media import write_text, write_video
+
+        with timed("decode", "decoding the video"):
+            frames = self.decode(latent)
+        if self.video_guardrail is not None:
+            with timed("video_guardrail", "checking the video"), self.video_guardrail.active() as guard:
+                verdict, frames = guard.check(frames)
+            if not verdict.safe:
+                return "blocked", f"{verdict.component}: {verdict.reason}"
         with timed("write", f"writing {video_path}"):
             write_video(video_path, frames, fps=job.fps)
             if prompt_path is not None:
                 write_text(prompt_path, prompt)
-        return GenerationResult(video_path, prompt_path, prompt, "ok", "", timings, peaks.get("overall"), peaks)
+        return "ok", ""
