@@ -13,7 +13,8 @@ from cosmos_cli.options import CheckpointDirOpt
 
 ModelsArg = Annotated[
     list[str] | None,
-    typer.Argument(help="Models to fetch: names or aliases (7B 14B). Default: the default model.", show_default=False),
+    typer.Argument(help="Models to fetch: names or aliases (7B 14B). Required; the bundled demo needs no download.",
+                   show_default=False),
 ]
 ModelListOpt = Annotated[
     list[str] | None,
@@ -52,6 +53,13 @@ def download(
     if dry_run and verify:
         raise UsageError("--dry-run and --verify do not go together")
     specs = dl.resolve_models([*(model or []), *(models or [])], model_types or [])
+    for spec in specs:
+        if not dl.hub_files(spec):
+            typer.echo(f"note: nothing to download for {spec.name}: none of its files come from the Hub "
+                       "(it ships with cosmos or is made locally)", err=True)
+    specs = [s for s in specs if dl.hub_files(s)]
+    if not specs:
+        return
     files = dl.select_files(specs, upsampler=upsampler, guardrail=guardrail)
     plan = dl.plan_download(files, checkpoint_dir, token=token)
     if dry_run:
