@@ -902,5 +902,11 @@ def test_find_guardrail_dir_accepts_both_layouts_the_models_own_first(tmp_path):
     assert G.find_guardrail_dir(tmp_path, M7) == march
     assert G.aegis_folder(march) == march / "aegis"
     assert G.find_guardrail_dir(tmp_path, M14) == today  # 14B has no folder of its own: the shared one
+    # the original's latest scripts fetch Llama-Guard-3-8B instead of LlamaGuard-7b + Aegis: named, not a traceback
+    (tmp_path / "meta-llama" / "Llama-Guard-3-8B").mkdir(parents=True)
+    with pytest.raises(G.CheckpointError, match="has meta-llama/Llama-Guard-3-8B .* but not meta-llama/LlamaGuard-7b"):
+        G.aegis_folder(today)
+    (tmp_path / "meta-llama" / "LlamaGuard-7b").mkdir()
+    assert G.aegis_folder(today) == tmp_path
     (today / "aegis").mkdir()  # a Cosmos-Guardrail1 folder that carries its own aegis/ is read as it is
     assert G.aegis_folder(today) == today / "aegis"

@@ -27,7 +27,8 @@ ModelTypesOpt = Annotated[
                  help="Accepted for the original script's commands: Video2World is the only type.", show_default=False),
 ]
 UpsamplerOpt = Annotated[bool, typer.Option("--upsampler/--no-upsampler", help="Fetch the prompt upsampler (Pixtral-12B).")]
-GuardrailOpt = Annotated[bool, typer.Option("--guardrail/--no-guardrail", help="Fetch the guardrail models.")]
+GuardrailOpt = Annotated[bool, typer.Option("--guardrail/--no-guardrail",
+                                             help="Fetch the guardrails (Cosmos-Guardrail1, LlamaGuard-7b, Aegis).")]
 TokenOpt = Annotated[
     str | None,
     typer.Option("--token", help="Hugging Face token. Default: HF_TOKEN, else the stored login (`hf auth login`).",

@@ -44,6 +44,7 @@ from .safety_filter import CLASS_NAMES, VideoSafetyFilter, resolve_hf_folder
 BLOCKLIST, AEGIS, TEXT_GUARDRAIL = "blocklist", "aegis", "text_guardrail"
 VIDEO_SAFETY, FACE_BLUR, VIDEO_GUARDRAIL = "video_safety_filter", "face_blur", "video_guardrail"
 LLAMAGUARD_REPO = "meta-llama/LlamaGuard-7b"
+LLAMAGUARD3_REPO = "meta-llama/Llama-Guard-3-8B"  # what the original's later scripts fetch instead: not supported
 AEGIS_ADAPTER_REPO = "nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0"
 AEGIS_MAX_NEW_TOKENS = 100
 LICENSE_WARNING = ("The safety guardrails are disabled. Under the NVIDIA Open Model License, bypassing or disabling "
@@ -92,7 +93,14 @@ def aegis_folder(guardrail_dir: Path) -> Path:
     guardrail_dir = Path(guardrail_dir)
     inner = guardrail_dir / "aegis"
     if not inner.is_dir() and guardrail_dir.parts[-2:] == GUARDRAIL_REPO_DIR:
-        return guardrail_dir.parent.parent
+        root = guardrail_dir.parent.parent
+        if not (root / LLAMAGUARD_REPO).is_dir() and (root / LLAMAGUARD3_REPO).is_dir():
+            raise CheckpointError(
+                f"{root} has {LLAMAGUARD3_REPO} (the original's text guard since April 2025) but not {LLAMAGUARD_REPO} "
+                f"with the Aegis adapter, the text guard cosmos runs",
+                hint="Run `cosmos download` for the model (it fetches LlamaGuard-7b and Aegis), or pass "
+                     "--disable-guardrail.")
+        return root
     return inner
 
 
