@@ -48,7 +48,7 @@ from pathlib import Path
 
 from cosmos_cli import __version__
 from cosmos_cli.errors import CheckpointError, CosmosError, UsageError
-from cosmos_cli.registry import find_model
+from cosmos_cli.registry import all_models, find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, CheckpointFile, ModelSpec
 
 CHUNK = 8 << 20  # bytes read at a time when hashing: memory stays constant whatever the file size
@@ -158,7 +158,7 @@ def check_inside(ckdir: Path, *paths: Path) -> None:
         if resolved != root and root not in resolved.parents:
             raise UnsafeListingError(f"refusing to write {path}: it resolves to {resolved}, outside {root}",
                                      hint="A name from the Hub or a symbolic link in the checkpoint folder points "
-                                          "outside it. Nothing was written.")
+                                          "outside it; nothing is written outside the folder.")
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -279,8 +279,6 @@ def hub_files(spec: ModelSpec) -> tuple[CheckpointFile, ...]:
 
 
 def _models_hint() -> str:
-    from cosmos_cli.registry import all_models
-
     listed = [s for _, s in all_models()]
     on_hub = [f"{s.aliases[0]} ({s.name})" if s.aliases else s.name for s in listed if hub_files(s)]
     local = [s.aliases[0] if s.aliases else s.name for s in listed if not hub_files(s)]
