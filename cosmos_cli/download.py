@@ -19,6 +19,13 @@ On disk, in the original project's layout (``local`` of each entry):
 
 Every file is hashed after its transfer, in 8 MiB chunks: SHA-256 against the Hub's LFS record (or the git
 blob id for small files stored in git) and, where the original lists one, MD5.
+
+The Hub's listing is untrusted input: a file name we would use must be a plain relative path (no absolute
+name, no ``..``, ``.`` or empty segment, no NUL, control character or backslash), the commit id must be 40
+hex digits (the one asked for, when the spec pins one), blob ids and SHA-256 values must be hex of their
+length, and every path we write is resolved and must stay inside the checkpoint folder
+(:func:`check_listing_name`, :func:`check_commit`, :func:`check_inside`). A listing that breaks any of these
+stops the plan with one line before anything is written.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import shutil
 import struct
 import time
@@ -40,7 +48,7 @@ from pathlib import Path
 
 from cosmos_cli import __version__
 from cosmos_cli.errors import CheckpointError, CosmosError, UsageError
-from cosmos_cli.registry import default_model_name, find_model
+from cosmos_cli.registry import all_models, find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, CheckpointFile, ModelSpec
 
 CHUNK = 8 << 20  # bytes read at a time when hashing: memory stays constant whatever the file size
@@ -89,6 +97,68 @@ class ChecksumError(DownloadError):
 
 class VerifyFailed(DownloadError):
     """`cosmos download --verify` found missing or damaged files (each is listed on stdout)."""
+
+
+class UnsafeListingError(DownloadError):
+    """A Hub answer naming a path or id that could write outside the checkpoint folder."""
+
+    default_hint = ("Nothing was written. Check HF_ENDPOINT (a mirror or proxy may be answering for the Hub) and "
+                    "report the repository: cosmos only writes plain relative names inside --checkpoint-dir.")
+
+
+# ------------------------------------------------------------------------------ untrusted listings
+
+_COMMIT = re.compile(r"[0-9a-fA-F]{40}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def check_listing_name(repo: str, name: object) -> str:
+    """``name`` if it is a plain relative POSIX path, else :class:`UnsafeListingError` saying why."""
+    if not isinstance(name, str) or not name:
+        raise UnsafeListingError(f"{repo} lists a file with an empty or non-text name: {name!r}")
+    why = None
+    if "\0" in name:
+        why = "contains a NUL byte"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "contains a control character"
+    elif "\\" in name:
+        why = "contains a backslash"
+    elif name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        why = "is absolute"
+    elif any(seg == ".." for seg in name.split("/")):
+        why = "contains '..'"
+    elif any(seg in ("", ".") for seg in name.split("/")):
+        why = "has an empty or '.' path segment"
+    if why:
+        raise UnsafeListingError(f"refusing the file {name!r} listed by {repo}: its name {why}")
+    return name
+
+
+def check_commit(repo: str, sha: object, asked: str) -> str:
+    """The commit id the Hub answered: 40 hex digits, and the commit asked for when that was one."""
+    if not isinstance(sha, str) or not _COMMIT.fullmatch(sha):
+        raise UnsafeListingError(f"{repo} answered the commit id {sha!r} for revision {asked!r}: "
+                                 "a commit id must be 40 hex digits")
+    if _COMMIT.fullmatch(asked) and sha.lower() != asked.lower():
+        raise UnsafeListingError(f"{repo}: asked for commit {asked}, the Hub answered {sha}")
+    return sha
+
+
+def _check_digest(repo: str, name: str, kind: str, value: object, pattern: re.Pattern) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise UnsafeListingError(f"{repo} lists {name} with the {kind} {value!r}, which is not a hex digest")
+    return value.lower()
+
+
+def check_inside(ckdir: Path, *paths: Path) -> None:
+    """Every path, resolved (symbolic links followed), lies inside ``ckdir``, resolved."""
+    root = Path(ckdir).resolve()
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise UnsafeListingError(f"refusing to write {path}: it resolves to {resolved}, outside {root}",
+                                     hint="A name from the Hub or a symbolic link in the checkpoint folder points "
+                                          "outside it; nothing is written outside the folder.")
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -177,8 +247,9 @@ class DownloadPlan:
 def resolve_models(names: Sequence[str], model_types: Sequence[str] = ()) -> list[ModelSpec]:
     """Specs for model names/aliases; the original's ``--model_types`` values are accepted where they fit.
 
-    Names may be comma-separated. With no name, the default model. ``Video2World`` (as a name or a type) is
-    what every cosmos model is; the original's other types are refused.
+    Names may be comma-separated. ``Video2World`` (as a name or a type) is what every cosmos model is; the
+    original's other types are refused. Without a name it is a usage error that lists the models the Hub has
+    files for (the default model may well be one that ships with cosmos).
     """
     wanted: list[str] = []
     types = list(model_types)
@@ -192,12 +263,30 @@ def resolve_models(names: Sequence[str], model_types: Sequence[str] = ()) -> lis
         if t.lower() not in (m.lower() for m in MODEL_TYPES):
             raise UsageError(f"model type {t!r} is not supported: cosmos runs Video2World models",
                              hint="Leave --model_types out, or pass --model_types Video2World.")
+    if not wanted:
+        raise UsageError("name the model(s) to download", hint=_models_hint())
     specs: list[ModelSpec] = []
-    for name in wanted or [default_model_name()]:
+    for name in wanted:
         _, spec = find_model(name)
         if spec not in specs:
             specs.append(spec)
     return specs
+
+
+def hub_files(spec: ModelSpec) -> tuple[CheckpointFile, ...]:
+    """The entries of ``spec`` that come from the Hub (bundled and locally made files have no repository)."""
+    return tuple(f for f in spec.files if f.repo)
+
+
+def _models_hint() -> str:
+    listed = [s for _, s in all_models()]
+    on_hub = [f"{s.aliases[0]} ({s.name})" if s.aliases else s.name for s in listed if hub_files(s)]
+    local = [s.aliases[0] if s.aliases else s.name for s in listed if not hub_files(s)]
+    hint = (f"For example `cosmos download {on_hub[0].split()[0]}`. Models on the Hub: {', '.join(on_hub)}."
+            if on_hub else "No registered model has files on the Hub.")
+    if local:
+        hint += f" Nothing to download for {', '.join(local)}: it ships with cosmos."
+    return hint
 
 
 def select_files(specs: Sequence[ModelSpec], *, upsampler: bool = True, guardrail: bool = True) -> list[CheckpointFile]:
@@ -205,7 +294,7 @@ def select_files(specs: Sequence[ModelSpec], *, upsampler: bool = True, guardrai
     skip = ({UPSAMPLER} if not upsampler else set()) | ({GUARDRAIL} if not guardrail else set())
     out: list[CheckpointFile] = []
     for spec in specs:
-        for f in spec.files:
+        for f in hub_files(spec):
             if f.component not in skip and f not in out:
                 out.append(f)
     return out
@@ -365,10 +454,10 @@ def plan_download(
 
     def expand(entry: CheckpointFile) -> None:
         info = hub.info(entry.repo, entry.revision)
-        commit = info.sha
+        commit = check_commit(entry.repo, info.sha, entry.revision)
         repos.setdefault((entry.repo, entry.revision),
                          RepoPlan(entry.repo, entry.revision, commit, bool(getattr(info, "gated", False))))
-        siblings = {s.rfilename: s for s in (info.siblings or [])}
+        siblings = {s.rfilename: s for s in (info.siblings or []) if isinstance(s.rfilename, str)}
         if _is_pattern(entry.filename):
             names = [n for n in siblings if fnmatch.fnmatchcase(n, entry.filename)]
             if not names:
@@ -380,7 +469,9 @@ def plan_download(
             raise RemoteMissingError(f"{entry.filename} is missing from {entry.repo} (revision {entry.revision})",
                                      hint="The repository changed: update the model spec's file list.")
         for name in sorted(names):
+            check_listing_name(entry.repo, name)
             pf = _planned(entry, siblings[name], commit)
+            check_inside(ckdir, *_written_paths(ckdir, pf))
             old = planned.get(pf.local)
             if old is not None:
                 if (old.repo, old.remote) != (pf.repo, pf.remote):
@@ -416,10 +507,13 @@ def plan_download(
 def _planned(entry: CheckpointFile, sibling, commit: str) -> PlannedFile:
     lfs = sibling.lfs
     size = lfs.size if lfs is not None else (sibling.size or 0)
+    name = sibling.rfilename
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise UnsafeListingError(f"{entry.repo} lists {name} with the size {size!r}")
+    sha256 = _check_digest(entry.repo, name, "SHA-256", lfs.sha256, _SHA256) if lfs is not None else None
+    git_sha1 = None if lfs is not None else _check_digest(entry.repo, name, "blob id", sibling.blob_id, _COMMIT)
     common = dict(component=entry.component, repo=entry.repo, revision=commit, ref=entry.revision,
-                  remote=sibling.rfilename, size=size,
-                  sha256=lfs.sha256 if lfs is not None else None,
-                  git_sha1=None if lfs is not None else sibling.blob_id)
+                  remote=name, size=size, sha256=sha256, git_sha1=git_sha1)
     if entry.hf_cache:
         root = f"{entry.local}/{_cache_folder(entry.repo)}"
         return PlannedFile(**common, local=f"{root}/snapshots/{commit}/{sibling.rfilename}", root=root,
@@ -448,6 +542,17 @@ def free_bytes(path: Path) -> int:
 
 
 # ------------------------------------------------------------------------------- disk bookkeeping
+
+
+def _written_paths(ckdir: Path, f: PlannedFile) -> tuple[Path, ...]:
+    """Every path a planned file may create: the file, its partial transfer and record (a cache entry: the
+    blob, the snapshot link and the ref)."""
+    paths = [ckdir / f.local, _partial_path(ckdir, f)]
+    if f.hf_cache:
+        paths += [_blob_path(ckdir, f), ckdir / f.root / "refs" / f.ref]
+    else:
+        paths.append(_metadata_path(ckdir, f))
+    return tuple(paths)
 
 
 def _meta_dir(ckdir: Path, f: PlannedFile) -> Path:
@@ -660,6 +765,7 @@ def _fetch_one(f: PlannedFile, ckdir: Path, hub: _Hub, bars: _Progress, report: 
     final = ckdir / f.local
     if f.state == DONE:
         return
+    check_inside(ckdir, *_written_paths(ckdir, f))  # again: a link may have appeared since the plan
     if f.state == PRESENT:  # in place but never checked here (a cache entry: a blob without its link)
         have = _blob_path(ckdir, f) if f.hf_cache else final
         if not _mismatches(have, f):

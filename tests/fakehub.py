@@ -8,6 +8,10 @@ Two servers on ephemeral ports, like the real Hub and its CDN:
   answer ``302`` to the CDN with ``X-Linked-Etag`` (the SHA-256) and ``X-Linked-Size``, as the Hub does.
 * the CDN: ``GET /cdn/<sha256>``, with ``Range`` support, no authentication (a signed URL in real life).
 
+A repository may keep older commits (``history``: commit -> files) that are served when asked for by id, as
+the Hub serves a pinned revision while ``main`` has moved on; and ``lies`` lets a test make the listing
+(``siblings``) say what it likes about a path (hostile names, ids and digests).
+
 Errors carry the headers huggingface_hub maps to its exceptions: ``X-Error-Code: RepoNotFound`` /
 ``RevisionNotFound`` / ``EntryNotFound`` (404) and ``GatedRepo`` (401 without a token, 403 with a token that
 was not granted access). Tests can cut a transfer after N bytes, make the next requests fail with 503, and
@@ -44,6 +48,9 @@ class FakeRepo:
     files: dict[str, bytes]
     gated: bool = False
     commit: str = ""  # fixed when the repository is made: tests may then change files behind the Hub's back
+    history: dict[str, dict[str, bytes]] = field(default_factory=dict)  # older commit -> its files
+    lies: dict[str, dict] = field(default_factory=dict)  # path -> fields the listing shows instead of the truth
+    listed_sha: str | None = None  # the "sha" the model info answers, when a test wants it to lie
 
     def __post_init__(self):
         if not self.commit:
@@ -51,6 +58,21 @@ class FakeRepo:
             for path in sorted(self.files):
                 h.update(path.encode() + b"\0" + sha256(self.files[path]).encode())
             self.commit = h.hexdigest()
+
+    def at(self, rev: str) -> FakeRepo | None:
+        """The repository as of ``rev`` (``main``, the head commit or one in ``history``), else None."""
+        rev = unquote(rev)
+        if rev in ("main", self.commit):
+            return self
+        if rev in self.history:
+            return FakeRepo(self.repo_id, self.history[rev], gated=self.gated, commit=rev)
+        return None
+
+    def all_files(self):
+        """(path, data) of every commit, for the CDN."""
+        yield from self.files.items()
+        for files in self.history.values():
+            yield from files.items()
 
     def is_lfs(self, path: str) -> bool:
         return path.endswith(LFS_SUFFIXES)
@@ -67,6 +89,10 @@ class FakeRepo:
         out = {"rfilename": path, "size": len(data), "blobId": git_sha1(data)}
         if self.is_lfs(path):
             out["lfs"] = {"sha256": sha256(data), "size": len(data), "pointerSize": 134}
+        lie = self.lies.get(path, {})
+        out.update({k: v for k, v in lie.items() if k != "lfs"})
+        if "lfs" in lie:
+            out["lfs"] = {**out.get("lfs", {}), **lie["lfs"]}
         return out
 
 
@@ -144,7 +170,7 @@ class FakeHub:
 
     def _sha_of(self, key: str) -> str:
         for repo in self.repos.values():
-            for p, data in repo.files.items():
+            for p, data in repo.all_files():
                 if f"{repo.repo_id}/{p}" == key or p == key:
                     return sha256(data)
         return "\0"
@@ -195,11 +221,15 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                 self._error(404, "RepoNotFound", "Repository not found")
             return repo
 
-        def _revision_ok(self, repo: FakeRepo, rev: str) -> bool:
-            if unquote(rev) in ("main", repo.commit):
-                return True
-            self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-            return False
+        def _at(self, repo_id: str, rev: str) -> FakeRepo | None:
+            """The repository at ``rev``, or None with the Hub's 404 sent."""
+            repo = self._repo(repo_id)
+            if repo is None:
+                return None
+            found = repo.at(rev)
+            if found is None:
+                self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            return found
 
         def _auth_ok(self, repo: FakeRepo) -> bool:
             token = self._token()
@@ -248,18 +278,20 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
             self._error(404, None, f"no route for {self.command} {path}")
 
         def _model_info(self, repo_id: str, rev: str, blobs: bool) -> None:
-            repo = self._repo(repo_id)
-            if repo is None or not self._revision_ok(repo, rev):
+            repo = self._at(repo_id, rev)
+            if repo is None:
                 return
             if self._token() in hub.rejected:
                 return self._error(401, None, "Invalid credentials in Authorization header")
             siblings = [repo.sibling(p) if blobs else {"rfilename": p} for p in sorted(repo.files)]
-            self._json({"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False,
+            head = hub.repos[repo_id]
+            sha = head.listed_sha if repo is head and head.listed_sha is not None else repo.commit
+            self._json({"id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
                         "gated": "manual" if repo.gated else False, "disabled": False, "siblings": siblings})
 
         def _tree(self, repo_id: str, rev: str, prefix: str, recursive: bool) -> None:
-            repo = self._repo(repo_id)
-            if repo is None or not self._revision_ok(repo, rev):
+            repo = self._at(repo_id, rev)
+            if repo is None:
                 return
             base = prefix.rstrip("/") + "/" if prefix else ""
             entries, folders = [], set()
@@ -278,16 +310,16 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
             self._json(dirs + entries)
 
         def _paths_info(self, repo_id: str, rev: str) -> None:
-            repo = self._repo(repo_id)
-            if repo is None or not self._revision_ok(repo, rev):
+            repo = self._at(repo_id, rev)
+            if repo is None:
                 return
             length = int(self.headers.get("Content-Length") or 0)
             form = parse_qs(self.rfile.read(length).decode())
             self._json([repo.entry(p) for p in form.get("paths", []) if p in repo.files])
 
         def _resolve(self, repo_id: str, rev: str, path: str) -> None:
-            repo = self._repo(repo_id)
-            if repo is None or not self._revision_ok(repo, rev) or not self._auth_ok(repo):
+            repo = self._at(repo_id, rev)
+            if repo is None or not self._auth_ok(repo):
                 return
             if path not in repo.files:
                 return self._error(404, "EntryNotFound", f"{path} does not exist", {"X-Repo-Commit": repo.commit})
@@ -303,7 +335,7 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
 
         def _cdn(self, digest: str) -> None:
             for repo in hub.repos.values():
-                for path, data in repo.files.items():
+                for path, data in repo.all_files():
                     if sha256(data) == digest:
                         return self._serve(f"{repo.repo_id}/{path}", data, {"ETag": f'"{digest}"'})
             self._error(404, None, "no such object")

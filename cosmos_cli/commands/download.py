@@ -13,7 +13,8 @@ from cosmos_cli.options import CheckpointDirOpt
 
 ModelsArg = Annotated[
     list[str] | None,
-    typer.Argument(help="Models to fetch: names or aliases (7B 14B). Default: the default model.", show_default=False),
+    typer.Argument(help="Models to fetch: names or aliases (7B 14B). Required; the bundled demo needs no download.",
+                   show_default=False),
 ]
 ModelListOpt = Annotated[
     list[str] | None,
@@ -26,7 +27,8 @@ ModelTypesOpt = Annotated[
                  help="Accepted for the original script's commands: Video2World is the only type.", show_default=False),
 ]
 UpsamplerOpt = Annotated[bool, typer.Option("--upsampler/--no-upsampler", help="Fetch the prompt upsampler (Pixtral-12B).")]
-GuardrailOpt = Annotated[bool, typer.Option("--guardrail/--no-guardrail", help="Fetch the guardrail models.")]
+GuardrailOpt = Annotated[bool, typer.Option("--guardrail/--no-guardrail",
+                                             help="Fetch the guardrails (Cosmos-Guardrail1, LlamaGuard-7b, Aegis).")]
 TokenOpt = Annotated[
     str | None,
     typer.Option("--token", help="Hugging Face token. Default: HF_TOKEN, else the stored login (`hf auth login`).",
@@ -52,6 +54,13 @@ def download(
     if dry_run and verify:
         raise UsageError("--dry-run and --verify do not go together")
     specs = dl.resolve_models([*(model or []), *(models or [])], model_types or [])
+    for spec in specs:
+        if not dl.hub_files(spec):
+            typer.echo(f"note: nothing to download for {spec.name}: none of its files come from the Hub "
+                       "(it ships with cosmos or is made locally)", err=True)
+    specs = [s for s in specs if dl.hub_files(s)]
+    if not specs:
+        return
     files = dl.select_files(specs, upsampler=upsampler, guardrail=guardrail)
     plan = dl.plan_download(files, checkpoint_dir, token=token)
     if dry_run:

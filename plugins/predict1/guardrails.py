@@ -1,11 +1,21 @@
 """Guardrails: the text guardrail (blocklist + Aegis) and the video guardrail (safety filter + face blur).
 
-Expected folder, ``<guardrail>`` = ``<checkpoint_dir>/<model dir>/guardrail`` (see :func:`find_guardrail_dir`)::
+Two layouts on disk, ``<guardrail>`` being the folder :func:`find_guardrail_dir` returns:
+
+* today's (the original's download scripts since April 2025, and every later Cosmos stack):
+  ``<checkpoint_dir>/nvidia/Cosmos-Guardrail1`` holds blocklist/, face_blur_filter/ and
+  video_content_safety_filter/ (SigLIP as ``models--google--siglip-so400m-patch14-384/snapshots/<rev>/``);
+  LlamaGuard-7b and the Aegis adapter sit beside it as ``<checkpoint_dir>/meta-llama/LlamaGuard-7b/`` and
+  ``<checkpoint_dir>/nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0/``.
+* March 2025's: ``<checkpoint_dir>/<model dir>/guardrail``, with LlamaGuard-7b and the adapter under aegis/.
+
+Within ``<guardrail>``::
 
     blocklist/{custom,whitelist,exact_match}/*, blocklist/nltk_data/        (see blocklist.py)
     aegis/meta-llama/LlamaGuard-7b/                                         base model, `transformers` folder
     aegis/nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0/          PEFT adapter folder
-        (either may instead be in the HF cache layout the original used: aegis/models--<org>--<name>/snapshots/<rev>/)
+        (either may instead be in the HF cache layout the original used: aegis/models--<org>--<name>/snapshots/<rev>/;
+        in today's layout the two folders are the checkpoint folder's own, see :func:`aegis_folder`)
     video_content_safety_filter/safety_filter.pt + the SigLIP folder       (see safety_filter.py)
     face_blur_filter/Resnet50_Final.pth                                     (see retinaface.py)
 
@@ -34,6 +44,7 @@ from .safety_filter import CLASS_NAMES, VideoSafetyFilter, resolve_hf_folder
 BLOCKLIST, AEGIS, TEXT_GUARDRAIL = "blocklist", "aegis", "text_guardrail"
 VIDEO_SAFETY, FACE_BLUR, VIDEO_GUARDRAIL = "video_safety_filter", "face_blur", "video_guardrail"
 LLAMAGUARD_REPO = "meta-llama/LlamaGuard-7b"
+LLAMAGUARD3_REPO = "meta-llama/Llama-Guard-3-8B"  # what the original's later scripts fetch instead: not supported
 AEGIS_ADAPTER_REPO = "nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0"
 AEGIS_MAX_NEW_TOKENS = 100
 LICENSE_WARNING = ("The safety guardrails are disabled. Under the NVIDIA Open Model License, bypassing or disabling "
@@ -59,15 +70,38 @@ def fail_closed(component: str, check: Callable[[], Verdict]) -> Verdict:
         return Verdict(False, component, f"{type(e).__name__}: {message}"[:300])
 
 
+GUARDRAIL_REPO_DIR = ("nvidia", "Cosmos-Guardrail1")  # today's layout: <checkpoint_dir>/nvidia/Cosmos-Guardrail1
+
+
 def find_guardrail_dir(checkpoint_dir: Path, model_dir: str) -> Path:
-    """``<checkpoint_dir>/<model_dir>/guardrail``, else ``<checkpoint_dir>/guardrail``; never a recursive search
-    (the original took the first ``guardrail`` folder anywhere below, in file-system order: pitfall 9)."""
-    candidates = [Path(checkpoint_dir) / model_dir / "guardrail", Path(checkpoint_dir) / "guardrail"]
+    """The first of ``<checkpoint_dir>/<model_dir>/guardrail`` (March 2025's layout),
+    ``<checkpoint_dir>/nvidia/Cosmos-Guardrail1`` (today's) and ``<checkpoint_dir>/guardrail`` that exists; never a
+    recursive search (the original took the first ``guardrail`` folder anywhere below, in file-system order:
+    pitfall 9)."""
+    root = Path(checkpoint_dir)
+    candidates = [root / model_dir / "guardrail", root.joinpath(*GUARDRAIL_REPO_DIR), root / "guardrail"]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
     raise CheckpointError(f"guardrail folder not found: tried {', '.join(map(str, candidates))}",
-                          hint="Run `cosmos download`, or pass --disable-guardrail.")
+                          hint="Run `cosmos download` for the model, or pass --disable-guardrail.")
+
+
+def aegis_folder(guardrail_dir: Path) -> Path:
+    """Where LlamaGuard-7b and the Aegis adapter live: ``<guardrail>/aegis``, or in today's layout (no aegis/ in
+    ``.../nvidia/Cosmos-Guardrail1``) the checkpoint folder itself, which holds ``meta-llama/LlamaGuard-7b/``."""
+    guardrail_dir = Path(guardrail_dir)
+    inner = guardrail_dir / "aegis"
+    if not inner.is_dir() and guardrail_dir.parts[-2:] == GUARDRAIL_REPO_DIR:
+        root = guardrail_dir.parent.parent
+        if not (root / LLAMAGUARD_REPO).is_dir() and (root / LLAMAGUARD3_REPO).is_dir():
+            raise CheckpointError(
+                f"{root} has {LLAMAGUARD3_REPO} (the original's text guard since April 2025) but not {LLAMAGUARD_REPO} "
+                f"with the Aegis adapter, the text guard cosmos runs",
+                hint="Run `cosmos download` for the model (it fetches LlamaGuard-7b and Aegis), or pass "
+                     "--disable-guardrail.")
+        return root
+    return inner
 
 
 # --- Aegis ----------------------------------------------------------------------------------------------------
@@ -213,7 +247,7 @@ class Aegis:
 
     @classmethod
     def load(cls, folder: Path, *, device: str, dtype: torch.dtype) -> Aegis:
-        """From ``<guardrail>/aegis`` holding the base model and the adapter (module doc for the layouts)."""
+        """From a folder holding the base model and the adapter (:func:`aegis_folder`; module doc for the layouts)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
@@ -262,7 +296,7 @@ class TextGuardrail:
         """From ``<guardrail>``; ``dtype`` is LlamaGuard's (the original: bfloat16)."""
         guardrail_dir = Path(guardrail_dir)
         return cls(Blocklist.load(guardrail_dir / "blocklist"),
-                   Aegis.load(guardrail_dir / "aegis", device=device, dtype=dtype))
+                   Aegis.load(aegis_folder(guardrail_dir), device=device, dtype=dtype))
 
     def to(self, device: str) -> TextGuardrail:
         self.aegis.to(device)

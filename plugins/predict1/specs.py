@@ -116,54 +116,90 @@ def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, 
 # Where every checkpoint file comes from (spec section 11, trimmed to what generation reads) and where the
 # original project keeps it. The T5 repository's TensorFlow/Flax weights and the model repositories' README and
 # config.json are left out: nothing reads them.
+#
+# Revisions follow the original's later download scripts, not the Hub's `main` of today:
+# * Pixtral-12B at db3e3ed0...: Kris57880/cosmos-predict1 scripts/download_diffusion_checkpoints.py
+#   (commit 7ed75a73fd6be253220a38e5657d586834f17674, "fix version of Pixtral to ensure compatibility"): `main`'s
+#   params.json gained `max_position_embeddings`, and the conversion requires the original key set exactly.
+# * T5-11B at 90f37703... and Cosmos-Guardrail1 at d6d4bfa8...: nvidia-cosmos/cosmos-predict2
+#   scripts/download_checkpoints.py (commit 877dc689eddbc1c6ba91d12e2f0294e60065e7ce, REPO_ID_MAPPING).
+# * LlamaGuard-7b at 3e764390...: the original's scripts/download_guardrail_checkpoints.py as first written
+#   (Kris57880/cosmos-predict1 commit bff2ab4b4ca150480e48d446c5cb5450fbf95c01, "Update guardrails to point to
+#   its own model"), which also fetches the Aegis adapter (unpinned) and nvidia/Cosmos-Guardrail1.
 T5_REPO = "google-t5/t5-11b"
+T5_REVISION = "90f37703b3334dfe9d2b009bfcbfbf1ac9d28ea3"
 SAFETY_FILTER_MD5 = "b46dc2ad821fc3b0d946549d7ade19cf"
-# The guardrail's Hugging Face models, which the original loads with `from_pretrained(id, cache_dir=<folder>)`
-# (section 9): LlamaGuard-7b + the Aegis adapter in guardrail/aegis, SigLIP in guardrail/video_content_safety_filter.
+# The guardrails. Since April 2025 the original fetches them from one repository, nvidia/Cosmos-Guardrail1, into
+# `<checkpoint_dir>/nvidia/Cosmos-Guardrail1/{blocklist,face_blur_filter,video_content_safety_filter}` (the SigLIP
+# encoder as a huggingface_hub cache inside video_content_safety_filter/), and the text guard's models next to it as
+# `<checkpoint_dir>/meta-llama/LlamaGuard-7b/` and `<checkpoint_dir>/nvidia/Aegis-AI-Content-Safety-LlamaGuard-
+# Defensive-1.0/` (commit bff2ab4 above: blocklist.py, face_blur_filter.py, video_content_safety_filter.py and
+# aegis.py join those paths). The MD5s of Cosmos-Guardrail1's files: NVIDIA/paidf-anomalygen
+# scripts/download_checkpoints.py (commit 0fd52825e961ff8a50d3ba6aac4a4601ba076774). Before that, each model
+# repository carried a guardrail/ folder (blocklist, face blur, safety filter) and the original loaded LlamaGuard,
+# Aegis and SigLIP with `from_pretrained(id, cache_dir=<guardrail>/...)`; find_guardrail_dir reads both layouts.
+# The original's scripts from commit e41e265 (April 15 2025) on replace LlamaGuard-7b + Aegis with
+# meta-llama/Llama-Guard-3-8B; that model is not supported here (see guardrails.py).
+GUARDRAIL_REPO = "nvidia/Cosmos-Guardrail1"
+GUARDRAIL_REVISION = "d6d4bfa899a71454a700907664f3e88f503950cf"
+GUARDRAIL_DIR = GUARDRAIL_REPO  # <checkpoint_dir>/nvidia/Cosmos-Guardrail1
+RETINAFACE_MD5 = "bce939bc22d8cec91229716dd932e56e"
 LLAMAGUARD_REPO = "meta-llama/LlamaGuard-7b"
+LLAMAGUARD_REVISION = "3e764390d6b39028ddea5b20603c89476107b41e"
 AEGIS_ADAPTER_REPO = "nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0"
 SIGLIP_REPO = "google/siglip-so400m-patch14-384"
+_SIGLIP_CACHE = "video_content_safety_filter/models--google--siglip-so400m-patch14-384/snapshots/*"
 # The prompt upsampler: Mistral's Pixtral-12B release, converted to Pixtral-12B/{model.pt,config.json} as the
 # original does, plus the tokenizer/processor files the original fetched at run time from mistral-community.
 PIXTRAL_REPO = "mistralai/Pixtral-12B-2409"
+PIXTRAL_REVISION = "db3e3ed01201248694fcb170c7bd292ecfcad22b"
 PIXTRAL_PROCESSOR_REPO = "mistral-community/pixtral-12b"
 PIXTRAL_PROCESSOR_DIR = "mistral-community/pixtral-12b"
+
+
+def guardrail_files() -> tuple[CheckpointFile, ...]:
+    """The guardrails in today's layout: Cosmos-Guardrail1 (the blocklist whole, the two classifier weights, the
+    SigLIP snapshot's config and weights), LlamaGuard-7b and the Aegis adapter."""
+    g = GUARDRAIL_DIR
+    return (
+        CheckpointFile(GUARDRAIL, GUARDRAIL_REPO, "blocklist/*", g, revision=GUARDRAIL_REVISION),
+        CheckpointFile(GUARDRAIL, GUARDRAIL_REPO, "video_content_safety_filter/safety_filter.pt",
+                       f"{g}/video_content_safety_filter/safety_filter.pt", SAFETY_FILTER_MD5,
+                       revision=GUARDRAIL_REVISION),
+        CheckpointFile(GUARDRAIL, GUARDRAIL_REPO, "face_blur_filter/Resnet50_Final.pth",
+                       f"{g}/face_blur_filter/Resnet50_Final.pth", RETINAFACE_MD5, revision=GUARDRAIL_REVISION),
+        CheckpointFile(GUARDRAIL, GUARDRAIL_REPO, f"{_SIGLIP_CACHE}/*.json", g, revision=GUARDRAIL_REVISION),
+        CheckpointFile(GUARDRAIL, GUARDRAIL_REPO, f"{_SIGLIP_CACHE}/model.safetensors", g,
+                       revision=GUARDRAIL_REVISION),
+        CheckpointFile(GUARDRAIL, LLAMAGUARD_REPO, "*.json", LLAMAGUARD_REPO, revision=LLAMAGUARD_REVISION),
+        CheckpointFile(GUARDRAIL, LLAMAGUARD_REPO, "*.safetensors", LLAMAGUARD_REPO, revision=LLAMAGUARD_REVISION),
+        CheckpointFile(GUARDRAIL, LLAMAGUARD_REPO, "tokenizer.model", f"{LLAMAGUARD_REPO}/tokenizer.model",
+                       revision=LLAMAGUARD_REVISION),
+        CheckpointFile(GUARDRAIL, AEGIS_ADAPTER_REPO, "adapter_config.json",
+                       f"{AEGIS_ADAPTER_REPO}/adapter_config.json"),
+        CheckpointFile(GUARDRAIL, AEGIS_ADAPTER_REPO, "adapter_model.safetensors",
+                       f"{AEGIS_ADAPTER_REPO}/adapter_model.safetensors"),
+    )
 
 
 def _files(model_dir: str, md5: str | None) -> tuple[CheckpointFile, ...]:
     repo = f"nvidia/{model_dir}"
     tok = f"nvidia/{TOKENIZER_DIR}"
-    guardrail = f"{model_dir}/guardrail"
     return (
         CheckpointFile(NETWORK, repo, "model.pt", f"{model_dir}/model.pt", md5),
         CheckpointFile(TOKENIZER, tok, "encoder.jit", f"{TOKENIZER_DIR}/encoder.jit", "f5834d03645c379bc0f8ad14b9bc0299"),
         CheckpointFile(TOKENIZER, tok, "decoder.jit", f"{TOKENIZER_DIR}/decoder.jit", "ff21a63ed817ffdbe4b6841111ec79a8"),
         CheckpointFile(TOKENIZER, tok, "mean_std.pt", f"{TOKENIZER_DIR}/mean_std.pt", "f07680ad7eefae57d698778e2a0c7c96"),
-        CheckpointFile(TEXT_ENCODER, T5_REPO, "config.json", f"{T5_DIR}/config.json"),
+        CheckpointFile(TEXT_ENCODER, T5_REPO, "config.json", f"{T5_DIR}/config.json", revision=T5_REVISION),
         CheckpointFile(TEXT_ENCODER, T5_REPO, "pytorch_model.bin", f"{T5_DIR}/pytorch_model.bin",
-                       "f890878d8a162e0045a25196e27089a3"),
-        CheckpointFile(TEXT_ENCODER, T5_REPO, "spiece.model", f"{T5_DIR}/spiece.model"),
-        CheckpointFile(TEXT_ENCODER, T5_REPO, "tokenizer.json", f"{T5_DIR}/tokenizer.json"),
-        # The model repository's guardrail/ folder, whole, as the original fetches it (blocklist, face blur
-        # and safety-filter weights); the two weight files are named so that a missing one is an error.
-        CheckpointFile(GUARDRAIL, repo, "guardrail/*", model_dir),
-        CheckpointFile(GUARDRAIL, repo, "guardrail/video_content_safety_filter/safety_filter.pt",
-                       f"{guardrail}/video_content_safety_filter/safety_filter.pt", SAFETY_FILTER_MD5),
-        CheckpointFile(GUARDRAIL, repo, "guardrail/face_blur_filter/Resnet50_Final.pth",
-                       f"{guardrail}/face_blur_filter/Resnet50_Final.pth"),
-        CheckpointFile(GUARDRAIL, LLAMAGUARD_REPO, "*.json", f"{guardrail}/aegis", hf_cache=True),
-        CheckpointFile(GUARDRAIL, LLAMAGUARD_REPO, "*.safetensors", f"{guardrail}/aegis", hf_cache=True),
-        CheckpointFile(GUARDRAIL, LLAMAGUARD_REPO, "tokenizer.model", f"{guardrail}/aegis", hf_cache=True),
-        CheckpointFile(GUARDRAIL, AEGIS_ADAPTER_REPO, "adapter_config.json", f"{guardrail}/aegis", hf_cache=True),
-        CheckpointFile(GUARDRAIL, AEGIS_ADAPTER_REPO, "adapter_model.safetensors", f"{guardrail}/aegis", hf_cache=True),
-        CheckpointFile(GUARDRAIL, SIGLIP_REPO, "*.json", f"{guardrail}/video_content_safety_filter", hf_cache=True),
-        CheckpointFile(GUARDRAIL, SIGLIP_REPO, "model.safetensors", f"{guardrail}/video_content_safety_filter",
-                       hf_cache=True),
-        CheckpointFile(GUARDRAIL, SIGLIP_REPO, "spiece.model", f"{guardrail}/video_content_safety_filter",
-                       hf_cache=True),
+                       "f890878d8a162e0045a25196e27089a3", revision=T5_REVISION),
+        CheckpointFile(TEXT_ENCODER, T5_REPO, "spiece.model", f"{T5_DIR}/spiece.model", revision=T5_REVISION),
+        CheckpointFile(TEXT_ENCODER, T5_REPO, "tokenizer.json", f"{T5_DIR}/tokenizer.json", revision=T5_REVISION),
+        *guardrail_files(),
         CheckpointFile(UPSAMPLER, PIXTRAL_REPO, "consolidated.safetensors", f"{UPSAMPLER_DIR}/model.pt",
-                       convert="pixtral-12b"),
-        CheckpointFile(UPSAMPLER, PIXTRAL_REPO, "params.json", f"{UPSAMPLER_DIR}/config.json", convert="pixtral-12b"),
+                       convert="pixtral-12b", revision=PIXTRAL_REVISION),
+        CheckpointFile(UPSAMPLER, PIXTRAL_REPO, "params.json", f"{UPSAMPLER_DIR}/config.json", convert="pixtral-12b",
+                       revision=PIXTRAL_REVISION),
         CheckpointFile(UPSAMPLER, PIXTRAL_PROCESSOR_REPO, "*.json", PIXTRAL_PROCESSOR_DIR),
     )
 
