@@ -21,8 +21,11 @@ class T5TextEncoder:
         self.max_length = max_length
 
     @classmethod
-    def load(cls, folder: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+    def load(cls, folder: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
              max_length: int = 512) -> T5TextEncoder:
+        """``dtype``: the weights' dtype, fp32 by default as the original (the file's own; the pipeline's choice:
+        ``pipeline.text_encoder_dtype``). With bf16 every weight is cast, ``wo`` too (transformers keeps T5's
+        ``wo`` in fp32 only for fp16), and the embedding comes out in bf16."""
         from transformers import T5EncoderModel, T5TokenizerFast
         from transformers.utils import logging as hf_logging
 
