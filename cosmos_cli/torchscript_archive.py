@@ -46,7 +46,7 @@ from .errors import CheckpointError
 MAX_PICKLE_BYTES = 64 << 20  # data.pkl holds the module tree only (a few hundred KB for the 720p tokenizer)
 MAX_CODE_BYTES = 16 << 20
 MAX_DEPTH = 256  # module nesting
-_HINT = "Replace the file with the released one (`cosmos download --model <name>`); its code is never run."
+_HINT = "Replace it with the released file (`cosmos download --model <name>`); cosmos never runs code from a .jit file."
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header: signature ... name length, extra length
 
 # torch.<Name>Storage -> torch dtype attribute name
@@ -177,6 +177,8 @@ class _Unpickler(pickle.Unpickler):
         return self._inert[key]
 
     def persistent_load(self, pid: Any) -> StorageRef:
+        if isinstance(pid, tuple) and len(pid) > 1 and isinstance(pid[1], type) and issubclass(pid[1], InertObject):
+            raise _Malformed(f"storage type {pid[1].module}.{pid[1].name} is not one we read")
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
                 and isinstance(pid[2], str)):
             raise _Malformed(f"unknown persistent id {str(pid)[:80]}")
