@@ -24,14 +24,11 @@ from cosmos_plugins.predict1.tokenizer import (
     Patcher3d,
     TokenizerParams,
     Unpatcher3d,
-    VideoDecoder,
-    VideoEncoder,
     VideoTokenizer,
     as_tokenizer_params,
     load_tokenizer,
     num_params,
     randomize_,
-    trace_shape,
     write_tokenizer_checkpoint,
 )
 

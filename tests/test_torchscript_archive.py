@@ -142,6 +142,15 @@ def test_state_dict_matches_jit_load_on_tokenizer_files(benign):
         assert_same_state(read_state_dict(path), torch.jit.load(str(path), map_location="cpu").state_dict())
 
 
+def test_state_dict_matches_jit_load_on_the_bundled_demo_tokenizer():
+    from cosmos_plugins.predict1.specs import DEMO_TOKENIZER_DIR
+
+    folder = Path(__file__).resolve().parents[1] / "assets" / "demo" / DEMO_TOKENIZER_DIR  # written by tools/demo
+    for name in (ENCODER_FILE, DECODER_FILE):
+        assert_same_state(read_state_dict(folder / name),
+                          torch.jit.load(str(folder / name), map_location="cpu").state_dict())
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Files that run code when torch.jit.load reads them
 
