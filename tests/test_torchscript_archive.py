@@ -329,3 +329,19 @@ def test_released_tokenizer_files_carry_pins():
     for spec in released:
         assert {f.filename: bool(f.md5) for f in spec.files_of(TOKENIZER)} == \
                {ENCODER_FILE: True, DECODER_FILE: True, MEAN_STD_FILE: True}, spec.name
+
+
+def test_the_pipeline_checks_the_specs_pins(benign, tmp_path, monkeypatch):
+    """Predict1Pipeline.load hands the spec's tokenizer MD5s to the loader: a pin that does not match stops it."""
+    import dataclasses
+
+    from cosmos_cli.planner import plan_memory
+    from cosmos_plugins.predict1.pipeline import Predict1Pipeline
+
+    monkeypatch.setenv("COSMOS_CACHE_DIR", str(tmp_path / "cache"))
+    files = tuple(dataclasses.replace(f, md5="0" * 32) if f.filename == DECODER_FILE else f
+                  for f in PREDICT1_TINY.files)
+    spec = dataclasses.replace(PREDICT1_TINY, files=files)
+    plan = plan_memory(spec, None, strategy="resident", upsampler=False, guardrail=False)
+    with pytest.raises(CheckpointError, match=r"decoder\.jit: checksum mismatch"):
+        Predict1Pipeline.load(spec, plan, checkpoint_dir=benign, device="cpu")
