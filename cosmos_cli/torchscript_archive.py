@@ -11,8 +11,10 @@ module reads the same archive as data:
   entry ``<root>/data/<key>`` (``constants.pkl`` does the same for ``<root>/constants/``; constants are not part
   of a state dict). ``<root>/code/<path>.py`` declares each class, with ``__parameters__ = [...]`` and
   ``__buffers__ = [...]`` telling which tensor attributes are parameters and buffers.
-  (PyTorch's writer: torch/csrc/jit/serialization/export_module.cpp and python_print.cpp; its reader,
-  import.cpp, is what this replaces.)
+  (PyTorch's writer: pytorch/pytorch torch/csrc/jit/serialization/export_module.cpp at commit 00203e80783a,
+  ``ScriptModuleSerializer::serialize``/``writeArchive``: ``data.pkl`` with its tensors under ``data/<n>``, the
+  code's tensor constants in ``constants.pkl`` and ``constants/``, one ``code/`` file per class qualifier. Its
+  reader, import.cpp, is what this module replaces.)
 - Our unpickler (:class:`_Unpickler`) resolves no global: the tensor rebuild functions and storage types map to
   inert records, ``collections.OrderedDict`` to ``dict``, and every other global (the ``__torch__`` classes,
   anything a hostile file names) to a class of this module that only records its arguments and its
