@@ -21,9 +21,10 @@ module reads the same archive as data:
   ``__setstate__`` state. Nothing is imported and nothing from the file is called. The class declarations are
   read with :func:`ast.parse` (parsed, never compiled or run).
 - :func:`read_state_dict` walks the module tree and returns the state dict that TorchScript's
-  ``jit.load(path).state_dict()`` gives: the dotted names (a module's parameters, then its buffers, then its children, each in slot order),
-  dtypes, shapes, strides and storage sharing. A module whose state is not an attribute dict (a scripted class
-  with its own ``__getstate__``/``__setstate__``) is refused: only its code could say what its tensors are.
+  ``jit.load(path).state_dict()`` gives: the dotted names (a module's parameters, then its buffers, then its
+  children, each in slot order), dtypes, shapes, strides and storage sharing. A module whose class declares a
+  ``__setstate__`` (or whose state is not an attribute dict) is refused: only running its code could say what its
+  tensors are. Globals outside ``__torch__`` are inert data, never modules.
 - The storages are memory-mapped copy-on-write (``mmap.ACCESS_COPY``), not read: a tensor costs nothing until
   its pages are touched, and writing to it never changes the file. Every storage is checked against its zip
   entry's size and every tensor against its storage's bounds.
@@ -235,7 +236,7 @@ class _Archive:
         source = self.read(f"{self.root}/code/{'/'.join(parts)}.py", MAX_CODE_BYTES)
         try:
             tree = ast.parse(source.decode("utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError) as e:
+        except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError, MemoryError) as e:
             raise _Malformed(f"the code of {module} does not parse ({e})") from e
         return {node.name: _declaration(node) for node in tree.body if isinstance(node, ast.ClassDef)}
 
@@ -249,7 +250,7 @@ def _declaration(node: ast.ClassDef) -> ClassDecl:
             if target in ("__parameters__", "__buffers__"):
                 try:
                     value = ast.literal_eval(stmt.value)
-                except ValueError as e:
+                except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as e:
                     raise _Malformed(f"{node.name}.{target} is not a literal list") from e
                 if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                     raise _Malformed(f"{node.name}.{target} is not a list of names")
@@ -310,7 +311,7 @@ def _walk(archive: _Archive, obj: Any, prefix: str, out: dict[str, TensorRef], d
         raise _Malformed(f"modules nested deeper than {MAX_DEPTH}")
     decl = archive.declaration(obj.module, obj.name)
     where = prefix.rstrip(".") or "the top module"
-    if not isinstance(obj.state, dict) or obj.args or obj.kwargs:
+    if decl.has_setstate or not isinstance(obj.state, dict) or obj.args or obj.kwargs:
         kind = "its own __setstate__" if decl.has_setstate else "a state that is not an attribute dict"
         raise _Refused(f"{where} ({obj.module}.{obj.name}) has {kind}, TorchScript code that jit.load "
                        "would run")
@@ -323,8 +324,14 @@ def _walk(archive: _Archive, obj: Any, prefix: str, out: dict[str, TensorRef], d
                 raise _Malformed(f"{prefix}{name} is declared a tensor but holds {type(value).__name__}")
             out[prefix + name] = value
     for name, value in obj.state.items():
-        if isinstance(value, InertObject) and archive.declaration(value.module, value.name).is_module:
+        if isinstance(value, InertObject) and _is_torchscript_class(value) \
+                and archive.declaration(value.module, value.name).is_module:
             _walk(archive, value, f"{prefix}{name}.", out, depth + 1)
+
+
+def _is_torchscript_class(obj: InertObject) -> bool:
+    """A class of the archive's own code (``__torch__.*``); any other global is inert data, never a module."""
+    return obj.module == "__torch__" or obj.module.startswith("__torch__.")
 
 
 def read_state_dict(path: Path | str) -> dict[str, Any]:
@@ -338,7 +345,8 @@ def read_state_dict(path: Path | str) -> dict[str, Any]:
         archive = _open(path)
         with archive.zf:
             tree = _unpickle(archive)
-            if not (isinstance(tree, InertObject) and archive.declaration(tree.module, tree.name).is_module):
+            if not (isinstance(tree, InertObject) and _is_torchscript_class(tree)
+                    and archive.declaration(tree.module, tree.name).is_module):
                 raise _Malformed(f"data.pkl holds {type(tree).__name__}, not a module")
             refs: dict[str, TensorRef] = {}
             _walk(archive, tree, "", refs, 0)
