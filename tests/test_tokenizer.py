@@ -24,14 +24,11 @@ from cosmos_plugins.predict1.tokenizer import (
     Patcher3d,
     TokenizerParams,
     Unpatcher3d,
-    VideoDecoder,
-    VideoEncoder,
     VideoTokenizer,
     as_tokenizer_params,
     load_tokenizer,
     num_params,
     randomize_,
-    trace_shape,
     write_tokenizer_checkpoint,
 )
 
@@ -95,7 +92,7 @@ def to_diffusers_key(key: str, num_levels: int) -> str | None:
 def diffusers_vae(p: TokenizerParams, device: str = "cpu"):
     # Imported outside the device context on purpose: a first import of the diffusers module under
     # torch.device("meta") would create its module-level Haar taps on the meta device for good.
-    AutoencoderKLCosmos = pytest.importorskip("diffusers").AutoencoderKLCosmos
+    from diffusers import AutoencoderKLCosmos  # the test extra has it: parity must fail, never skip
 
     widths = [p.channels * m for m in p.channels_mult]
     with torch.device(device):
@@ -161,11 +158,11 @@ def test_parity_with_diffusers(tiny):
         ours_z = tiny.encoder(x)
         ref_z = ref.encode(x).latent_dist.mode()
         assert ours_z.shape == ref_z.shape == (2, 8, 3, 4, 4)
-        assert rel_err(ours_z, ref_z) <= 1e-5
+        assert rel_err(ours_z, ref_z) <= fp32_bound(tiny.encoder)
         ours_x = tiny.decoder(ref_z)
         ref_x = ref.decode(ref_z).sample
         assert ours_x.shape == ref_x.shape == x.shape
-        assert rel_err(ours_x, ref_x) <= 1e-5
+        assert rel_err(ours_x, ref_x) <= fp32_bound(tiny.decoder)
         assert ours_x.abs().max() > 0.1  # not a degenerate (all-zero) output
 
 
@@ -183,44 +180,90 @@ def test_haar_patcher_is_orthonormal_and_its_low_band_is_the_block_mean():
 # Fixture files and loading
 
 
-def test_fixture_files_load_strictly_and_run_what_the_jit_runs(fixture_dir):
-    folder, written = fixture_dir
-    enc_jit = torch.jit.load(str(folder / ENCODER_FILE), map_location="cpu")
-    dec_jit = torch.jit.load(str(folder / DECODER_FILE), map_location="cpu")
-    enc, dec = VideoEncoder(TINY), VideoDecoder(TINY)
-    enc.load_state_dict(enc_jit.state_dict(), strict=True)
-    dec.load_state_dict(dec_jit.state_dict(), strict=True)
+def fp32_bound(part: torch.nn.Module) -> float:
+    """How far two fp32 implementations of the same network may drift apart, relative to max|output|, when they
+    differ only in the order of their sums (conv kernels, SDPA vs matmul-softmax, Haar as conv vs as splits): a
+    sum of K products rounds to within about sqrt(K) ulps of the exact value for terms of random sign (K ulps at
+    worst), and the differences of L layers in series add. Bound: L x sqrt(max K) x eps(fp32), with L the number
+    of convolutions (the attention's sums have fan-ins of the same order). For TINY: ~3e-4 (encoder), ~2.4e-4."""
+    convs = [m for m in part.modules() if isinstance(m, torch.nn.Conv3d)]
+    return len(convs) * max(m.weight[0].numel() for m in convs) ** 0.5 * torch.finfo(torch.float32).eps
+
+
+def reference_from_files(folder):
+    """An independent reference for the fixture files: diffusers' AutoencoderKLCosmos given the files' own state
+    dicts (read by torch.jit.load, on files this test wrote) and the normalization written out here from
+    mean_std.pt: z = (E(x) - mean[c, j]) / std[c, j] for latent frame j of channel c."""
+    state = {}
+    for name in (ENCODER_FILE, DECODER_FILE):
+        state.update(torch.jit.load(str(folder / name), map_location="cpu").state_dict())
+    ref = diffusers_vae(TINY).eval()
+    mapped = {to_diffusers_key(k, TINY.num_levels): v for k, v in state.items()}
+    mapped.pop(None)
+    ref.load_state_dict(mapped, strict=True)
+    mean, std = (t.view(TINY.latent_channels, -1) for t in torch.load(folder / MEAN_STD_FILE, weights_only=True))
+
+    def stats(frames):
+        return mean[:, :frames].view(1, -1, frames, 1, 1), std[:, :frames].view(1, -1, frames, 1, 1)
+
+    def encode(x):
+        raw = ref.encode(x).latent_dist.mode()
+        m, s = stats(raw.shape[2])
+        return (raw - m) / s
+
+    def decode(z):
+        m, s = stats(z.shape[2])
+        return ref.decode(z * s + m).sample
+
+    return state, encode, decode
+
+
+def test_fixture_files_load_strictly_and_match_an_independent_reference(fixture_dir):
+    folder, _ = fixture_dir
+    state, ref_encode, ref_decode = reference_from_files(folder)
     mean, std = torch.load(folder / MEAN_STD_FILE, weights_only=True)
     assert mean.shape == std.shape == (8 * 5,)
 
     tok = load_tokenizer(folder, TINY, device="cpu", dtype=torch.float32)
     assert not tok.training and not any(t.requires_grad for t in tok.parameters())
-    for key, value in original_state_keys(written).items():
-        assert torch.equal(original_state_keys(tok)[key], value), key
-    assert torch.equal(tok.latent_mean, written.latent_mean) and torch.equal(tok.latent_std, written.latent_std)
+    loaded = original_state_keys(tok)
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
 
-    x = video(*trace_shape(TINY)[2:4], seed=5)
+    x = video(17, size=32, batch=2, seed=5)
     with torch.no_grad():
-        out = enc_jit(x)
-        assert isinstance(out, tuple) and len(out) == 2  # (latent, (zero, zero)) like the original
-        z = tok.encoder(x)
-        assert torch.allclose(out[0], z, rtol=1e-6, atol=1e-6)
-        assert torch.allclose(dec_jit(z), tok.decoder(z), rtol=1e-6, atol=1e-6)
-        assert torch.equal(tok.encode(x), written.encode(x))
+        z, ref_z = tok.encode(x), ref_encode(x)
+        assert z.shape == ref_z.shape == (2, 8, 3, 4, 4)
+        assert rel_err(z, ref_z) <= fp32_bound(tok.encoder)
+        out, ref_out = tok.decode(ref_z), ref_decode(ref_z)
+        assert out.shape == ref_out.shape == x.shape
+        assert rel_err(out, ref_out) <= fp32_bound(tok.decoder)
+        assert ref_z.std() > 0.1 and ref_out.abs().max() > 0.1  # not a degenerate reference
+
+        # the files' own traced forward (the released layout: the encoder returns (latent, (zero, zero)))
+        traced = torch.jit.load(str(folder / ENCODER_FILE), map_location="cpu")(x)
+        assert isinstance(traced, tuple) and len(traced) == 2
+        assert rel_err(tok.encoder(x), traced[0]) <= fp32_bound(tok.encoder)
 
 
 def test_load_in_bf16_keeps_integer_buffers(fixture_dir):
-    folder, written = fixture_dir
+    folder, _ = fixture_dir
     tok = load_tokenizer(folder, TINY, device="cpu", dtype=torch.bfloat16)
     assert tok.dtype == torch.bfloat16 and tok.latent_mean.dtype == torch.bfloat16
     assert tok.encoder.encoder.patcher3d.wavelets.dtype == torch.bfloat16  # as the original's .to(bf16)
     assert tok.encoder.encoder.patcher3d._arange.dtype == torch.int64
     assert tok.encoder.encoder.patcher3d.patch_size_buffer.dtype == torch.int32
+    _, ref_encode, _ = reference_from_files(folder)
     x = video(9, seed=6)
     with torch.no_grad():
         z = tok.encode(x)
         assert z.dtype == torch.bfloat16
-        assert rel_err(z.float(), written.encode(x)) < 0.05
+        # bf16 keeps 8 significant bits (unit roundoff u = 2^-8): the weights and every layer's output round once
+        # each, with independent signs, so over L convolutions in series the relative error grows like
+        # sqrt(2L) u (about 0.045 for the encoder's 66); the bar is twice that estimate.
+        L = sum(isinstance(m, torch.nn.Conv3d) for m in tok.encoder.modules())
+        assert rel_err(z.float(), ref_encode(x)) < 2 * (2 * L) ** 0.5 * 2.0**-8
         assert tok.decode(z).dtype == torch.bfloat16
 
 

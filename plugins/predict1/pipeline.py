@@ -193,7 +193,8 @@ class Predict1Pipeline:
                                               dtype=text_encoder_dtype(spec, device, numerics),
                                               max_length=spec.text_encoder.max_length)
         with progress.stage("loading the tokenizer"):
-            tokenizer = load_tokenizer(paths.tokenizer, spec.tokenizer, device=where(TOKENIZER), dtype=dtype)
+            tokenizer = load_tokenizer(paths.tokenizer, spec.tokenizer, device=where(TOKENIZER), dtype=dtype,
+                                       md5={f.filename: f.md5 for f in spec.files_of(TOKENIZER)})
         with progress.stage("loading the diffusion network"):
             network = load_network(paths.network, spec.network, device=where(NETWORK), dtype=dtype,
                                    rope_mode="compat" if numerics == "original" else "fp32")

@@ -10,8 +10,10 @@ and the decoder mirrors it, ending with the inverse Haar transform. Everything i
 frame j (j >= 1) sees pixel frames up to 8j only, and pixel frame t is decoded from latent frames up to
 ceil(t/8) only. Frame 0 stands alone: the patcher repeats it ``patch_size`` times.
 
-Checkpoint layout. The released files are TorchScript traces of the original modules, and we load their
-state dicts, not their code:
+Checkpoint layout. The released files are TorchScript traces of the original modules. We read their tensors
+with :func:`cosmos_cli.torchscript_archive.read_state_dict`, never with TorchScript's ``jit.load``: loading a
+TorchScript archive runs its code (a class's ``__setstate__`` can write files), while our reader unpickles the
+module tree as inert data, resolves no global and refuses modules with custom ``__setstate__`` code:
 
 - ``encoder.jit`` traces ``Sequential(encoder, quant_conv, distribution)``; its keys are ``encoder.*`` and
   ``quant_conv.conv3d.*`` (the identity ``distribution`` has none) and it returns ``(latent, (zero, zero))``.
@@ -21,7 +23,7 @@ state dicts, not their code:
 
 :class:`VideoEncoder` and :class:`VideoDecoder` have exactly those keys (module attribute names mirror the
 original's, including the Haar constant buffers ``wavelets``, ``_arange`` and ``patch_size_buffer``), so
-``VideoEncoder(p).load_state_dict(torch.jit.load("encoder.jit").state_dict(), strict=True)`` works as is.
+``VideoEncoder(p).load_state_dict(read_state_dict("encoder.jit"), strict=True)`` works as is.
 
 Numerics. The modules run in the dtype of their weights (bf16 for inference, as the original). The Haar taps
 are read from the ``wavelets`` buffer, which is cast with the weights as the original's ``.to(bf16)`` casts
@@ -48,7 +50,6 @@ import dataclasses
 import math
 import pickle
 import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosmos_cli.errors import CheckpointError
+from cosmos_cli.integrity import verify_pinned
+from cosmos_cli.torchscript_archive import read_state_dict
 
 from . import params as _params
 
@@ -820,13 +823,10 @@ def _summary(kind: str, items: list[str]) -> str:
 
 
 def _read_jit_state(path: Path) -> dict[str, Tensor]:
+    """The state dict of a ``.jit`` file, read as data: no TorchScript code runs (see the module docstring)."""
     if not path.is_file():
         raise CheckpointError(f"tokenizer file not found: {path}")
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a TorchScript archive ({str(e).strip().splitlines()[0]})") from e
-    return dict(module.state_dict())
+    return read_state_dict(path)
 
 
 def _load_part(module: nn.Module, path: Path, consts: Mapping[str, Tensor], *, device: torch.device | str,
@@ -880,17 +880,25 @@ def read_mean_std(path: Path, p: _params.TokenizerParams) -> tuple[Tensor, Tenso
 
 
 def load_tokenizer(folder: Path, params: _params.TokenizerParams, *, device: torch.device | str,
-                   dtype: torch.dtype = torch.bfloat16) -> VideoTokenizer:
-    """Build the tokenizer for ``params`` on the meta device and load ``folder``'s ``encoder.jit``,
-    ``decoder.jit`` (their state dicts only; their TorchScript code is not run) and ``mean_std.pt``.
+                   dtype: torch.dtype = torch.bfloat16, md5: Mapping[str, str | None] | None = None) -> VideoTokenizer:
+    """Build the tokenizer for ``params`` on the meta device and load ``folder``'s ``encoder.jit`` and
+    ``decoder.jit`` (their tensors only, read as data by :func:`cosmos_cli.torchscript_archive.read_state_dict`:
+    TorchScript's ``jit.load`` is never called, no code from the files runs) and ``mean_std.pt`` (``weights_only``).
 
-    Raises :class:`~cosmos_cli.errors.CheckpointError` for a missing file or a key mismatch. Returns the
-    tokenizer in eval mode without gradients, on ``device`` in ``dtype``."""
+    ``md5``: file name -> pinned MD5 (the model spec's ``CheckpointFile.md5`` of the released files); each file
+    with one is checked before it is read (:func:`cosmos_cli.integrity.verify_pinned`, cached by size and mtime).
+    Files without a pinned checksum (fixtures, the demo model) are not checked.
+
+    Raises :class:`~cosmos_cli.errors.CheckpointError` for a missing file, a checksum mismatch, a file that is not
+    a plain TorchScript archive of tensors, or a key mismatch. Returns the tokenizer in eval mode without
+    gradients, on ``device`` in ``dtype``."""
     folder = Path(folder)
     p = as_tokenizer_params(params)
     absent = [name for name in (ENCODER_FILE, DECODER_FILE, MEAN_STD_FILE) if not (folder / name).is_file()]
     if absent:
         raise CheckpointError(f"tokenizer file(s) not found in {folder}: {', '.join(absent)}")
+    for name in (ENCODER_FILE, DECODER_FILE, MEAN_STD_FILE):
+        verify_pinned(folder / name, (md5 or {}).get(name))
     mean, std = read_mean_std(folder / MEAN_STD_FILE, p)
     with torch.device("meta"):
         tok = VideoTokenizer(p)
