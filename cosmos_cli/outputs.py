@@ -191,6 +191,7 @@ def lock_folder(folder: Path, flag: str = "--output-dir") -> Lock:
         raise FolderBusy(f"{flag} {folder}: another batch is writing here" + (f" (pid {pid})" if pid else ""),
                          hint="Wait for it to finish, or choose another --output-dir.")
     lock.created_folders = created
+    remove_stale_partials(folder)  # (a killed `generate` into this folder, say)
     return lock
 
 

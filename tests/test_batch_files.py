@@ -15,7 +15,7 @@ from cosmos_cli import outputs
 from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
 from tests.conftest import make_image, make_video
-from tests.test_outputs import one_line_error, readonly_dir  # noqa: F401  (a fixture)
+from tests.test_outputs import dead_pid, one_line_error, readonly_dir  # noqa: F401  (a fixture)
 
 TINY = "predict1-tiny"
 
@@ -64,6 +64,17 @@ def test_a_second_batch_on_the_same_folder_is_refused(cli, ckpt, job, tmp_path):
     res = run(cli, ckpt, job, out)
     assert res.exit_code == 0, res.stderr
     assert not left.exists() and not (out / outputs.BATCH_LOCK_NAME).exists()
+
+
+def test_a_batch_removes_stale_partials_of_dead_runs(cli, ckpt, job, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".output.mp4.{dead_pid()}-0123456789ab.partial"  # a killed `cosmos generate` into this folder
+    live = out / f".output_1.mp4.{os.getpid()}-0123456789ab.partial"  # a running one's: left alone
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    assert run(cli, ckpt, job, out).exit_code == 0
+    assert not stale.exists() and live.exists()
 
 
 def test_report_never_replaces_a_file_that_is_not_a_report(cli, ckpt, job, tmp_path):
