@@ -32,11 +32,16 @@ in this order, every step atomic:
 So a visible ``NAME.mp4`` is always complete and its sidecar always already describes it; a kill at any point
 leaves at worst hidden staging files, which the next run removes. On a re-run a line is ``skipped`` when
 ``NAME.mp4`` exists, its bytes match the sidecar's hash and the sidecar's ``params_hash`` equals the line's.
-Otherwise the line is generated again; an existing ``NAME.mp4`` is replaced only when its sidecar shows it is
-this batch file's own earlier output for that line (the line was changed) or with ``--overwrite``. Any other
-existing video (written by ``cosmos generate``, by another batch file, or edited since) is never replaced
-without ``--overwrite``: that line is reported ``failed``. ``--overwrite`` never re-generates a line whose
-output is already complete for the same parameters; delete the files to force it.
+A finished output is never replaced without ``--overwrite``: an existing ``NAME.mp4`` made with other parameters
+(the line or an option such as ``--num-steps`` changed), and any other existing ``NAME.mp4`` or ``NAME.txt``
+(written by ``cosmos generate``, by another batch file, or edited since), is kept and its line reported
+``failed``, saying to pass ``--overwrite`` or choose another ``--output-dir``. With ``--overwrite`` every line is
+generated again, complete ones included.
+
+A batch holds an exclusive lock on ``OUTPUT_DIR/.cosmos-batch.lock`` while it runs (see :mod:`cosmos_cli.outputs`):
+a second batch on the same folder is refused before it touches anything. The running report says
+``"finished": false`` and labels the lines not done yet as pending, so the report of a killed batch says so.
+SIGTERM is handled like Ctrl-C (exit code 143 instead of 130).
 
 Several GPUs
 ------------
@@ -178,6 +183,8 @@ class BatchOutcome:
     workers: int = 1
     interrupted: bool = False
     elapsed_s: float = 0.0
+    finished: bool = True  # False in the report rewritten while the batch runs
+    terminated: bool = False  # the interrupt was SIGTERM, not Ctrl-C
 
     @property
     def counts(self) -> dict[str, int]:
@@ -188,9 +195,9 @@ class BatchOutcome:
 
     @property
     def exit_code(self) -> int:
-        """0 only when every line has its output; 130 after Ctrl-C; 1 otherwise."""
+        """0 only when every line has its output; 130 after Ctrl-C, 143 after SIGTERM; 1 otherwise."""
         if self.interrupted:
-            return 130
+            return 143 if self.terminated else 130
         return 0 if all(r.has_output for r in self.records) else 1
 
     def summary(self) -> dict[str, Any]:
@@ -203,6 +210,7 @@ class BatchOutcome:
             "lines": len(self.records),
             "counts": self.counts,
             "interrupted": self.interrupted,
+            "finished": self.finished,
             "exit_code": self.exit_code,
             "elapsed_s": round(self.elapsed_s, 3),
             "problems": [{"line": r.line, "name": r.name, "status": r.status, "message": r.message}
@@ -210,7 +218,9 @@ class BatchOutcome:
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.summary(), "items": [r.to_json() for r in self.records]}
+        from cosmos_cli.outputs import REPORT_MARKER
+
+        return {REPORT_MARKER: 1, **self.summary(), "items": [r.to_json() for r in self.records]}
 
     def summary_line(self) -> str:
         c = self.counts
@@ -239,6 +249,34 @@ def job_params(job: GenerationJob, spec: ModelSpec, req: GenerateRequest) -> tup
     return params, hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def frames_for_line(data: dict[str, Any], defaults: GenerateRequest, visual_input: Path) -> int | None:
+    """The line's input frame count: its own ``num_input_frames``, else ``--num-input-frames``, except that an image
+    line under ``--num-input-frames N > 1`` uses its one frame (a note says so, see :func:`image_lines_note`).
+
+    The original's ``check_input_frames`` (``cosmos_predict1/diffusion/inference/inference_utils.py``) logs "is an
+    image but 9 frames are required" and ``video2world.py`` then skips the line (``continue``, exit code 0; read in
+    the fork staggeredsix/cosmos-predict1-dev at 339c26455504bc08f7b270784ff9f32b65521068), so its Example 4/5
+    command generates nothing for an image line; here the command runs as written and every line gets its video."""
+    if "num_input_frames" in data:
+        return data["num_input_frames"]
+    n = defaults.num_input_frames
+    if n is not None and n > 1:
+        from cosmos_cli.media import probe
+
+        try:
+            if probe(visual_input).kind == "image":
+                return 1
+        except CosmosError:
+            pass  # make_job reports it
+    return n
+
+
+def image_lines_note(lines: list[int], n: int | None) -> str:
+    shown = ", ".join(map(str, lines[:8])) + (f" and {len(lines) - 8} more" if len(lines) > 8 else "")
+    return (f"note: line{'s' if len(lines) > 1 else ''} {shown}: an image is one input frame, so "
+            f"--num-input-frames {n} applies to the videos only (the original skips such lines)")
+
+
 def line_request(defaults: GenerateRequest, data: dict[str, Any], visual_input: Path, name: str) -> GenerateRequest:
     """The command-line defaults with this line's keys applied."""
     return dataclasses.replace(
@@ -247,7 +285,7 @@ def line_request(defaults: GenerateRequest, data: dict[str, Any], visual_input: 
         prompt=data.get("prompt", defaults.prompt),
         negative_prompt=data.get("negative_prompt", defaults.negative_prompt),
         seed=data.get("seed", defaults.seed),
-        num_input_frames=data.get("num_input_frames", defaults.num_input_frames),
+        num_input_frames=frames_for_line(data, defaults, visual_input),
         guidance=float(data["guidance"]) if "guidance" in data else defaults.guidance,  # 7 and 7.0: one hash
         num_steps=data.get("num_steps", defaults.num_steps),
         fps=data.get("fps", defaults.fps),
@@ -276,7 +314,12 @@ def existing_output(item: BatchItem) -> tuple[str, str]:
     output of this line, made with other parameters) or ``foreign`` (anything else), with a reason."""
     video = item.video_path
     if not video.exists():
-        return "new", ""
+        if not item.prompt_path.exists():
+            return "new", ""
+        side = read_sidecar(item.sidecar_path)  # a run killed between the prompt file's commit and the video's
+        if side is not None and side.get("batch_file") == item.batch_file and side.get("line") == item.line:
+            return "new", ""
+        return "foreign", f"{item.prompt_path} already exists and is not an output this batch recorded"
     side = read_sidecar(item.sidecar_path)
     if side is None or side.get("video_sha256") != file_sha256(video):
         return "foreign", f"{video} already exists and is not an output this batch recorded"
@@ -285,7 +328,7 @@ def existing_output(item: BatchItem) -> tuple[str, str]:
     if side.get("batch_file") == item.batch_file:
         old = side.get("params") or {}
         changed = sorted(k for k in set(old) | set(item.params) if old.get(k) != item.params.get(k))
-        return "changed", f"re-generated: {', '.join(changed) or 'parameters'} changed since the last run"
+        return "changed", f"{', '.join(changed) or 'parameters'} changed since the last run"
     return "foreign", (f"{video} already exists, written by {side.get('batch_file')} line {side.get('line')} "
                        f"with other parameters")
 
@@ -315,35 +358,71 @@ class BatchPlan:
         return any(not r.has_output for n, r in self.records.items() if n not in self.invalid)
 
 
-def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard: tuple[int, int] = (0, 1)
-               ) -> BatchPlan:
-    """Validate the file, resolve every valid line, and decide for each whether it needs generating.
-
-    ``shard=(rank, world)`` restricts the resume decisions (and the clean-up of leftovers) to the lines a
-    torchrun rank owns; validation always covers the whole file.
-    """
-    d = req.defaults
-    out_dir = Path(d.output_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--output-dir {out_dir} is a file, not a folder")
-    if d.resize not in RESIZE_MODES:
-        raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {d.resize!r}")
+def validate_for(file: Path, spec: ModelSpec, defaults: GenerateRequest):
+    """The one validation of a batch file, for `cosmos validate` and `cosmos batch` alike: the model's needs (a
+    prompt on every line when it has no upsampler or the upsampler is off, unless --prompt gives one; its input
+    frame counts) with the same options as defaults. Returns the :class:`~cosmos_cli.jobs.ValidationReport`."""
+    d = defaults
     needs_prompt = d.disable_prompt_upsampler or spec.component(UPSAMPLER) is None
-    report = validate_batch(
-        req.file,
+    return validate_batch(
+        file,
         require_prompt=needs_prompt and not (d.prompt and d.prompt.strip()),
         default_input_frames=d.num_input_frames or spec.default_input_frames,
         allowed_input_frames=spec.input_frames,
         model_name=spec.name,
     )
+
+
+def prompt_hint(report, spec: ModelSpec, defaults: GenerateRequest) -> str | None:
+    """When lines lack a prompt only because no upsampler will write one: what to do about it."""
+    if not any(i.field == "prompt" and "missing" in i.message for i in report.issues):
+        return None
+    why = ("--disable-prompt-upsampler is given" if defaults.disable_prompt_upsampler
+           else f"{spec.name} has no prompt upsampler")
+    return (f"A prompt is needed on every line because {why}: add \"prompt\" to the lines, or pass --prompt "
+            "\"...\" as every line's default" + ("." if defaults.disable_prompt_upsampler else
+                                                ", or use a model with an upsampler (--model 7B)."))
+
+
+def validation_notes(report, defaults: GenerateRequest) -> list[str]:
+    """What validation accepted but the user should know (image lines under --num-input-frames N)."""
+    n = defaults.num_input_frames
+    if not n or n <= 1:
+        return []
+    images = [bl.line for bl in report.lines
+              if "num_input_frames" not in bl.data and frames_for_line(bl.data, defaults, bl.visual_input) == 1]
+    return [image_lines_note(images, n)] if images else []
+
+
+def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard: tuple[int, int] = (0, 1),
+               report=None, on_valid: Callable[[], None] | None = None) -> BatchPlan:
+    """Validate the file, resolve every valid line, and decide for each whether it needs generating.
+
+    ``shard=(rank, world)`` restricts the resume decisions (and the clean-up of leftovers) to the lines a
+    torchrun rank owns; validation always covers the whole file. ``on_valid`` runs once the file is known to be
+    valid, before anything in the output folder is looked at or removed (the batch takes its folder lock there).
+    """
+    d = req.defaults
+    out_dir = Path(d.output_dir)
+    from cosmos_cli.outputs import check_folder
+
+    check_folder(out_dir, "--output-dir")
+    if d.resize not in RESIZE_MODES:
+        raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {d.resize!r}")
+    report = report if report is not None else validate_for(req.file, spec, d)
     for issue in report.issues:
         progress.warning(issue.format(str(req.file)))
     if not report.valid and (not req.skip_invalid or issue_without_line(report)):
         what = (f"{len(report.invalid_lines)} of {report.jobs} lines are invalid" if report.invalid_lines
                 else "not a valid batch file")
         raise ValidationFailed(f"{req.file}: {what}; nothing was generated",
-                               hint="Fix the lines listed above (`cosmos validate FILE` checks them), or pass "
-                                    "--skip-invalid to run the valid lines.")
+                               hint=prompt_hint(report, spec, d) or
+                               "Fix the lines listed above (`cosmos validate FILE` checks them), or pass "
+                               "--skip-invalid to run the valid lines.")
+    for note in validation_notes(report, d) if shard[0] == 0 else ():
+        progress.warning(note)
+    if on_valid is not None:
+        on_valid()
 
     batch_file = str(Path(req.file).resolve())
     rank, world = shard
@@ -375,18 +454,23 @@ def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard:
         remove_leftovers(item)
         state, why = existing_output(item)
         base = dataclasses.replace(base, prompt=job.prompt, seed=job.seed, params_hash=digest)
-        if state == "complete":
+        if state == "complete" and not d.overwrite:
             side = read_sidecar(item.sidecar_path) or {}
             records[bl.line] = dataclasses.replace(
                 base, status="skipped", message="already complete with the same parameters",
                 prompt=side.get("prompt", job.prompt), video=str(item.video_path),
                 prompt_file=str(item.prompt_path) if item.prompt_path.exists() else None)
-        elif state == "foreign" and not d.overwrite:
+        elif state == "complete" and d.overwrite:
+            items.append(dataclasses.replace(item, regenerate_reason="re-generated (--overwrite)"))
+        elif state in ("foreign", "changed") and not d.overwrite:
+            what = (f"kept {item.video_path}: made by this batch with other parameters ({why})" if state == "changed"
+                    else why)
             records[bl.line] = dataclasses.replace(
-                base, message=f"{why}; pass --overwrite to replace it, or choose another --output-dir")
+                base, message=f"{what}; pass --overwrite to replace it, or choose another --output-dir")
             progress.warning(f"line {bl.line} ({name}): failed: {records[bl.line].message}")
         else:
-            reason = why if state == "changed" else "replaced an existing video (--overwrite)" if why else ""
+            reason = (f"re-generated (--overwrite): {why}" if state == "changed" else
+                      "replaced an existing output (--overwrite)" if state == "foreign" else "")
             items.append(dataclasses.replace(item, regenerate_reason=reason))
     return BatchPlan(spec, items, records, invalid)
 
@@ -549,9 +633,11 @@ def worker_main(slot: int, req: BatchRequest, spec_name: str, items: list[BatchI
     try:
         backend, spec = find_model(spec_name)
         run_items(backend, spec, req, items, device, emit, slot, stop.is_set)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        emit(("interrupted", slot))
+        from cosmos_cli.signals import Terminated
+
+        emit(("interrupted", slot, isinstance(exc, Terminated)))
     except CosmosError as exc:
         emit(("fatal", slot, type(exc), exc.message, exc.hint))
     except BaseException as exc:  # anything else still has to reach the parent as one line
@@ -691,6 +777,14 @@ class Coordinator:
         self.last_write = 0.0
         self.stopped = False
         self.interrupted = False
+        self.terminated = False
+        self.fatal: str | None = None  # the error that stopped the batch before its lines ran
+
+    def interrupt(self, exc: BaseException) -> None:
+        from cosmos_cli.signals import Terminated
+
+        self.interrupted = True
+        self.terminated = self.terminated or isinstance(exc, Terminated)
 
     def on_event(self, event: Event) -> None:
         self.display.handle(event)
@@ -706,7 +800,17 @@ class Coordinator:
         """The report so far. ``final`` also looks on disk for the outputs of items that have no record from
         a finished run (an interrupt between an output's commit and its record, a worker that died)."""
         records = dict(self.records)
-        why = "interrupted (Ctrl-C)" if self.interrupted else "--fail-fast stopped the batch"
+        if self.interrupted:
+            why = f"interrupted ({'SIGTERM' if self.terminated else 'Ctrl-C'})"
+        elif self.fatal:
+            why = f"the batch stopped: {self.fatal}"
+        elif self.stopped:
+            why = "--fail-fast stopped the batch"
+        elif not final:
+            why = ("pending: not generated yet when this report was written (if no batch is running, it was "
+                   "killed: run the same command again to resume)")
+        else:
+            why = "the batch ended before this line"
         for item in self.plan.items:
             rec = records.get(item.line)
             if rec is not None and rec.timings:  # run_item's own record
@@ -726,7 +830,7 @@ class Coordinator:
         d = self.req.defaults
         return BatchOutcome(Path(self.req.file), Path(d.output_dir), self.report_path or report_path_for(self.req),
                             self.spec.name, [records[k] for k in sorted(records)], self.workers, self.interrupted,
-                            time.perf_counter() - self.t0)
+                            time.perf_counter() - self.t0, finished=final, terminated=self.terminated)
 
     def write_report(self, final: bool = False) -> BatchOutcome:
         outcome = self.outcome(final)
@@ -774,7 +878,16 @@ def worker_devices(device: str, n: int) -> list[str]:
 
 
 def run_batch(req: BatchRequest, display: BatchDisplay | None = None) -> BatchOutcome:
-    """Validate, plan, generate and report a batch; see the module docstring."""
+    """Validate, plan, generate and report a batch; see the module docstring. SIGTERM is handled like Ctrl-C."""
+    from cosmos_cli.signals import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        return _run_batch(req, display)
+
+
+def _run_batch(req: BatchRequest, display: BatchDisplay | None) -> BatchOutcome:
+    from cosmos_cli.outputs import check_report_path, lock_folder
+
     display = display or BatchDisplay("quiet")
     d = req.defaults
     if req.gpus < 1:
@@ -788,16 +901,36 @@ def run_batch(req: BatchRequest, display: BatchDisplay | None = None) -> BatchOu
                          hint="Under torchrun each process is one worker: leave --gpus out.")
     log = BatchDisplay("off") if dist is not None and dist[0] != 0 else display
     backend, spec = checked_model(d, EventProgress(log.handle, 0))
-    try:
-        shard = (dist[0], dist[1]) if dist is not None and d.num_gpus == 1 else (0, 1)  # --num-gpus: rank 0 plans all
-        plan = plan_batch(req, spec, EventProgress(log.handle, 0), shard=shard)
-    except KeyboardInterrupt:  # nothing generated yet: no report, but the same exit code as later
-        return BatchOutcome(Path(req.file), Path(d.output_dir), report_path_for(req), spec.name, [], interrupted=True)
-    if d.num_gpus > 1:
-        return _run_split(req, spec, backend, plan, log)
-    if dist is not None:
-        return _run_distributed(req, spec, backend, plan, log, dist)
+    primary = dist is None or dist[0] == 0
+    locks = []
 
+    def take_folder() -> None:  # the file is valid: lock the output folder (rank 0 of torchrun) before touching it
+        if primary:
+            locks.append(lock_folder(Path(d.output_dir)))
+            check_report_path(report_path_for(req), Path(req.file))
+
+    try:
+        try:
+            shard = (dist[0], dist[1]) if dist is not None and d.num_gpus == 1 else (0, 1)  # --num-gpus: rank 0 plans
+            plan = plan_batch(req, spec, EventProgress(log.handle, 0), shard=shard, on_valid=take_folder)
+        except KeyboardInterrupt as exc:  # nothing generated yet: no report, but the same exit code as later
+            from cosmos_cli.signals import Terminated
+
+            return BatchOutcome(Path(req.file), Path(d.output_dir), report_path_for(req), spec.name, [],
+                                interrupted=True, terminated=isinstance(exc, Terminated))
+        if d.num_gpus > 1:
+            return _run_split(req, spec, backend, plan, log)
+        if dist is not None:
+            return _run_distributed(req, spec, backend, plan, log, dist)
+        return _run_here(req, spec, backend, plan, display)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_here(req: BatchRequest, spec: ModelSpec, backend, plan: BatchPlan, display: BatchDisplay) -> BatchOutcome:
+    """This process (and its --gpus worker processes) generate every line still to do."""
+    d = req.defaults
     n_workers = max(1, min(req.gpus, len(plan.items)))
     devices = worker_devices(d.device, n_workers) if plan.items else []
     display.labels = {i: f"{dev}#{i}" if devices.count(dev) > 1 else dev for i, dev in enumerate(devices)}
@@ -815,9 +948,11 @@ def run_batch(req: BatchRequest, display: BatchDisplay | None = None) -> BatchOu
             run_items(backend, spec, req, plan.items, devices[0], coord.on_event, 0, lambda: coord.stopped)
         elif plan.items and not coord.stopped:
             fatal = _run_workers(req, spec, plan, devices, coord)
-    except KeyboardInterrupt:
-        coord.interrupted = True
-    except BaseException:
+            coord.fatal = fatal.message if fatal is not None else None
+    except KeyboardInterrupt as exc:
+        coord.interrupt(exc)
+    except BaseException as exc:  # a setup error (a checkpoint file missing, ...): the report says what it was
+        coord.fatal = one_line(exc)
         coord.write_report(final=True)
         raise
     finally:
@@ -882,6 +1017,7 @@ def _run_workers(req: BatchRequest, spec: ModelSpec, plan: BatchPlan, devices: l
                     running.discard(slot)
                 elif kind == "interrupted":
                     coord.interrupted = True
+                    coord.terminated = coord.terminated or bool(event[2:] and event[2])
                 elif kind == "fatal":
                     cls, message, hint = event[2], event[3], event[4]
                     fatal = fatal or cls(message, hint)
@@ -892,8 +1028,8 @@ def _run_workers(req: BatchRequest, spec: ModelSpec, plan: BatchPlan, devices: l
                     coord.on_event(event)
                 if coord.stopped:
                     stop.set()
-            except KeyboardInterrupt:
-                coord.interrupted = True
+            except KeyboardInterrupt as exc:
+                coord.interrupt(exc)
                 stop.set()
                 if interrupted_at is None:
                     interrupted_at = time.monotonic()
@@ -947,10 +1083,11 @@ def _run_distributed(req: BatchRequest, spec: ModelSpec, backend, plan: BatchPla
     try:
         if plan.items and not (req.fail_fast and plan.failed_before_start()):
             run_items(backend, spec, req, plan.items, device, coord.on_event, 0, lambda: coord.stopped)
-    except KeyboardInterrupt:
-        coord.interrupted = True
+    except KeyboardInterrupt as exc:
+        coord.interrupt(exc)
     except CosmosError as exc:
         fatal = (type(exc), exc.message, exc.hint)
+        coord.fatal = exc.message
         for item in plan.items:
             coord.records.setdefault(item.line, _failed(item, exc.message, device))
     finally:
@@ -1012,10 +1149,11 @@ def _split_items(req: BatchRequest, spec: ModelSpec, backend, plan: BatchPlan, d
                         follow_item(pipeline, item, run)
             finally:
                 pipeline.close()
-    except KeyboardInterrupt:
-        coord.interrupted = True
-    except BaseException:
+    except KeyboardInterrupt as exc:
+        coord.interrupt(exc)
+    except BaseException as exc:
         if main:
+            coord.fatal = one_line(exc)
             coord.write_report(final=True)
         raise
     finally:

@@ -100,23 +100,27 @@ def pick_device(device: str) -> str:
 
 
 def output_paths(output_dir: Path, name: str | None, overwrite: bool) -> tuple[Path, Path]:
-    """The .mp4/.txt pair to write. An explicit name never overwrites a finished video unless asked; without a
-    name the first free ``output``, ``output_1``, ... is used, so a second run never loses the first."""
+    """The .mp4/.txt pair to write, checked before anything loads. An explicit name never overwrites a finished
+    video or prompt file unless asked; without a name the first free ``output``, ``output_1``, ... (the name is
+    reserved later, atomically, by :func:`cosmos_cli.outputs.reserve_name`, so two runs never pick the same)."""
+    from cosmos_cli.outputs import check_folder
+
     if name is not None and not NAME_RE.match(name):
         raise UsageError(f"--video-save-name {name!r}: use letters, digits, '.', '_' and '-' only (no folders)",
                          hint="Put the folder in --video-save-folder.")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"--video-save-folder {output_dir} is a file, not a folder")
+    check_folder(output_dir, "--video-save-folder")
     if name is None:
         stem, i = "output", 0
-        while (output_dir / f"{stem}.mp4").exists():
+        while (output_dir / f"{stem}.mp4").exists() or (output_dir / f"{stem}.txt").exists():
             i += 1
             stem = f"output_{i}"
         name = stem
-    video = output_dir / f"{name}.mp4"
-    if video.exists() and not overwrite:
-        raise OutputExistsError(f"{video} already exists")
-    return video, output_dir / f"{name}.txt"
+    video, prompt = output_dir / f"{name}.mp4", output_dir / f"{name}.txt"
+    if not overwrite:
+        for path in (video, prompt):
+            if path.exists():
+                raise OutputExistsError(f"{path} already exists")
+    return video, prompt
 
 
 def make_job(req: GenerateRequest, spec: ModelSpec, name: str) -> GenerationJob:
@@ -248,18 +252,39 @@ def load_pipeline(backend: Backend, spec: ModelSpec, req: GenerateRequest, devic
 
 def generate(req: GenerateRequest, progress: Progress | None = None) -> GenerationResult:
     """One video. Under torchrun with ``--num-gpus N`` every rank calls this alike; the result's paths are set
-    on rank 0 only (the only one that writes)."""
+    on rank 0 only (the only one that writes). Ctrl-C and SIGTERM raise :class:`Interrupted` (exit 130 / 143)
+    after the clean-up: no partial file, and no output folder this run created and left empty."""
+    from cosmos_cli.signals import Interrupted, exit_code_for, signal_name, sigterm_as_interrupt
+
     progress = progress or NullProgress()
+    try:
+        with sigterm_as_interrupt():
+            return _checked_generate(req, progress)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"interrupted ({signal_name(exc)}); nothing was written",
+                          exit_code=exit_code_for(exc)) from None
+
+
+def _checked_generate(req: GenerateRequest, progress: Progress) -> GenerationResult:
+    from cosmos_cli.outputs import released, reserve_name, reserved_stem
+
     backend, spec = checked_model(req, progress)
     video_path, prompt_path = output_paths(Path(req.output_dir), req.name, req.overwrite)
     job = make_job(req, spec, video_path.stem)
     run = start_parallel(backend, spec, req, "generate")
     ok = False
     try:
-        device = str(run.device) if run is not None else pick_device(req.device)
-        result = _generate(backend, spec, req, job, device, progress, video_path, prompt_path, run)
-        ok = True
-        return result
+        reservation = None
+        if run is None or run.rank == 0:  # the name is held until the files are in place (rank 0 writes them)
+            reservation = reserve_name(Path(req.output_dir), req.name, req.overwrite)
+            stem = reserved_stem(reservation)
+            video_path, prompt_path = Path(req.output_dir) / f"{stem}.mp4", Path(req.output_dir) / f"{stem}.txt"
+            job = replace(job, name=stem)
+        with released(reservation, keep_folders=False):
+            device = str(run.device) if run is not None else pick_device(req.device)
+            result = _generate(backend, spec, req, job, device, progress, video_path, prompt_path, run)
+            ok = True
+            return result
     finally:
         if run is not None:
             run.close(ok=ok)
@@ -269,8 +294,6 @@ def _generate(backend: Backend, spec: ModelSpec, req: GenerateRequest, job: Gene
               progress: Progress, video_path: Path, prompt_path: Path, run: ParallelRun | None) -> GenerationResult:
     pipeline = load_pipeline(backend, spec, req, device, progress, run)
     try:
-        if run is None or run.rank == 0:
-            video_path.parent.mkdir(parents=True, exist_ok=True)
         # CUDA out of memory (the files are written only at the end, atomically, so none is half-written): under
         # auto, retry once with the next leaner strategy; otherwise name the strategy to use.
         import torch

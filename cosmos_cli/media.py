@@ -551,7 +551,9 @@ def _atomic_path(target: Path) -> Iterator[Path]:
             f"cannot create the folder {target.parent}: {err.strerror}",
             hint="Choose a writable output folder.",
         ) from None
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
+    # The writer's pid in the name: a later run removes the partial files of a process that is gone
+    # (cosmos_cli.outputs.remove_stale_partials).
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial")
     try:
         yield tmp
         with open(tmp, "rb+") as f:  # make the data durable before the rename makes it visible

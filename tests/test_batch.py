@@ -253,7 +253,7 @@ def test_blocked_and_out_of_memory_items_are_recorded_and_the_batch_goes_on(cli,
 # -- resume and overwrite rules --------------------------------------------------------------------------------
 
 
-def test_changed_lines_regenerate_and_foreign_outputs_are_kept(cli, ckpt, media, tmp_path):
+def test_changed_lines_are_kept_until_overwrite_and_foreign_outputs_too(cli, ckpt, media, tmp_path):
     lines = [{"visual_input": str(media["image"]), "prompt": "a red ball", "name": "a"},
              {"visual_input": str(media["image"]), "prompt": "a blue box", "name": "b"}]
     jsonl = write_jsonl(tmp_path / "jobs.jsonl", lines)
@@ -261,12 +261,21 @@ def test_changed_lines_regenerate_and_foreign_outputs_are_kept(cli, ckpt, media,
     assert cli(*batch_args(ckpt, jsonl, out)).exit_code == 0
     first = mp4s(out)
 
+    # a changed line never replaces its finished video without --overwrite (issue 16.5) ...
     write_jsonl(jsonl, [lines[0], {**lines[1], "seed": 9}])
     res = cli(*batch_args(ckpt, jsonl, out))
+    assert res.exit_code == 1, res.stderr
+    items = {i["name"]: i for i in report(out)["items"]}
+    assert items["a"]["status"] == "skipped" and items["b"]["status"] == "failed"
+    assert items["b"]["message"].startswith(f"kept {out / 'b.mp4'}: made by this batch with other parameters "
+                                            "(seed changed since the last run); pass --overwrite")
+    assert mp4s(out) == first
+    # ... and --overwrite re-generates every line, the complete ones included
+    res = cli(*batch_args(ckpt, jsonl, out, "--overwrite"))
     assert res.exit_code == 0, res.stderr
     items = {i["name"]: i for i in report(out)["items"]}
-    assert items["a"]["status"] == "skipped" and items["b"]["status"] == "ok"
-    assert items["b"]["message"] == "re-generated: seed changed since the last run"
+    assert items["a"]["status"] == "ok" and items["a"]["message"] == "re-generated (--overwrite)"
+    assert items["b"]["status"] == "ok" and "seed changed" in items["b"]["message"]
     now = mp4s(out)
     assert now["a.mp4"] == first["a.mp4"] and now["b.mp4"] != first["b.mp4"]
 
@@ -341,6 +350,10 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_outputs(cli, ckpt, slow_refe
     assert proc.returncode == -signal.SIGKILL
     left = sorted(out.glob("*.mp4"))
     assert 1 <= len(left) < 8, "the batch finished before it could be killed"
+    killed = report(out)  # the running report: it never claims the batch ended (issue 15.9)
+    assert killed["finished"] is False and killed["interrupted"] is False
+    pending = [i["message"] for i in killed["items"] if i["status"] == "not_run"]
+    assert pending and all(m.startswith("not run: pending") and "fail-fast" not in m for m in pending)
     assert all(n == FRAMES for n in seen.values())
     assert all(probe(p).num_frames == FRAMES for p in left)  # nothing truncated, only hidden temporaries
 
@@ -352,21 +365,23 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_outputs(cli, ckpt, slow_refe
     assert hidden(out) == []
 
 
-def test_ctrl_c_writes_the_report_and_exits_130(ckpt, slow_reference, tmp_path):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_ctrl_c_or_sigterm_writes_the_report_and_exits_130_or_143(ckpt, slow_reference, tmp_path, sig, code, word):
     jsonl, ref_out, _ = slow_reference
     out = tmp_path / "out"
     proc = start_batch(ckpt, jsonl, out, *SLOW)
     try:
         wait_for_first_output(proc, out, {})
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert proc.returncode == code, stderr
+    assert f"error: interrupted ({word})" in stderr and "Traceback" not in stderr
     data = report(out)
-    assert data["interrupted"] is True and data["exit_code"] == 130
+    assert data["interrupted"] is True and data["exit_code"] == code and data["finished"] is True
+    assert {i["message"] for i in data["items"] if i["status"] == "not_run"} == {f"not run: interrupted ({word})"}
     statuses = [i["status"] for i in data["items"]]
     done = sorted(out.glob("*.mp4"))
     assert statuses.count("ok") == len(done) and "not_run" in statuses, (statuses, done, stderr)

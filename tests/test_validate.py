@@ -113,7 +113,11 @@ def test_prompt_required_without_upsampler(cli, tmp_path, media):
 
 def test_cli_num_input_frames_default(cli, tmp_path, media):
     f = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "x", "visual_input": "media/scene.png"}])
+    # the command line's 9 is a default: an image line uses its one frame, with a note (issue 16.3)
     res = run_validate(cli, f, "--num-input-frames", "9")
+    assert res.exit_code == 0 and "note: line 1: an image is one input frame" in res.stderr
+    own = write_jsonl(tmp_path / "own.jsonl", [{"prompt": "x", "visual_input": "media/scene.png", "num_input_frames": 9}])
+    res = run_validate(cli, own)  # the line's own 9 is taken at its word
     assert res.exit_code == 1 and "an image has 1 frame" in res.stderr
     res = run_validate(cli, f, "--num_input_frames", "4")
     assert res.exit_code == 1 and "got 4" in res.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,8 @@ import typer
 
 from cosmos_cli import options as o
 from cosmos_cli.batch import BatchDisplay, BatchRequest, is_primary, run_batch
-from cosmos_cli.errors import GenerationError
+from cosmos_cli.errors import GenerationError, UsageError
+from cosmos_cli.signals import Interrupted
 from cosmos_cli.fastmode import parse_fast
 from cosmos_cli.generation import GenerateRequest
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
@@ -19,7 +19,8 @@ from cosmos_cli.progress import stderr_is_interactive
 
 
 def batch(
-    file: Annotated[Path, typer.Argument(help="Batch file: one JSON object per line (see schemas/batch_job.schema.json).")],
+    file: Annotated[Path | None, typer.Argument(
+        help="Batch file: one JSON object per line (see schemas/batch_job.schema.json).")] = None,
     model: o.ModelOpt = None,
     checkpoint_dir: o.CheckpointDirOpt = Path("checkpoints"),
     network_dir: o.NetworkDirOpt = None,
@@ -53,12 +54,18 @@ def batch(
     gpus: o.GpusOpt = 1,
     report: o.ReportOpt = None,
     as_json: o.JsonOpt = False,
+    batch_input_path: o.BatchInputOpt = None,
 ) -> None:
     """Generate every line of a batch file. The options are each line's defaults; a line's keys override them
     (a line without "seed" uses --seed). Finished lines are skipped when the same command runs again.
 
     Several GPUs: --gpus N shares the lines out (one model per GPU); under torchrun with --num-gpus N every line
     is one generation split over the N processes."""
+    if file is not None and batch_input_path is not None and file != batch_input_path:
+        raise UsageError(f"two batch files: {file} and --batch-input-path {batch_input_path}", hint="Give one.")
+    file = file if file is not None else batch_input_path
+    if file is None:
+        raise UsageError("a batch file is required: cosmos batch FILE (or --batch_input_path FILE, the original's flag)")
     flags = o.original_offload_flags(offload_diffusion_transformer, offload_tokenizer, offload_text_encoder_model,
                                      offload_prompt_upsampler, offload_guardrail_models)
     defaults = GenerateRequest(
@@ -81,8 +88,8 @@ def run_and_print(request: BatchRequest, as_json: bool) -> None:
     if is_primary():
         typer.echo(json.dumps(outcome.summary(), indent=2) if as_json else outcome.summary_line())
     if outcome.interrupted:
-        print("interrupted: run the same command again to resume (finished lines are skipped)", file=sys.stderr)
-        raise typer.Exit(130)
+        raise Interrupted(f"interrupted ({'SIGTERM' if outcome.terminated else 'Ctrl-C'}): run the same command "
+                          "again to resume (finished lines are skipped)", exit_code=outcome.exit_code)
     if outcome.exit_code:
         missing = sum(not r.has_output for r in outcome.records)
         raise GenerationError(f"{missing} of {len(outcome.records)} lines have no output",

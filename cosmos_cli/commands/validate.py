@@ -10,8 +10,9 @@ from typing import Annotated
 import typer
 
 from cosmos_cli.errors import ValidationFailed
-from cosmos_cli.jobs import validate_batch
-from cosmos_cli.options import DisableUpsamplerOpt, JsonOpt, ModelOpt, NumInputFramesOpt
+from cosmos_cli.batch import prompt_hint, validate_for, validation_notes
+from cosmos_cli.generation import GenerateRequest
+from cosmos_cli.options import DisableUpsamplerOpt, JsonOpt, ModelOpt, NumInputFramesOpt, PromptOpt
 from cosmos_cli.registry import default_model_name, find_model
 
 
@@ -21,21 +22,22 @@ def validate(
     num_input_frames: NumInputFramesOpt = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
+    prompt: PromptOpt = None,
 ) -> None:
-    """Check every line of a batch file and report every error as FILE:LINE: FIELD: reason."""
+    """Check every line of a batch file and report every error as FILE:LINE: FIELD: reason.
+
+    The same check `cosmos batch` makes with the same options (model, upsampler, frames, --prompt)."""
     _, spec = find_model(model or default_model_name())
-    report = validate_batch(
-        file,
-        require_prompt=disable_prompt_upsampler,
-        default_input_frames=num_input_frames or spec.default_input_frames,
-        allowed_input_frames=spec.input_frames,
-        model_name=spec.name,
-    )
+    defaults = GenerateRequest(input_path=file, prompt=prompt, model=spec.name, num_input_frames=num_input_frames,
+                               disable_prompt_upsampler=disable_prompt_upsampler)
+    report = validate_for(file, spec, defaults)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
         for issue in report.issues:
             print(issue.format(str(file)), file=sys.stderr)
+        for note in validation_notes(report, defaults) if report.valid else ():
+            print(note, file=sys.stderr)
         bad = len(report.invalid_lines)
         summary = (f"{file}: {report.jobs} jobs, all valid" if report.valid
                    else f"{file}: {report.jobs} jobs, {bad} invalid, {len(report.issues)} errors")
@@ -43,4 +45,5 @@ def validate(
     if not report.valid:
         if as_json:
             raise typer.Exit(1)
-        raise ValidationFailed(f"{file} is not valid", hint="Fix the lines listed above, then validate again.")
+        raise ValidationFailed(f"{file} is not valid", hint=prompt_hint(report, spec, defaults)
+                               or "Fix the lines listed above, then validate again.")
