@@ -12,6 +12,7 @@ import typer
 from cosmos_cli import __version__
 from cosmos_cli.commands import backends, batch, download, generate, memory_plan, validate
 from cosmos_cli.errors import CosmosError, quiet_on_this_rank
+from cosmos_cli.options import normalize_option_name
 
 
 def create_app(**kwargs) -> typer.Typer:
@@ -21,7 +22,9 @@ def create_app(**kwargs) -> typer.Typer:
         pretty_exceptions_enable=False,
         rich_markup_mode="rich",
         add_completion=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
+        # normalize_option_name: the original's spelling of every option (``--checkpoint_dir``) and the aliases in
+        # options.OPTION_ALIASES are read as the option they name, on every command, without crowding the help
+        context_settings={"help_option_names": ["-h", "--help"], "token_normalize_func": normalize_option_name},
         **kwargs,
     )
 
