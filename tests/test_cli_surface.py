@@ -255,3 +255,24 @@ def test_demo_model_says_what_it_expects():
     seven = find_model("7B")[1]
     assert seven.input_warning(3840, 2160) is None  # 16:9 against 20:11, 3x: fitted without a word
     assert "real-world video" in seven.input_warning(1080, 1920)  # portrait
+
+
+# --- item 7: torchrun stays quiet ------------------------------------------------------------------------
+
+
+def test_failing_torchrun_run_prints_our_line_and_a_short_summary(tmp_path):
+    """2 ranks on the CPU (gloo), an error every rank raises alike: rank 0 prints one line, rank 1 exits 0 at once,
+    so torchrun sends no SIGTERM and its summary lists rank 0 alone, showing our message."""
+    pytest.importorskip("torch.distributed")
+    from tests.conftest import make_image
+    from tests.test_parallel_cli import gen_args, stderr_errors, torchrun
+
+    img = make_image(tmp_path / "in.png", 32, 32)
+    proc, _ = torchrun(2, gen_args(tmp_path / "ckpt", img, tmp_path / "out", "--num-gpus", "2",
+                                   "--num-input-frames", "5"))
+    assert proc.returncode == 1
+    line = "error: --num-input-frames 5: Cosmos-Predict1-Tiny-Video2World accepts 1 or 9 input frames"
+    assert stderr_errors(proc.stderr) == [line], proc.stderr
+    assert "SIGTERM" not in proc.stderr and "Sending process" not in proc.stderr, proc.stderr
+    assert "<NO_OTHER_FAILURES>" in proc.stderr and "rank      : 1" not in proc.stderr, proc.stderr
+    assert f"traceback : {line}" in proc.stderr and "To enable traceback" not in proc.stderr, proc.stderr
