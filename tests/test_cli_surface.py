@@ -276,3 +276,66 @@ def test_failing_torchrun_run_prints_our_line_and_a_short_summary(tmp_path):
     assert "SIGTERM" not in proc.stderr and "Sending process" not in proc.stderr, proc.stderr
     assert "<NO_OTHER_FAILURES>" in proc.stderr and "rank      : 1" not in proc.stderr, proc.stderr
     assert f"traceback : {line}" in proc.stderr and "To enable traceback" not in proc.stderr, proc.stderr
+
+
+# --- README: the "Coming from cosmos-predict1" table cannot rot ------------------------------------------
+
+SPEC = REPO.parent / "shared" / "reference" / "cosmos-predict1-spec.md"
+
+
+def readme_migration_table() -> dict[str, str]:
+    """original flag -> our name, from the README's "Coming from cosmos-predict1" table."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Coming from cosmos-predict1", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(--[a-z_0-9]+)` \| `(--[a-z0-9-]+)`", section, re.M)
+    return dict(rows)
+
+
+def test_readme_table_maps_every_flag_of_the_original():
+    table = readme_migration_table()
+    assert len(table) >= 26
+    if SPEC.exists():  # the flag list of the original's video2world.py --help (spec section 1.1)
+        section = SPEC.read_text().split("### 1.1 CLI arguments", 1)[1].split("\n### ", 1)[0]
+        original = set(re.findall(r"^\| `(--[a-z_0-9]+)` \|", section, re.M))
+        assert len(original) == 26 and original == set(table), original ^ set(table)
+
+
+def test_every_original_flag_is_an_option_of_generate():
+    from cosmos_cli.options import normalize_option_name
+
+    names = set(declared_options("generate"))
+    for original, ours in readme_migration_table().items():
+        assert "--" + normalize_option_name(original[2:]) == ours, original
+        assert ours in names, ours
+
+
+def test_the_original_command_with_every_flag_parses(cli, tmp_path):
+    """All 26 flags at once, as the original spells them (values valid for 7B): the run gets as far as reading the
+    input (a missing file: one line, exit 1), so every flag parsed and passed its check."""
+    values = {"--checkpoint_dir": str(tmp_path / "ckpt"), "--tokenizer_dir": "Cosmos-Tokenize1-CV8x8x8-720p",
+              "--video_save_name": "v", "--video_save_folder": str(tmp_path / "out"), "--prompt": "a robot",
+              "--negative_prompt": "blur", "--num_steps": "35", "--guidance": "7", "--num_video_frames": "121",
+              "--height": "704", "--width": "1280", "--fps": "24", "--seed": "1", "--num_gpus": "1",
+              "--diffusion_transformer_dir": "Cosmos-Predict1-7B-Video2World", "--prompt_upsampler_dir": "Pixtral-12B",
+              "--input_image_or_video_path": str(tmp_path / "missing.jpg"), "--num_input_frames": "1"}
+    switches = [f for f in readme_migration_table() if f not in values and f != "--batch_input_path"]
+    assert len(values) + len(switches) == 25
+    args = [*(x for kv in values.items() for x in kv), *switches, "--device", "cpu"]
+    res = cli("generate", *args)
+    assert res.exit_code == 1, res.stderr
+    assert res.stderr.splitlines()[-2].startswith("error: ") and "missing.jpg" in res.stderr.splitlines()[-2]
+    batch = cli("generate", "--batch_input_path", str(tmp_path / "missing.jsonl"), "--disable_guardrail")
+    assert batch.exit_code in (1, 2) and "No such option" not in batch.stderr and "missing.jsonl" in batch.stderr
+
+
+# --- item 10: the original's example inputs ship where its commands look -------------------------------
+
+
+def test_the_readme_names_only_shipped_inputs():
+    text = (REPO / "README.md").read_text()
+    named = set(re.findall(r"assets/[\w/.-]+\.(?:jpg|png|mp4|jsonl)", text))
+    assert {"assets/diffusion/video2world_input0.jpg", "assets/diffusion/video2world_input1.mp4"} <= named
+    for path in named:
+        assert (REPO / path).is_file(), path
+    for name in ("video2world_input0.jpg", "video2world_input1.mp4"):
+        assert (REPO / "assets" / "diffusion" / name).stat().st_size < 1_000_000  # modest: 198 KiB and 882 KiB
