@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Annotated
 
 import typer
 
 from cosmos_cli import __version__
 from cosmos_cli.commands import backends, batch, download, generate, memory_plan, validate
-from cosmos_cli.errors import CosmosError, quiet_on_this_rank
+from cosmos_cli.errors import CosmosError, quiet_on_this_rank, torchrun_follower_exits, torchrun_leader_exits
+from cosmos_cli.options import normalize_option_name
 
 
 def create_app(**kwargs) -> typer.Typer:
@@ -21,14 +21,12 @@ def create_app(**kwargs) -> typer.Typer:
         pretty_exceptions_enable=False,
         rich_markup_mode="rich",
         add_completion=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
+        # normalize_option_name: the original's spelling of every option (``--checkpoint_dir``) and the aliases in
+        # options.OPTION_ALIASES are read as the option they name, on every command, without crowding the help
+        context_settings={"help_option_names": ["-h", "--help"], "token_normalize_func": normalize_option_name},
         **kwargs,
     )
 
-
-# A torchrun rank > 0 with an error that rank 0 prints waits this long before exiting: torchrun stops every process
-# as soon as one exits, which could otherwise kill rank 0 before it has printed (rank 0's exit ends the wait).
-FOLLOWER_EXIT_GRACE_S = 10.0
 
 app = create_app(help="Run Cosmos-Predict1 Video2World world models: generate, batch, download, validate, plan memory.")
 
@@ -64,17 +62,19 @@ def report_error(exc: CosmosError) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line + a hint for every CosmosError, the traceback only with COSMOS_DEBUG=1.
 
-    Under torchrun, ranks other than 0 exit with the same code without repeating the errors rank 0 prints (after
-    giving rank 0 time to print them)."""
+    Under torchrun, a rank other than 0 with an error that rank 0 prints (one every rank raises alike) exits 0
+    without printing, and rank 0 waits for those ranks before it exits with the error's code: torchrun then stops no
+    process (no SIGTERM lines) and its summary lists rank 0 alone, with our message (see cosmos_cli.errors)."""
     try:
         app(args=argv, prog_name="cosmos")
     except CosmosError as exc:
         if os.environ.get("COSMOS_DEBUG") == "1":
             raise
         if quiet_on_this_rank(exc):
-            time.sleep(FOLLOWER_EXIT_GRACE_S)
-        else:
-            report_error(exc)
+            torchrun_follower_exits()
+            sys.exit(0)
+        report_error(exc)
+        torchrun_leader_exits(exc)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -10,7 +10,9 @@ prints the errors every rank raises alike (see :func:`quiet_on_this_rank`).
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 
 class CosmosError(Exception):
@@ -94,3 +96,61 @@ def quiet_on_this_rank(exc: BaseException) -> bool:
     :class:`RankError` and non-Cosmos exceptions (bugs) are printed on every rank."""
     return (int(os.environ.get("RANK", "0") or 0) != 0 and isinstance(exc, CosmosError)
             and not isinstance(exc, RankError))
+
+
+# How a failing run under torchrun ends. torchrun (torch.distributed.elastic, torch 2.13) treats any non-zero exit of a
+# worker as a failure: it sends SIGTERM to every worker still running (one log line each), then prints a
+# ChildFailedError traceback with a summary of every failed worker (torch/distributed/elastic/multiprocessing/api.py
+# ``_poll``, errors/__init__.py ``ChildFailedError``). A worker that exits 0 is finished, not failed. So for an error
+# every rank raises alike: the other ranks count themselves out in the launcher's key-value store and exit 0; rank 0
+# writes our line into the launcher's error file, waits (at most TORCHRUN_WAIT_S) until they have, and exits with the
+# error's code. What remains is torchrun's summary of rank 0 alone, showing our line. Without the agent's store
+# (another launcher), rank 0 exits at once and torchrun may still stop a slower rank with SIGTERM.
+TORCHRUN_WAIT_S = 10.0
+_EXITED_KEY = "cosmos/quiet-exits"
+
+
+def _agent_store():
+    """The torchrun agent's TCPStore (MASTER_ADDR:MASTER_PORT when TORCHELASTIC_USE_AGENT_STORE), else None."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_PORT" not in os.environ:
+        return None
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    try:
+        return dist.TCPStore(os.environ.get("MASTER_ADDR", "localhost"), int(os.environ["MASTER_PORT"]),
+                             is_master=False, timeout=timedelta(seconds=5))
+    except (RuntimeError, OSError, ValueError):  # no store to reach: exit without counting (see above)
+        return None
+
+
+def torchrun_follower_exits() -> None:
+    """A rank > 0 leaving an error to rank 0: count itself out so that rank 0 knows it is gone."""
+    store = _agent_store()
+    if store is not None:
+        store.add(_EXITED_KEY, 1)
+
+
+def torchrun_leader_exits(exc: CosmosError) -> None:
+    """Rank 0 under torchrun, after printing ``exc``: our line in the launcher's error file (the summary shows it
+    instead of a pointer to torch's documentation), then wait for the ranks that exit quietly."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or int(os.environ.get("RANK", "0") or 0) != 0:
+        return
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        # the format torch's ErrorHandler.record_exception writes; the summary shows extraInfo.py_callstack
+        text = f"error: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "")
+        try:
+            with open(path, "w", encoding="utf-8") as fp:
+                json.dump({"message": {"message": text, "extraInfo": {"py_callstack": text,
+                                                                      "timestamp": str(int(time.time()))}}}, fp)
+        except OSError:
+            pass  # the summary then shows torchrun's own text; our line is on stderr already
+    store = _agent_store()
+    if store is None:
+        return
+    others = int(os.environ["WORLD_SIZE"]) - 1
+    deadline = time.monotonic() + TORCHRUN_WAIT_S
+    while store.add(_EXITED_KEY, 0) < others and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -99,6 +99,24 @@ def pick_device(device: str) -> str:
     return device
 
 
+def check_cpu_time(spec: ModelSpec, req: GenerateRequest, progress: Progress) -> None:
+    """A model too slow for a CPU (a 7B/14B) runs there only with ``--device cpu`` given: without a GPU, ``auto``
+    refuses it with the estimated time; an explicit ``--device cpu`` warns with it."""
+    from cosmos_cli.gpu import CPU_AUTO_LIMIT_S, CPU_FLOPS_PER_S, cpu_seconds, format_duration
+
+    steps = spec.num_steps if req.num_steps is None else req.num_steps
+    seconds = cpu_seconds(spec.step_flops, steps)
+    if seconds <= CPU_AUTO_LIMIT_S or req.device not in ("auto", "cpu") or pick_device(req.device) != "cpu":
+        return
+    estimate = (f"{spec.name} on the CPU would take at least {format_duration(seconds)} ({steps} steps of "
+                f"{spec.step_flops / 1e15:.1f} PFLOP at {CPU_FLOPS_PER_S / 1e12:g} TFLOP/s)")
+    if req.device == "auto":
+        raise UsageError(f"no CUDA GPU found: {estimate}",
+                         hint="Run it on a machine with a GPU, pass --device cpu to run it here anyway, or try "
+                              "--model demo (it runs on a CPU in seconds).")
+    progress.warning(f"warning: {estimate}")
+
+
 def output_paths(output_dir: Path, name: str | None, overwrite: bool) -> tuple[Path, Path]:
     """The .mp4/.txt pair to write, checked before anything loads. An explicit name never overwrites a finished
     video or prompt file unless asked; without a name the first free ``output``, ``output_1``, ... (the name is
@@ -156,33 +174,66 @@ def make_job(req: GenerateRequest, spec: ModelSpec, name: str) -> GenerationJob:
     )
 
 
-def plan_for(spec: ModelSpec, req: GenerateRequest, device: str, run: ParallelRun | None = None) -> MemoryPlan:
-    """The memory plan `generate` uses: the same function `cosmos memory-plan` shows. With ``run`` (several
-    processes), planned for the GPU with the least free memory, so that every rank makes the same plan."""
-    strategy = req.offload
-    from_flags = strategy_for_original_flags(set(req.original_offload_flags))
-    if from_flags is not None:
-        if strategy not in ("auto", from_flags):
-            raise UsageError(f"--offload {strategy} contradicts the original flags "
-                             f"{', '.join('--' + f for f in sorted(req.original_offload_flags))} (= {from_flags})")
-        strategy = from_flags
-    upsampler, guardrail = not req.disable_prompt_upsampler, not req.disable_guardrail
-    if strategy != "auto" and strategy not in STRATEGY_NAMES:
-        raise MemoryPlanError(f"unknown memory strategy {strategy!r}",
-                              hint=f"Use auto or one of: {', '.join(STRATEGY_NAMES)}.")
-    if device == "cpu":
-        return plan_memory(spec, None, strategy="resident", upsampler=upsampler, guardrail=guardrail)
-    import torch
+def warn_off_distribution(spec: ModelSpec, req: GenerateRequest, progress: Progress) -> None:
+    """A warning line when the input is far from the size and aspect the model generates (see
+    :meth:`ModelSpec.input_warning`)."""
+    from cosmos_cli.media import probe
 
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    if run is not None:
-        free = run.agree_min(free)
+    info = probe(req.input_path)
+    text = spec.input_warning(info.width, info.height, req.resize)
+    if text:
+        progress.warning(f"warning: {req.input_path}: {text}")
+
+
+def plan_request(spec: ModelSpec, req: GenerateRequest, free_bytes: int | None) -> MemoryPlan:
+    """The memory plan for ``req`` with ``free_bytes`` of GPU memory free (None: unknown), without raising when
+    nothing fits: what `generate` runs with (:func:`plan_for`) and what `cosmos memory-plan` shows."""
+    strategy, asked_by = asked_strategy(req)
+    upsampler, guardrail = not req.disable_prompt_upsampler, not req.disable_guardrail
     reserved = find_model(spec.name)[0].fast_mode_bytes(spec, req.fast) if not req.fast.exact else 0
-    plan = plan_memory(spec, max(free - reserved, 0), strategy=strategy, upsampler=upsampler, guardrail=guardrail,
-                       num_gpus=req.num_gpus)
+    plan = plan_memory(spec, None if free_bytes is None else max(free_bytes - reserved, 0), strategy=strategy,
+                       upsampler=upsampler, guardrail=guardrail, num_gpus=req.num_gpus, asked_by=asked_by)
     if reserved:
         plan = replace(plan, reason=f"{plan.reason}; {reserved / 2**30:.1f} GiB set aside for --fast "
                                     f"{req.fast.describe()}")
+    return plan
+
+
+def asked_strategy(req: GenerateRequest) -> tuple[str, str | None]:
+    """The strategy ``--offload`` and the original's five flags ask for, and which flags asked (for messages)."""
+    strategy = req.offload
+    from_flags = strategy_for_original_flags(set(req.original_offload_flags))
+    asked_by = None
+    if from_flags is not None:
+        given = ", ".join("--" + f for f in sorted(req.original_offload_flags))
+        if strategy not in ("auto", from_flags):
+            raise UsageError(f"--offload {strategy} contradicts the original flags {given} (= {from_flags})")
+        strategy, asked_by = from_flags, f"what {given} mean{'s' if len(req.original_offload_flags) == 1 else ''}"
+    if strategy != "auto" and strategy not in STRATEGY_NAMES:
+        raise MemoryPlanError(f"unknown memory strategy {strategy!r}",
+                              hint=f"Use auto or one of: {', '.join(STRATEGY_NAMES)}.")
+    return strategy, asked_by
+
+
+def plan_for(spec: ModelSpec, req: GenerateRequest, device: str, run: ParallelRun | None = None) -> MemoryPlan:
+    """The memory plan `generate` uses: :func:`plan_request` with the free memory of ``device`` (the same reading
+    `cosmos memory-plan` shows, :func:`cosmos_cli.gpu.free_bytes`). With ``run`` (several processes), planned for
+    the GPU with the least free memory, so that every rank makes the same plan."""
+    if device == "cpu":
+        strategy, asked_by = asked_strategy(req)
+        plan = plan_memory(spec, None, strategy="resident", upsampler=not req.disable_prompt_upsampler,
+                           guardrail=not req.disable_guardrail)
+        why = (f"; {asked_by.removeprefix('what ')} {strategy}, a placement in GPU memory, not used on the CPU"
+               if asked_by else (f"; --offload {strategy} places models in GPU memory, not used on the CPU"
+                                 if strategy != "auto" else ""))
+        return replace(plan, reason=f"on the CPU every model stays in host memory, about "
+                                    f"{plan.predicted_peak_bytes / 2**30:.1f} GiB at the peak{why}")
+    from cosmos_cli.gpu import free_bytes
+
+    free = free_bytes(device)
+    if run is not None:
+        free = run.agree_min(free)
+    plan = plan_request(spec, req, free)
     if not plan.fits:
         raise MemoryPlanError(plan.reason, hint="See `cosmos memory-plan`; free GPU memory or use more GPUs.")
     return plan
@@ -204,6 +255,7 @@ def checked_model(req: GenerateRequest, progress: Progress) -> tuple[Backend, Mo
             raise UsageError(f"--fast: the {backend.id} backend of {spec.name} has no fast mode",
                              hint="Drop --fast (exact mode).")
         check_fast(req.fast, pick_device(req.device), req.num_gpus)
+    check_cpu_time(spec, req, progress)
     if req.compile and not backend.supports_compile:
         raise UsageError(f"--compile: the {backend.id} backend of {spec.name} does not compile its network",
                          hint="Drop --compile.")
@@ -271,6 +323,7 @@ def _checked_generate(req: GenerateRequest, progress: Progress) -> GenerationRes
     backend, spec = checked_model(req, progress)
     video_path, prompt_path = output_paths(Path(req.output_dir), req.name, req.overwrite)
     job = make_job(req, spec, video_path.stem)
+    warn_off_distribution(spec, req, progress)
     run = start_parallel(backend, spec, req, "generate")
     ok = False
     try:

@@ -253,8 +253,11 @@ def plan_memory(
     upsampler: bool = True,
     guardrail: bool = True,
     num_gpus: int = 1,
+    asked_by: str | None = None,
 ) -> MemoryPlan:
     """Pick the fastest strategy that fits ``vram_bytes`` (``auto``), or check an explicit one.
+
+    ``asked_by`` says where an explicit strategy came from (the original's flags that mean it), for the messages.
 
     ``vram_bytes=None`` means the memory is unknown (no GPU detected, none given): ``auto`` then returns the
     fastest strategy with ``fits=False`` and says so. An explicit strategy that does not fit raises
@@ -280,15 +283,16 @@ def plan_memory(
     gib = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
     if strategy != "auto":
         s, peak, comps, stages = next(e for e in evaluated if e[0].name == strategy)
+        asked = f"{s.name} ({asked_by})" if asked_by else s.name
         if vram_bytes is None:
-            return build(s, peak, comps, stages, f"{s.name} needs about {gib(peak)}; GPU memory unknown")
+            return build(s, peak, comps, stages, f"{asked} needs about {gib(peak)}; GPU memory unknown")
         if fits(peak):
-            return build(s, peak, comps, stages, f"{s.name} was asked for and fits: {gib(peak)} predicted peak + "
+            return build(s, peak, comps, stages, f"{asked} was asked for and fits: {gib(peak)} predicted peak + "
                                                  f"{gib(margin)} margin <= {gib(vram_bytes)}")
         fitting = [e for e in evaluated if fits(e[1])]
         hint = (f"Use --offload {fitting[0][0].name} (predicted {gib(fitting[0][1])}) or --offload auto."
                 if fitting else "No strategy fits this GPU; see `cosmos memory-plan`.")
-        raise MemoryPlanError(f"strategy {s.name} needs about {gib(peak)} (+{gib(margin)} margin) but only "
+        raise MemoryPlanError(f"strategy {asked} needs about {gib(peak)} (+{gib(margin)} margin) but only "
                               f"{gib(vram_bytes)} is available", hint=hint)
 
     if vram_bytes is None:

@@ -43,6 +43,14 @@ class QuietProgress(NullProgress):
         pass
 
 
+class NotesDropped(NullProgress):
+    """``--quiet``: no progress, no stage lines and no ``note:`` lines; warnings still print."""
+
+    def warning(self, text: str) -> None:
+        if not text.startswith("note:"):
+            super().warning(text)
+
+
 class RichProgress(Progress):
     """Stage lines with their durations, and one rich progress bar for the denoising steps."""
 

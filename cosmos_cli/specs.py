@@ -101,6 +101,13 @@ class Component:
         return dict(self.activation_bytes).get(stage, 0)
 
 
+# An input is fitted to the model's frame size without a word when its aspect ratio is within this factor of the
+# model's (1.25: 16:9 against 1280x704's 20:11 passes, 16:9 against 1:1 does not) and each side is within
+# INPUT_SCALE_TOLERANCE of the model's; otherwise `generate` says what the model expects.
+INPUT_ASPECT_TOLERANCE = 1.25
+INPUT_SCALE_TOLERANCE = 4.0
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One runnable model, as a backend declares it."""
@@ -123,6 +130,12 @@ class ModelSpec:
     guidance: float = 7.0
     input_frames: tuple[int, ...] = (1, 9)
     default_input_frames: int = 1
+    # Matrix-product FLOPs of one sampler step of the default job (both guidance branches): `generate` estimates a
+    # run on a machine without a GPU from it (0: unknown, no estimate).
+    step_flops: float = 0.0
+    # What inputs the model was trained on, in a few words ("photos and videos of real scenes"): shown with the
+    # warning when an input is far from the model's size or aspect ("" : nothing to add).
+    expects: str = ""
     hidden: bool = False  # tiny test configurations: registered but not listed by default
     is_default: bool = False  # the model commands use when --model is not given
 
@@ -134,6 +147,20 @@ class ModelSpec:
             if c.name == name:
                 return c
         return None
+
+    def input_warning(self, width: int, height: int, resize: str = "stretch") -> str | None:
+        """What to tell the user about an input of ``width`` x ``height`` (None: close enough to the model's size)."""
+        aspect = (width / height) / (self.width / self.height)
+        scale = max(width / self.width, self.width / width, height / self.height, self.height / height)
+        off_aspect = not 1 / INPUT_ASPECT_TOLERANCE <= aspect <= INPUT_ASPECT_TOLERANCE
+        if not off_aspect and scale <= INPUT_SCALE_TOLERANCE:
+            return None
+        fitted = {"stretch": "stretched", "crop": "cropped", "pad": "padded"}.get(resize, resize)
+        how = (f"it will be {fitted} to {self.width}x{self.height}" if resize != "stretch" or not off_aspect else
+               f"it will be stretched to {self.width}x{self.height} (--resize crop or pad keeps its aspect)")
+        what = f" The model expects {self.expects}." if self.expects else ""
+        return (f"the input is {width}x{height}, far from the {self.width}x{self.height} {self.name} generates: "
+                f"{how}.{what}")
 
     @property
     def all_names(self) -> tuple[str, ...]:

@@ -285,11 +285,8 @@ def test_the_chunked_network_forward_is_not_split():
     assert "--offload stream-sequential" in e.value.hint
 
 
-def test_other_ranks_exit_quietly_after_rank0_had_time_to_print(cli, ckpt, image, tmp_path, monkeypatch):
-    from cosmos_cli import app
-
-    monkeypatch.setattr(app, "FOLLOWER_EXIT_GRACE_S", 0.0)
+def test_other_ranks_exit_quietly_and_leave_the_failure_to_rank0(cli, ckpt, image, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     res = cli(*gen_args(ckpt, image, tmp_path, "--num-gpus", "2", "--num-input-frames", "5"))
-    assert res.exit_code == 2 and res.stderr == "" and res.stdout == ""
+    assert res.exit_code == 0 and res.stderr == "" and res.stdout == ""  # exit 0: torchrun kills nobody

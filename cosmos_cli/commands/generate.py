@@ -11,10 +11,10 @@ from cosmos_cli.batch import BatchRequest
 from cosmos_cli.commands.batch import run_and_print as run_batch_and_print
 from cosmos_cli.errors import UsageError
 from cosmos_cli.fastmode import parse_fast
-from cosmos_cli.generation import GenerateRequest, is_primary
+from cosmos_cli.generation import GenerateRequest, is_primary, resolve_model
 from cosmos_cli.generation import generate as run_generate
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
-from cosmos_cli.progress import NullProgress, QuietProgress, RichProgress
+from cosmos_cli.progress import NotesDropped, NullProgress, QuietProgress, RichProgress
 
 
 def generate(
@@ -50,8 +50,20 @@ def generate(
     resize: o.ResizeOpt = "stretch",
     batch_input_path: o.BatchInputOpt = None,
     as_json: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+    tokenizer_dir: o.TokenizerDirOpt = None,
+    prompt_upsampler_dir: o.UpsamplerDirOpt = None,
+    num_video_frames: o.NumVideoFramesOpt = None,
+    height: o.HeightOpt = None,
+    width: o.WidthOpt = None,
 ) -> None:
-    """Generate a video continuing an image or video, guided by a prompt. Prints the output path."""
+    """Generate a video continuing an image or video, guided by a prompt. Prints the output path.
+
+    Every flag of the original's video2world.py works, in its spelling too (--checkpoint_dir is --checkpoint-dir)."""
+    originals = dict(tokenizer_dir=tokenizer_dir, prompt_upsampler_dir=prompt_upsampler_dir,
+                     num_video_frames=num_video_frames, height=height, width=width)
+    if any(v is not None for v in originals.values()):
+        o.check_original_only(resolve_model(model, network_dir), **originals)
     if batch_input_path is not None and (input_path is not None or name is not None):
         raise UsageError("--batch-input-path names the inputs and outputs: drop --input and --video-save-name",
                          hint="Put them in the batch file's visual_input and name keys.")
@@ -73,7 +85,7 @@ def generate(
     if not is_primary():  # a torchrun rank other than 0: rank 0 shows the progress and prints the result
         run_generate(request, QuietProgress())
         return None
-    result = run_generate(request, NullProgress() if as_json else RichProgress())
+    result = run_generate(request, NotesDropped() if quiet else NullProgress() if as_json else RichProgress())
     if as_json:
         typer.echo(json.dumps({"video": str(result.video_path), "prompt_file": str(result.prompt_path),
                                "prompt": result.final_prompt, "timings": result.timings,

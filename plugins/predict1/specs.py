@@ -118,6 +118,17 @@ def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, 
     )
 
 
+def _step_flops(p: DiTParams, latent: tuple[int, int, int], text_tokens: int) -> float:
+    """Matrix-product FLOPs (2 per multiply-add) of one sampler step: the network's forward on both guidance
+    branches (4.42 PFLOP for 7B, as benchmarks/bench_network.forward_flops counts: speed-7b-h100.json). Per block
+    and token: self-attention projections 4d^2, cross-attention query/output 2d^2, MLP 2d*hidden; per block: the
+    text keys/values 2*text*d*c, attention scores and mixing 4n^2*d (self) and 4n*text*d (cross)."""
+    n, d, c, hidden = dit_tokens(p, *latent), p.model_channels, p.crossattn_emb_channels, p.mlp_hidden
+    linear = 2 * n * (6 * d * d + 2 * d * hidden) + 2 * 2 * text_tokens * d * c
+    attention = 4 * n * n * d + 4 * n * text_tokens * d
+    return 2.0 * p.num_blocks * (linear + attention)
+
+
 # Where every checkpoint file comes from (spec section 11, trimmed to what generation reads) and where the
 # original project keeps it. The T5 repository's TensorFlow/Flax weights and the model repositories' README and
 # config.json are left out: nothing reads them.
@@ -230,6 +241,8 @@ PREDICT1_7B = ModelSpec(
     files=_files("Cosmos-Predict1-7B-Video2World", "ebcdb19c4c4a6a0e1e0bb65e346f6867"),
     components=_components(DIT_7B, T5_11B, TOKENIZER_CV8X8X8_PARAMS, 121, 704, 1280, _LATENT,
                            PIXTRAL_12B_PARAMS, GUARDRAIL_PARAMS),
+    step_flops=_step_flops(DIT_7B, _LATENT, T5_11B.max_length),
+    expects="real-world video (driving, robotics, people, nature) at 1280x704, about 16:9",
 )
 
 PREDICT1_14B = replace(
@@ -243,6 +256,7 @@ PREDICT1_14B = replace(
     files=_files("Cosmos-Predict1-14B-Video2World", "eaa7aa3678f61d88108c41d7fe201b18"),
     components=_components(DIT_14B, T5_11B, TOKENIZER_CV8X8X8_PARAMS, 121, 704, 1280, _LATENT,
                            PIXTRAL_12B_PARAMS, GUARDRAIL_PARAMS),
+    step_flops=_step_flops(DIT_14B, _LATENT, T5_11B.max_length),
 )
 
 SPECS: tuple[ModelSpec, ...] = (PREDICT1_7B, PREDICT1_14B)
@@ -324,6 +338,9 @@ PREDICT1_DEMO = ModelSpec(
     num_frames=33,
     height=128,
     width=128,
+    step_flops=_step_flops(DIT_DEMO, (5, 16, 16), T5_DEMO.max_length),
+    expects="a square 128x128 picture of one ball or box on a plain floor (the procedural clips it was trained on); "
+            "a photo or film of a real scene gives blobs",
 )
 
 SPECS = (*SPECS, PREDICT1_DEMO)
