@@ -482,7 +482,7 @@ def run_item(pipeline, item: BatchItem, progress: Progress, device: str, run=Non
             commit(item, rec.prompt)
             rec.status, rec.video = "ok", str(item.video_path)
             rec.prompt_file = str(item.prompt_path) if item.prompt_path.exists() else None
-            rec.message = item.regenerate_reason
+            rec.message = "; ".join(m for m in (item.regenerate_reason, *result.notes) if m)  # e.g. a prompt cut short
         elif result.status == "ok":
             rec.message = "the pipeline reported success but wrote no video"
         else:

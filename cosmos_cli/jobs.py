@@ -84,6 +84,7 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
     stage_peak_bytes: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the user should know about how the job ran (e.g. a prompt cut short)
 
 
 @dataclass(frozen=True)

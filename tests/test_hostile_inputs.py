@@ -152,3 +152,113 @@ def test_lines_split_on_newlines_only(tmp_path, image):
     report = validate_batch(f, require_prompt=False, default_input_frames=1, allowed_input_frames=(1,))
     assert [bl.line for bl in report.lines] == [1]
     assert [i.line for i in report.issues] == [2]
+
+
+# --- items 3 and 5: hostile checkpoints, non-finite outputs ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
+    from cosmos_plugins.predict1.specs import PREDICT1_TINY
+
+    return write_checkpoint_folder(tmp_path_factory.mktemp("tiny"), PREDICT1_TINY, seed=0)
+
+
+def spoiled_copy(tiny_ckpt: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A copy of the tiny checkpoint folder: (root, model.pt, tokenizer folder)."""
+    import shutil
+
+    from cosmos_cli.specs import NETWORK, TOKENIZER
+    from cosmos_plugins.predict1.specs import PREDICT1_TINY
+
+    root = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, root)
+    return (root, root / PREDICT1_TINY.files_of(NETWORK)[0].local,
+            (root / PREDICT1_TINY.files_of(TOKENIZER)[0].local).parent)
+
+
+def tiny_generate(cli, ckpt: Path, image: Path, out: Path, *extra: str):
+    return cli("generate", "--model", TINY, "--checkpoint-dir", str(ckpt), "-o", str(out), "-i", str(image),
+               "--prompt", "a red ball", "--disable-prompt-upsampler", "--disable-guardrail", "--device", "cpu",
+               "--num-steps", "1", *extra)
+
+
+KEY = "net.blocks.block0.blocks.0.block.attn.to_q.0.weight"
+
+
+@pytest.mark.parametrize(("spoil", "needle"), [
+    ("nan", f"{KEY} holds 1 NaN or infinite value"),
+    ("inf", f"{KEY} holds 1 NaN or infinite value"),
+    ("int64", f"{KEY} holds int64 values where the network has float32 ones"),
+])
+def test_network_weights_must_be_finite_floats(cli, tiny_ckpt, tmp_path, image, spoil, needle):
+    import torch
+
+    root, model_pt, _ = spoiled_copy(tiny_ckpt, tmp_path)
+    state = torch.load(model_pt, weights_only=True)
+    assert KEY in state
+    if spoil == "int64":
+        state[KEY] = state[KEY].round().to(torch.int64)
+    else:
+        state[KEY][0, 0] = float(spoil)
+    torch.save(state, model_pt)
+    res = tiny_generate(cli, root, image, tmp_path / "out")
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    assert f"error: {model_pt}: {needle}" in res.stderr
+    assert not list((tmp_path / "out").glob("*.mp4"))
+
+
+@pytest.mark.parametrize("spoil", ["nan mean", "inf std"])
+def test_latent_statistics_must_be_finite(cli, tiny_ckpt, tmp_path, image, spoil):
+    import torch
+
+    root, _, tok_dir = spoiled_copy(tiny_ckpt, tmp_path)
+    mean, std = torch.load(tok_dir / "mean_std.pt", weights_only=True)
+    (mean if spoil == "nan mean" else std)[3] = float("nan" if spoil == "nan mean" else "inf")
+    torch.save((mean, std), tok_dir / "mean_std.pt")
+    res = tiny_generate(cli, root, image, tmp_path / "out")
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    assert f"error: {tok_dir / 'mean_std.pt'}: the latent mean or std holds NaN or infinite values" in res.stderr
+
+
+class _Payload:
+    """Unpickling this would create a file: the loader must refuse it before running anything."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def test_t5_weights_with_a_pickle_payload_are_refused(cli, tiny_ckpt, tmp_path, image):
+    import torch
+
+    from cosmos_cli.specs import TEXT_ENCODER
+    from cosmos_plugins.predict1.specs import PREDICT1_TINY
+
+    root, _, _ = spoiled_copy(tiny_ckpt, tmp_path)
+    weights = root / PREDICT1_TINY.files_of(TEXT_ENCODER)[0].local.replace("config.json", "pytorch_model.bin")
+    assert weights.is_file()
+    torch.save({"shared.weight": _Payload(tmp_path / "pwned")}, weights)
+    res = tiny_generate(cli, root, image, tmp_path / "out")
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    assert f"error: {weights}: refusing to load: it is not a plain weights file" in res.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_network_that_overflows_stops_with_one_line_and_writes_nothing(cli, tiny_ckpt, tmp_path, image):
+    """Finite weights (they pass the load checks) of 1e30: the activations overflow float32 to inf, then NaN."""
+    import torch
+
+    root, model_pt, _ = spoiled_copy(tiny_ckpt, tmp_path)
+    state = torch.load(model_pt, weights_only=True)
+    torch.save({k: v * 1e30 if v.is_floating_point() and k.endswith("weight") else v for k, v in state.items()},
+               model_pt)
+    out = tmp_path / "out"
+    res = tiny_generate(cli, root, image, out)
+    assert res.exit_code == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "error: the diffusion network produced NaN or infinite values for this job; nothing was written" \
+        in res.stderr
+    assert not out.exists() or not list(out.iterdir())
