@@ -87,7 +87,7 @@ from cosmos_cli.generation import (
     start_parallel,
 )
 from cosmos_cli.generation import is_primary as is_primary
-from cosmos_cli.jobs import GenerationJob, default_name, validate_batch
+from cosmos_cli.jobs import GenerationJob, default_name, parse_json_line, validate_batch
 from cosmos_cli.progress import Progress, QuietProgress
 from cosmos_cli.registry import find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
@@ -428,13 +428,12 @@ def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard:
     rank, world = shard
     records: dict[int, ItemRecord] = {}
     invalid: set[int] = set()
-    texts = Path(req.file).read_text(encoding="utf-8-sig", errors="replace").splitlines() if report.invalid_lines else []
     for lineno in sorted(report.invalid_lines) if rank == 0 else ():
         invalid.add(lineno)
         reasons = "; ".join(f"{i.field}: {i.message}" if i.field else i.message
                             for i in report.issues if i.line == lineno)
         records[lineno] = ItemRecord(lineno, default_name(lineno), "failed", f"invalid line: {reasons}",
-                                     input=raw_line(texts[lineno - 1]))
+                                     input=raw_line(report.invalid_texts.get(lineno, "")))
     items: list[BatchItem] = []
     mine = report.lines[rank::world]
     for bl in mine:
@@ -478,7 +477,7 @@ def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard:
 def raw_line(text: str) -> dict[str, Any]:
     """An invalid line as it was written: its JSON object if it parses as one, else its text."""
     try:
-        data = json.loads(text)
+        data = parse_json_line(text)  # (refuses NaN: a report never holds one)
     except ValueError:
         data = None
     return data if isinstance(data, dict) else {"text": text}
@@ -567,7 +566,7 @@ def run_item(pipeline, item: BatchItem, progress: Progress, device: str, run=Non
             commit(item, rec.prompt)
             rec.status, rec.video = "ok", str(item.video_path)
             rec.prompt_file = str(item.prompt_path) if item.prompt_path.exists() else None
-            rec.message = item.regenerate_reason
+            rec.message = "; ".join(m for m in (item.regenerate_reason, *result.notes) if m)  # e.g. a prompt cut short
         elif result.status == "ok":
             rec.message = "the pipeline reported success but wrote no video"
         else:

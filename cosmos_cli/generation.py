@@ -29,6 +29,7 @@ from cosmos_cli.errors import (
 )
 from cosmos_cli.fastmode import FastMode, check_fast
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
+from cosmos_cli.limits import check_generation_values
 from cosmos_cli.planner import STRATEGY_NAMES, MemoryPlan, plan_memory, strategy_for_original_flags
 from cosmos_cli.progress import NullProgress, Progress
 from cosmos_cli.registry import default_model_name, find_model
@@ -242,6 +243,7 @@ def plan_for(spec: ModelSpec, req: GenerateRequest, device: str, run: ParallelRu
 def checked_model(req: GenerateRequest, progress: Progress) -> tuple[Backend, ModelSpec]:
     """The backend and spec ``req`` names, after the checks and warnings every run makes before anything else
     (shared by `generate` and `batch`)."""
+    check_generation_values(req)  # --seed, --num-steps, --guidance, --fps within the batch schema's bounds
     spec = resolve_model(req.model, req.network_dir)
     backend = find_model(spec.name)[0]
     if req.disable_guardrail:

@@ -9,6 +9,10 @@ validate`` and ``cosmos batch`` both call it, so a batch never starts on a file 
 from __future__ import annotations
 
 import json
+import math
+import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmos_cli.errors import InputError
+from cosmos_cli.limits import MAX_BATCH_FILE_BYTES, MAX_LINE_BYTES
 
 SCHEMA_FILE = "batch_job.schema.json"
 
@@ -28,6 +33,8 @@ DEFAULT_NEGATIVE_PROMPT = (
     "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
     "Overall, the video is of poor quality."
 )
+
+RAW_TEXT_SHOWN = 2000  # characters of an invalid line kept for the batch report
 
 JOB_KEYS = ("prompt", "negative_prompt", "seed", "num_input_frames", "guidance", "num_steps", "fps", "name")
 
@@ -77,6 +84,7 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
     stage_peak_bytes: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the user should know about how the job ran (e.g. a prompt cut short)
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,7 @@ class ValidationReport:
     lines: list[BatchLine] = field(default_factory=list)
     issues: list[ValidationIssue] = field(default_factory=list)
     invalid_lines: set[int] = field(default_factory=set)
+    invalid_texts: dict[int, str] = field(default_factory=dict)  # each invalid line as written (cut short)
 
     @property
     def valid(self) -> bool:
@@ -128,13 +137,99 @@ def batch_schema() -> dict[str, Any]:
 
 @lru_cache(maxsize=2)
 def _validator(require_prompt: bool):
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, validators
 
     schema = dict(batch_schema())
     if require_prompt:
         schema["required"] = [*schema["required"], "prompt"]
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    # JSON Schema counts 1.0 as an integer; the code behind "seed" or "num_steps" does not: only int is one here.
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    return validators.extend(Draft202012Validator, type_checker=checker)(schema)
+
+
+class BadJsonValue(ValueError):
+    """A line that is JSON to Python's parser but not to the contract: NaN/Infinity, a number out of range, a key
+    given twice."""
+
+    def __init__(self, field: str | None, message: str):
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+def _refuse_constant(name: str):
+    raise BadJsonValue(None, f"{name} is not a JSON number (JSON has no NaN or Infinity): use a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadJsonValue(None, f"the number {text[:40]} is too large (beyond the float range)")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 30:  # the largest bound (the seed's) has 10 digits
+        raise BadJsonValue(None, f"the integer {text[:40]}... has {len(text.lstrip('-'))} digits: far out of range")
+    return int(text)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise BadJsonValue(key, "the key appears twice in this line (which one counts is not defined): keep one")
+        obj[key] = value
+    return obj
+
+
+def parse_json_line(text: str) -> Any:
+    """``json.loads`` for one batch line, stricter than Python's: NaN, Infinity, numbers beyond the float range
+    and duplicate keys raise :class:`BadJsonValue` (plain JSON errors raise ``json.JSONDecodeError``)."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int,
+                      object_pairs_hook=_no_duplicates)
+
+
+def read_batch_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, bytes without the newline)`` of a batch file, streamed; ``None`` for a line longer than
+    :data:`~cosmos_cli.limits.MAX_LINE_BYTES` (the rest of it is skipped). Only a regular file is read (a FIFO
+    would block, ``/dev/zero`` never ends), of at most :data:`~cosmos_cli.limits.MAX_BATCH_FILE_BYTES`."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file", hint="Check the path of the batch file.")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a JSONL file", hint="Pass the path of a .jsonl file.")
+    try:  # O_NONBLOCK: opening a FIFO does not wait for a writer; the type is checked on what was opened
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})", hint="Check the file's permissions.") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{path}: not a regular file (a pipe, device or socket)",
+                             hint="Save the batch to a file and pass its path.")
+        if info.st_size > MAX_BATCH_FILE_BYTES:
+            raise InputError(f"{path}: {info.st_size / 2**20:.0f} MiB is larger than the "
+                             f"{_size(MAX_BATCH_FILE_BYTES)} a batch file may have",
+                             hint="Split it into several batch files.")
+        total = 0
+        lineno = 0
+        while True:
+            chunk = f.readline(MAX_LINE_BYTES + 1)
+            if not chunk:
+                return
+            lineno += 1
+            total += len(chunk)
+            too_long = len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n")
+            while too_long and chunk and not chunk.endswith(b"\n"):  # skip to the end of the long line
+                chunk = f.readline(MAX_LINE_BYTES)
+                total += len(chunk)
+                if total > MAX_BATCH_FILE_BYTES:
+                    break
+            if total > MAX_BATCH_FILE_BYTES:  # the file grew while we read it
+                raise InputError(f"{path}: longer than the {_size(MAX_BATCH_FILE_BYTES)} a batch file may have",
+                                 hint="Split it into several batch files.")
+            yield lineno, None if too_long else chunk.removesuffix(b"\n")
 
 
 def _schema_issue(line: int, err) -> ValidationIssue:
@@ -154,6 +249,8 @@ def _schema_issue(line: int, err) -> ValidationIssue:
         return ValidationIssue(line, fieldname, f"must be of type {err.validator_value}, got {json.dumps(err.instance)}")
     if v == "minimum":
         return ValidationIssue(line, fieldname, f"must be >= {err.validator_value}, got {json.dumps(err.instance)}")
+    if v == "maximum":
+        return ValidationIssue(line, fieldname, f"must be <= {err.validator_value}, got {json.dumps(err.instance)}")
     if v in ("minLength", "pattern") and fieldname == "prompt":
         return ValidationIssue(line, fieldname, "must be a non-empty string")
     if v == "minLength":
@@ -162,6 +259,10 @@ def _schema_issue(line: int, err) -> ValidationIssue:
         return ValidationIssue(line, fieldname,
                                f"{json.dumps(err.instance)} is not a valid file stem: use letters, digits, '.', '_' and '-' only")
     return ValidationIssue(line, fieldname, err.message)
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 else f"{n} bytes"
 
 
 def resolve_input(value: str, base_dir: Path) -> Path:
@@ -197,36 +298,40 @@ def validate_batch(
 
     path = Path(path)
     report = ValidationReport(path=path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file", hint="Check the path of the batch file.")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a JSONL file", hint="Pass the path of a .jsonl file.")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        report.issues.append(ValidationIssue(line, None, f"not valid UTF-8 (byte {exc.start}); save the file as UTF-8"))
-        return report
-
     validator = _validator(require_prompt)
     probes: dict[Path, Any] = {}  # each distinct file is opened once
     names: dict[str, int] = {}
-    pending: list[tuple[int, dict[str, Any], Path | None, list[ValidationIssue]]] = []
+    pending: list[tuple[int, dict[str, Any], Path | None, list[ValidationIssue], str]] = []
 
-    for lineno, line_text in enumerate(text.splitlines(), start=1):
+    for lineno, raw in read_batch_lines(path):
+        if raw is None:
+            pending.append((lineno, {}, None, [ValidationIssue(
+                lineno, None, f"line longer than {_size(MAX_LINE_BYTES)} (a job fits in a few KB)")],
+                "(line too long)"))
+            continue
+        try:
+            line_text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").removesuffix("\r")
+        except UnicodeDecodeError as exc:
+            pending.append((lineno, {}, None, [ValidationIssue(
+                lineno, None, f"not valid UTF-8 (byte {exc.start + 1} of the line); save the file as UTF-8")],
+                raw.decode("utf-8", errors="replace")))
+            continue
         if not line_text.strip():
             continue
         issues: list[ValidationIssue] = []
         try:
-            obj = json.loads(line_text)
-        except json.JSONDecodeError as exc:
-            issues.append(ValidationIssue(lineno, None, f"not valid JSON: {exc.msg} at column {exc.colno}"))
-            pending.append((lineno, {}, None, issues))
+            obj = parse_json_line(line_text)
+        except BadJsonValue as exc:
+            pending.append((lineno, {}, None, [ValidationIssue(lineno, exc.field, exc.message)], line_text))
+            continue
+        except ValueError as exc:  # json.JSONDecodeError, or a number Python cannot hold
+            where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            pending.append((lineno, {}, None, [ValidationIssue(
+                lineno, None, f"not valid JSON: {getattr(exc, 'msg', exc)}{where}")], line_text))
             continue
         if not isinstance(obj, dict):
             issues.append(ValidationIssue(lineno, None, f"must be a JSON object, got {type(obj).__name__}"))
-            pending.append((lineno, {}, None, issues))
+            pending.append((lineno, {}, None, issues, line_text))
             continue
         for err in sorted(validator.iter_errors(obj), key=lambda e: (list(e.absolute_path), e.validator)):
             issues.append(_schema_issue(lineno, err))
@@ -272,15 +377,16 @@ def validate_batch(
                     # cosmos_cli.batch.frames_for_line; a line's own "num_input_frames" is taken at its word)
                     what = "an image has 1 frame" if info.kind == "image" else f"the video has {info.num_frames} frames"
                     issues.append(ValidationIssue(lineno, "visual_input", f"{vi}: needs {n_frames} input frames but {what}"))
-        pending.append((lineno, obj, resolved, issues))
+        pending.append((lineno, obj, resolved, issues, line_text if issues else ""))
 
     if not pending:
         report.issues.append(ValidationIssue(None, None, "the file has no jobs (it is empty or only blank lines)"))
         return report
-    for lineno, obj, resolved, issues in pending:
+    for lineno, obj, resolved, issues, text in pending:
         if issues:
             report.issues.extend(issues)
             report.invalid_lines.add(lineno)
+            report.invalid_texts[lineno] = text[:RAW_TEXT_SHOWN]
         else:
             report.lines.append(BatchLine(lineno, obj, resolved))
     return report

@@ -10,6 +10,10 @@ What the original Cosmos-Predict1 does, and where we differ (spec 1.2 step 5, 1.
   (rounded, ``65535 -> 255``), and RGBA is composited over white exactly as the original,
   ``rgb*a + 255*(1-a)`` in float64 then a truncating cast to uint8. The EXIF orientation tag is *not*
   applied: the pixels are used as stored, which is what the original's imageio/Pillow reader does.
+* **Size bound**: an image's size is read from its header first (Pillow's lazy ``Image.open``) and a video's
+  frame size from the demuxer, and more than :data:`~cosmos_cli.limits.MAX_INPUT_PIXELS` per frame is refused
+  before any pixel is decoded (a 97 KB PNG can declare 10000x10000); a larger JPEG is decoded reduced
+  (1/2, 1/4, 1/8) instead. :func:`probe` decodes no image, so an image is decoded once, by :func:`read_frames`.
 * **Videos** are decoded by ffmpeg into RGB24 (display rotation applied, as in the original, which read
   through the same imageio-ffmpeg pipe), one frame per decoded picture (``-fps_mode passthrough``: no
   frame is duplicated or dropped to force a constant rate). Only the last ``N`` frames are kept while
@@ -40,6 +44,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from cosmos_cli.errors import GenerationError, InputError
+from cosmos_cli.limits import MAX_INPUT_PIXELS
 
 if TYPE_CHECKING:
     import torch
@@ -96,8 +101,7 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
     """
     p = _existing_file(path)
     if _looks_like_image(p):
-        image = _load_image(p)
-        height, width = image.shape[:2]
+        width, height, _ = _image_size(p)  # from the header: probing an image decodes nothing
         return MediaInfo(path=p, kind="image", num_frames=1, width=width, height=height, fps=None)
     return _probe_video(p)
 
@@ -161,19 +165,64 @@ def _looks_like_image(p: Path) -> bool:
     return bool(cv2.haveImageReader(str(p)))
 
 
+def _image_size(p: Path) -> tuple[int, int, int]:
+    """``(width, height, reduction)`` of the frame :func:`_load_image` gives, read from the file's header with
+    Pillow (``Image.open`` parses the header only; no pixel is decoded), refusing more than
+    :data:`~cosmos_cli.limits.MAX_INPUT_PIXELS`. A larger JPEG is decoded reduced instead (libjpeg's 1/2, 1/4 or
+    1/8 scaling, through OpenCV's ``IMREAD_REDUCED_*``): ``reduction`` is that factor, else 1. A format Pillow
+    cannot read the size of (Radiance HDR, OpenEXR, PFM) is refused: its decoded size could not be bounded."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                (width, height), fmt = im.size, im.format
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours
+        width, height, fmt = 0, 0, "too large"
+    except Exception:  # Pillow raises many types for a damaged header (OSError, SyntaxError, ValueError, ...)
+        raise InputError(
+            f"{p} looks like an image but could not be decoded; it may be damaged (or in a format whose size "
+            f"cannot be read first: HDR, EXR, PFM)", hint=_READABLE_HINT
+        ) from None
+    limit = MAX_INPUT_PIXELS
+    if fmt != "too large" and width * height <= limit:
+        return width, height, 1
+    if fmt == "JPEG":
+        for factor in (2, 4, 8):
+            w, h = -(-width // factor), -(-height // factor)
+            if w * h <= limit:
+                return w, h, factor
+    size = f"{width}x{height} ({width * height / 1e6:.0f} megapixels)" if width else "over Pillow's limit"
+    raise InputError(
+        f"{p} is {size}: more than the {limit / 1e6:.0f} megapixels an input image may have",
+        hint="Resize it first (the model works at 1280x704 or less anyway).",
+    )
+
+
+_REDUCED = {2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
+
+
 def _load_image(p: Path) -> np.ndarray:
-    """Decode an image to uint8 RGB ``[H, W, 3]``."""
+    """Decode an image to uint8 RGB ``[H, W, 3]``, once, after :func:`_image_size` bounded it."""
     import cv2
 
+    width, height, factor = _image_size(p)
+    flags = cv2.IMREAD_UNCHANGED if factor == 1 else getattr(cv2, _REDUCED[factor])
     data = np.fromfile(p, dtype=np.uint8)
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        image = cv2.imdecode(data, flags)
     except cv2.error:
         image = None
     if image is None or image.size == 0:
         raise InputError(
             f"{p} looks like an image but could not be decoded; it may be damaged", hint=_READABLE_HINT
         )
+    if image.shape[0] * image.shape[1] > MAX_INPUT_PIXELS:  # the header said otherwise: never pass it on
+        raise InputError(f"{p} decodes to {image.shape[1]}x{image.shape[0]}, more than its header said",
+                         hint=_READABLE_HINT)
     image = _to_uint8(image, p)
     if image.ndim == 2:
         image = image[:, :, None]
@@ -202,9 +251,13 @@ def _to_uint8(image: np.ndarray, p: Path) -> np.ndarray:
 
 
 def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite over white as the original: ``rgb*a + 255*(1-a)`` in float64, truncated to uint8."""
-    a = alpha.astype(np.float64)[:, :, None] / 255.0
-    return (rgb * a + 255 * (1 - a)).astype(np.uint8)
+    """Composite over white as the original: ``rgb*a + 255*(1-a)`` in float64, truncated to uint8 (a band of rows
+    at a time, so the float64 copy stays small for a large image)."""
+    out = np.empty(rgb.shape, dtype=np.uint8)
+    for y in range(0, rgb.shape[0], 256):
+        a = alpha[y:y + 256].astype(np.float64)[:, :, None] / 255.0
+        out[y:y + 256] = (rgb[y:y + 256] * a + 255 * (1 - a)).astype(np.uint8)
+    return out
 
 
 def _ffmpeg_input(p: Path) -> str:
@@ -256,10 +309,20 @@ def _probe_video(p: Path) -> MediaInfo:
             hint=_READABLE_HINT,
         )
 
+    _check_frame_pixels(p, width, height)
     fps, rotation = _stream_fps_and_rotation(log)
     if round(rotation) % 180 == 90:
         width, height = height, width
     return MediaInfo(path=p, kind="video", num_frames=count, width=width, height=height, fps=fps)
+
+
+def _check_frame_pixels(p: Path, width: int, height: int) -> None:
+    if width * height > MAX_INPUT_PIXELS:
+        raise InputError(
+            f"{p} has {width}x{height} frames ({width * height / 1e6:.0f} megapixels): more than the "
+            f"{MAX_INPUT_PIXELS / 1e6:.0f} megapixels an input frame may have",
+            hint="Scale the video down first (the model works at 1280x704 or less anyway).",
+        )
 
 
 def _stream_fps_and_rotation(log: str) -> tuple[float | None, float]:
@@ -293,6 +356,7 @@ def _decode_video(p: Path, keep_last: int | None) -> tuple[np.ndarray, float | N
     total = 0
     try:
         meta = next(stream)
+        _check_frame_pixels(p, *meta["size"])  # before the first frame is decoded
         for frame in stream:
             kept.append(frame)
             total += 1

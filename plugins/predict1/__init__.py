@@ -61,6 +61,9 @@ class Predict1Backend(Backend):
         from .pipeline import Predict1Pipeline
 
         options = dict(options or {})
+        if spec == PREDICT1_DEMO and Path(checkpoint_dir) != Path("checkpoints") and progress is not None:
+            progress.warning(f"note: the demo model's files ship with the package ({bundled_checkpoint_dir()}); "
+                             f"--checkpoint-dir {checkpoint_dir} is not used")
         return Predict1Pipeline.load(spec, plan, checkpoint_dir=self.checkpoint_path(spec, checkpoint_dir),
                                      device=device, progress=progress, numerics=options.get("numerics", "fp32"),
                                      network_dir=options.get("network_dir"), parallel=options.get("parallel"),

@@ -97,6 +97,28 @@ def match_keys(shapes: Mapping[str, tuple[int, ...] | None], expected: Mapping[s
     return {k: names[k] for k in expected}
 
 
+def checked_cast(tensor: object, ref: Tensor, path: Path, key: str, *, device: torch.device | str,
+                 dtype: torch.dtype) -> Tensor:
+    """``tensor`` from ``path`` cast for the slot ``ref`` of the network (floating point: to ``dtype``, on
+    ``device``), refusing a tensor of the wrong kind (int64 where the network has a float weight) and one with NaN
+    or infinite values (after the cast, so a value beyond ``dtype``'s range counts), naming the file and the key.
+    The check runs on the tensor just cast, on ``device``: one pass over memory that the cast touched anyway."""
+    if not isinstance(tensor, Tensor):
+        raise CheckpointError(f"{path}: {key} is a {type(tensor).__name__}, not a tensor")
+    if tensor.is_floating_point() != ref.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise CheckpointError(f"{path}: {key} holds {str(tensor.dtype).removeprefix('torch.')} values where the "
+                              f"network has {str(ref.dtype).removeprefix('torch.')} ones",
+                              hint="The file is not a released checkpoint of this model (or was converted wrongly); "
+                                   "download it again.")
+    out = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        raise CheckpointError(f"{path}: {key} holds {bad} NaN or infinite value{'s' if bad != 1 else ''}"
+                              + (f" (in {str(dtype).removeprefix('torch.')})" if dtype != tensor.dtype else ""),
+                              hint="The file is damaged or was not saved from a working model; download it again.")
+    return out
+
+
 def load_network(path: Path, params: DiTParams, *, device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
                  rope_mode: str = "compat") -> VideoExtendGeneralDIT:
     """Build the network for ``params`` and load ``path`` (``.pt``/``.pth`` or ``.safetensors``) into it.
@@ -110,10 +132,10 @@ def load_network(path: Path, params: DiTParams, *, device: torch.device | str, d
         model = VideoExtendGeneralDIT(params, rope_mode=rope_mode)
     shapes, read = _open(path)
     names = match_keys(shapes, model.state_dict(), path)
+    expected = model.state_dict()
     state = {}
     for name, key in names.items():  # one tensor at a time, straight into the compute dtype on the device
-        tensor = read(key)
-        state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        state[name] = checked_cast(read(key), expected[name], path, key, device=device, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
     model.init_buffers(device)
     return model.eval().requires_grad_(False)

@@ -20,8 +20,8 @@ Within ``<guardrail>``::
     face_blur_filter/Resnet50_Final.pth                                     (see retinaface.py)
 
 Decisions follow the original (spec section 9): the text guardrail runs the blocklist then Aegis
-(LlamaGuard-7b with the Aegis adapter, greedy, at most 100 new tokens; unsafe iff the answer contains
-"unsafe"); the video guardrail classifies every frame and blocks on any unsafe class, then pixelates faces.
+(LlamaGuard-7b with the Aegis adapter, greedy, at most 100 new tokens; unsafe if the answer contains
+"unsafe", and, unlike the original, also when it does not start with "safe": see :func:`aegis_verdict`); the video guardrail classifies every frame and blocks on any unsafe class, then pixelates faces.
 Unlike the original, they fail closed: any exception inside a check is a block whose reason names it.
 A blocked video comes back as an empty array, so nothing unsafe can be written by mistake.
 """
@@ -102,6 +102,28 @@ def aegis_folder(guardrail_dir: Path) -> Path:
                      "--disable-guardrail.")
         return root
     return inner
+
+
+def guardrail_problems(guardrail_dir: Path) -> list[str]:
+    """What the loaders of :class:`TextGuardrail` and :class:`VideoGuardrail` would find missing in
+    ``guardrail_dir`` (the layout in the module doc), checked without loading anything: one phrase per problem."""
+    from .blocklist import KEYWORD_FOLDERS
+    from .retinaface import WEIGHTS_FILE
+    from .safety_filter import CLASSIFIER_FILE, SIGLIP_REPO
+
+    g = Path(guardrail_dir)
+    problems = [f"{g / 'blocklist' / name}/" for name in KEYWORD_FOLDERS if not (g / "blocklist" / name).is_dir()]
+    for path in (g / "video_content_safety_filter" / CLASSIFIER_FILE, g / "face_blur_filter" / WEIGHTS_FILE):
+        if not path.is_file():
+            problems.append(str(path))
+    for folder, repo, marker in ((g / "aegis", LLAMAGUARD_REPO, "config.json"),
+                                 (g / "aegis", AEGIS_ADAPTER_REPO, "adapter_config.json"),
+                                 (g / "video_content_safety_filter", SIGLIP_REPO, "config.json")):
+        try:
+            resolve_hf_folder(folder, repo, marker=marker)
+        except CheckpointError:
+            problems.append(f"{folder / repo}/{marker} (or its HF cache layout)")
+    return problems
 
 
 # --- Aegis ----------------------------------------------------------------------------------------------------
@@ -239,6 +261,17 @@ def aegis_reason(answer: str) -> str:
     return f"Aegis answered {answer.strip()[:80]!r}"
 
 
+def aegis_verdict(answer: str) -> Verdict:
+    """Aegis's answer -> verdict, failing closed: "unsafe" anywhere blocks (the original's rule); the prompt passes
+    only when the answer's first word is "safe", so an empty or garbled answer blocks (the original let it pass)."""
+    if "unsafe" in answer.lower():
+        return Verdict(False, AEGIS, aegis_reason(answer))
+    words = answer.split()
+    if words and words[0].strip(".,:;!").lower() == "safe":
+        return Verdict(True, AEGIS, "safe")
+    return Verdict(False, AEGIS, f"no safe/unsafe verdict in Aegis's answer ({answer.strip()[:80]!r}): blocked to be safe")
+
+
 class Aegis:
     """LlamaGuard-7b with the Aegis PEFT adapter."""
 
@@ -276,10 +309,7 @@ class Aegis:
         return self.tokenizer.decode(output[0][inputs["input_ids"].shape[-1]:], skip_special_tokens=True)
 
     def check(self, prompt: str) -> Verdict:
-        answer = self.answer(prompt)
-        if "unsafe" in answer.lower():
-            return Verdict(False, AEGIS, aegis_reason(answer))
-        return Verdict(True, AEGIS, "safe")
+        return aegis_verdict(self.answer(prompt))
 
 
 # --- the two guardrails the pipeline runs ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 
 from cosmos_cli.errors import CheckpointError, GenerationError
 from cosmos_cli.fastmode import FastMode
-from cosmos_cli.jobs import GenerationJob, GenerationResult
+from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
 from cosmos_cli.planner import MemoryPlan
 from cosmos_cli.progress import NullProgress, Progress
 from cosmos_cli.specs import GUARDRAIL, NETWORK, TEXT_ENCODER, TOKENIZER, UPSAMPLER, ModelSpec
@@ -73,6 +73,40 @@ def checkpoint_paths(spec: ModelSpec, checkpoint_dir: Path, network_dir: str | N
         upsampler=(root / ups[0].local).parent if ups else None,
         guardrail_root=root,
     )
+
+
+def check_optional_files(spec: ModelSpec, paths: CheckpointPaths, *, upsampler: bool, guardrail: bool) -> None:
+    """Before anything loads: every file the prompt upsampler and the guardrails need (those the plan includes), so
+    that a missing one costs seconds, not the minutes of loading T5, the tokenizer and a 7B network first. One
+    CheckpointError lists them all."""
+    missing: list[str] = []
+    root = paths.guardrail_root or paths.network.parent.parent
+    if upsampler:
+        from .upsampler import ORIGINAL_WEIGHTS, find_processor_folder
+
+        folder = paths.upsampler
+        if folder is None:
+            raise CheckpointError(f"{spec.name} has no prompt upsampler", hint="Pass --disable-prompt-upsampler.")
+        if not (folder / ORIGINAL_WEIGHTS).is_file() and not (folder / "config.json").is_file():
+            missing.append(f"the prompt upsampler's weights ({folder / ORIGINAL_WEIGHTS})")
+        elif not (folder / "config.json").is_file():
+            missing.append(f"the prompt upsampler's {folder / 'config.json'}")
+        try:
+            find_processor_folder(folder)  # (it also looks in <checkpoints>/mistral-community/pixtral-12b)
+        except CheckpointError as exc:
+            missing.append(exc.message)
+    if guardrail:
+        from .guardrails import find_guardrail_dir, guardrail_problems
+
+        try:
+            missing += guardrail_problems(find_guardrail_dir(root, paths.network.parent.name))
+        except CheckpointError as exc:
+            missing.append(exc.message)
+    if missing:
+        raise CheckpointError(f"{root}: files missing for {spec.name}: " + "; ".join(missing),
+                              hint=f"Run `cosmos download --model {spec.aliases[0] if spec.aliases else spec.name} "
+                                   f"--checkpoint-dir {root}`, or pass --disable-prompt-upsampler / "
+                                   f"--disable-guardrail to run without those models.")
 
 
 def _t5_blocks(text_encoder) -> dict:
@@ -156,6 +190,8 @@ class Predict1Pipeline:
         self.text_guardrail = placed(text_guardrail, GUARDRAIL)
         self.video_guardrail = placed(video_guardrail, GUARDRAIL)
         self.tokenizer_chunk = TOKENIZER_CHUNK_FRAMES if plan.tiled_tokenizer else None
+        self.notes: list[str] = []  # the current job's notes for the user (a prompt cut short), see encode_text
+        self._frames: tuple | None = None  # the current job's input frames, decoded once (see input_frames)
 
     @classmethod
     def load(cls, spec: ModelSpec, plan: MemoryPlan, *, checkpoint_dir: Path, device: str | torch.device,
@@ -173,6 +209,8 @@ class Predict1Pipeline:
         progress = progress or NullProgress()
         device = torch.device(device)
         paths = checkpoint_paths(spec, checkpoint_dir, network_dir)
+        check_optional_files(spec, paths, upsampler=plan.placement(UPSAMPLER) != "absent",
+                             guardrail=plan.placement(GUARDRAIL) != "absent")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         cp = None
         if parallel is not None:
@@ -229,11 +267,21 @@ class Predict1Pipeline:
 
     # -- stages --------------------------------------------------------------------------------------------
 
+    def input_frames(self, job: GenerationJob) -> np.ndarray:
+        """The job's input frames, decoded once for the upsampler and the tokenizer (dropped by encode_video)."""
+        from cosmos_cli.media import read_frames
+
+        key = (job.visual_input, job.num_input_frames)
+        if self._frames is None or self._frames[0] != key:
+            self._frames = (key, read_frames(job.visual_input, job.num_input_frames))
+        return self._frames[1]
+
     def encode_video(self, job: GenerationJob) -> tuple[torch.Tensor, int]:
-        from cosmos_cli.media import frames_to_tensor, read_frames
+        from cosmos_cli.media import frames_to_tensor
 
         spec = self.spec
-        frames = read_frames(job.visual_input, job.num_input_frames)
+        frames = self.input_frames(job)
+        self._frames = None
         pixels = frames_to_tensor(frames, spec.height, spec.width, resize=job.resize,
                                   dtype=torch.bfloat16 if self.numerics == "original" else torch.float32)
         pad = spec.num_frames - pixels.shape[2]
@@ -249,6 +297,14 @@ class Predict1Pipeline:
 
     def encode_text(self, prompt: str, negative_prompt: str) -> torch.Tensor:
         with self.text_encoder.active() as te:
+            limit = getattr(te, "max_length", None)
+            checked = [("prompt", prompt)] + ([] if negative_prompt == DEFAULT_NEGATIVE_PROMPT else
+                                              [("negative prompt", negative_prompt)])  # (the default: by design)
+            for what, text in checked:
+                n = te.token_count(text) if hasattr(te, "token_count") else 0
+                if limit is not None and n > limit:  # T5 reads the first `limit` tokens, as the original
+                    self.notes.append(f"the {what} is {n} tokens long; the text encoder reads its first {limit} "
+                                      f"tokens, the rest is ignored")
             emb = te.encode([prompt, negative_prompt])
         return emb.to(self.device, torch.bfloat16)
 
@@ -318,9 +374,7 @@ class Predict1Pipeline:
             if not job.prompt:
                 raise GenerationError("no prompt: pass --prompt, or enable the prompt upsampler")
             return job.prompt
-        from cosmos_cli.media import read_frames
-
-        image = read_frames(job.visual_input, 1)[0]  # the input image or the video's last frame
+        image = self.input_frames(job)[-1]  # the input image or the video's last frame
         with self.upsampler.active() as ups:
             return ups.upsample(image, job.prompt, seed=job.seed, ignore_prompt=job.upsampler_ignores_prompt)
 
@@ -356,6 +410,9 @@ class Predict1Pipeline:
 
         with torch.inference_mode():
             status, message, prompt, inputs = self.prepare(job, timed)
+            self._frames = None
+            for note in self.notes:
+                progress.warning(f"note: {note}")
             if status == "ok":
                 condition_latent, n_cond, text_emb = inputs
                 with timed("denoise", None):  # the sampler shows its own step bar
@@ -364,7 +421,7 @@ class Predict1Pipeline:
                                               prompt_path=prompt_path)
         written = status == "ok"
         return GenerationResult(video_path if written else None, prompt_path if written else None, prompt, status,
-                                message, timings, peaks.get("overall"), peaks)
+                                message, timings, peaks.get("overall"), peaks, notes=tuple(self.notes))
 
     # The stages before and after denoising, shared with the multi-GPU path (`parallel.generate_parallel`, where
     # rank 0 runs them alone). ``timed(name, label)`` is the caller's context manager that times a stage.
@@ -373,6 +430,7 @@ class Predict1Pipeline:
         """Upsample and check the prompt, encode the input frames and the prompts: ``(status, message, prompt,
         (condition_latent, num_condition_frames, text_emb))``; status "blocked" (inputs None) when the text
         guardrail refuses the prompt."""
+        self.notes = []
         if self.upsampler is not None:
             with timed("upsample", "upsampling the prompt"):
                 prompt = self.final_prompt(job)
@@ -394,6 +452,10 @@ class Predict1Pipeline:
         """Decode, check the video and write the files: ``(status, message)``; a blocked video writes nothing."""
         from cosmos_cli.media import write_text, write_video
 
+        if not bool(torch.isfinite(latent).all()):  # it would decode to a black (or garbage) video
+            raise GenerationError("the diffusion network produced NaN or infinite values for this job; nothing was "
+                                  "written", hint="The network's checkpoint may be damaged (download it again); "
+                                                  "with --fast, try without it.")
         with timed("decode", "decoding the video"):
             frames = self.decode(latent)
         if self.video_guardrail is not None:

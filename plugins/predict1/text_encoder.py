@@ -7,11 +7,21 @@ folder must hold the config, the weights and the tokenizer files.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 
 from cosmos_cli.errors import CheckpointError
+
+
+def _weights_file(folder: Path) -> Path:
+    """The weights file transformers reads in ``folder`` (for error messages)."""
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json"):
+        if (folder / name).is_file():
+            return folder / name
+    return folder
 
 
 class T5TextEncoder:
@@ -37,11 +47,20 @@ class T5TextEncoder:
         try:
             tokenizer = T5TokenizerFast.from_pretrained(folder, local_files_only=True)
             model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype, low_cpu_mem_usage=True)
-        except (OSError, ValueError) as exc:
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met something other than tensors
+            raise CheckpointError(f"{_weights_file(folder)}: refusing to load: it is not a plain weights file "
+                                  f"(it holds pickled objects other than tensors)",
+                                  hint="Download the text encoder again; never load such a file.") from exc
+        except (OSError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"{folder}: cannot load the T5 text encoder: {first}") from exc
         model.eval().requires_grad_(False)
-        return cls(model.to(device), tokenizer, max_length)
+        model.to(device)
+        for name, tensor in model.state_dict().items():  # NaN/inf weights would give a black video
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(f"{_weights_file(folder)}: {name} holds NaN or infinite values",
+                                      hint="The file is damaged; download the text encoder again.")
+        return cls(model, tokenizer, max_length)
 
     @property
     def device(self) -> torch.device:
@@ -50,6 +69,10 @@ class T5TextEncoder:
     def to(self, device) -> T5TextEncoder:
         self.model.to(device)
         return self
+
+    def token_count(self, prompt: str) -> int:
+        """Tokens in ``prompt`` with T5's closing ``</s>``: more than ``max_length`` and :meth:`encode` cuts it."""
+        return len(self.tokenizer(prompt, truncation=False).input_ids)
 
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> torch.Tensor:

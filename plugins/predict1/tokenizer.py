@@ -874,6 +874,8 @@ def read_mean_std(path: Path, p: _params.TokenizerParams) -> tuple[Tensor, Tenso
         mean, std = (_frame_stats(t, p).float() for t in obj)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from e
+    if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all())):  # NaN/inf: a black video
+        raise CheckpointError(f"{path}: the latent mean or std holds NaN or infinite values")
     if not bool((std > 0).all()):
         raise CheckpointError(f"{path}: the latent std has entries <= 0")
     return mean, std
