@@ -22,10 +22,6 @@ from cosmos_plugins.predict1 import retinaface as R
 from cosmos_plugins.predict1.blocklist import Blocklist, partial_match, whole_word_match
 from cosmos_plugins.predict1.safety_filter import SIGLIP_REPO, SafetyClassifier, resolve_hf_folder
 
-pytest.importorskip("peft")
-pytest.importorskip("nltk")
-pytest.importorskip("better_profanity")
-
 FRAME_H, FRAME_W = 64, 128
 SIGLIP_HIDDEN = 16
 AEGIS_VOCAB = ["<unk>", "<s>", "</s>", "safe", "unsafe", "O1", "O10", "[INST]", "[/INST]", "User:"]

@@ -21,9 +21,10 @@ import torch
 
 from cosmos_cli import media
 from cosmos_cli.errors import GenerationError, InputError
+from tests.conftest import EXAMPLE_MEDIA
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
-EXAMPLES = Path(os.environ.get("COSMOS_TEST_MEDIA", "/work/shared/media"))
+EXAMPLES = EXAMPLE_MEDIA  # shipped in the repository: present in every clone
 EXAMPLE_IMAGE = EXAMPLES / "video2world_input0.jpg"
 EXAMPLE_VIDEO = EXAMPLES / "video2world_input1.mp4"
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +124,6 @@ def jpeg_size(path: Path) -> tuple[int, int]:
     raise AssertionError("no SOF marker")
 
 
-@pytest.mark.skipif(not EXAMPLE_IMAGE.is_file(), reason=f"example image {EXAMPLE_IMAGE} not present")
 def test_probe_example_image():
     info = media.probe(EXAMPLE_IMAGE)
     assert info.kind == "image" and info.num_frames == 1 and info.fps is None
@@ -132,7 +132,6 @@ def test_probe_example_image():
     assert frames.shape == (1, info.height, info.width, 3) and frames.dtype == np.uint8
 
 
-@pytest.mark.skipif(not EXAMPLE_VIDEO.is_file(), reason=f"example video {EXAMPLE_VIDEO} not present")
 def test_probe_example_video():
     info = media.probe(EXAMPLE_VIDEO)
     assert info.kind == "video"
@@ -469,7 +468,7 @@ def test_stretch_matches_independent_antialiased_bicubic(size_in, size_out):
 
 
 def test_stretch_agrees_with_pillow_bicubic():
-    image_module = pytest.importorskip("PIL.Image")
+    import PIL.Image as image_module  # pillow is a dependency of the package
     frames = random_frames(1, 45, 80, seed=3)
     out = media.frames_to_tensor(frames, 27, 48)
     for c in range(3):
