@@ -59,7 +59,7 @@ def batch(
     """Generate every line of a batch file. The options are each line's defaults; a line's keys override them
     (a line without "seed" uses --seed). Finished lines are skipped when the same command runs again.
 
-    Several GPUs: --gpus N shares the lines out (one model per GPU); under torchrun with --num-gpus N every line
+    Several GPUs: --workers N shares the lines out (one model per GPU); under torchrun with --num-gpus N every line
     is one generation split over the N processes."""
     if file is not None and batch_input_path is not None and file != batch_input_path:
         raise UsageError(f"two batch files: {file} and --batch-input-path {batch_input_path}", hint="Give one.")
