@@ -9,12 +9,13 @@ from typing import Annotated
 import typer
 
 from cosmos_cli import options as o
-from cosmos_cli.batch import BatchDisplay, BatchRequest, is_primary, run_batch
+from cosmos_cli.batch import BatchDisplay, BatchRequest, run_batch
 from cosmos_cli.errors import GenerationError, UsageError
 from cosmos_cli.signals import Interrupted
 from cosmos_cli.fastmode import parse_fast
 from cosmos_cli.generation import GenerateRequest
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
+from cosmos_cli.launch import is_primary
 from cosmos_cli.progress import stderr_is_interactive
 
 
