@@ -108,16 +108,6 @@ STRATEGIES: tuple[Strategy, ...] = (
 
 STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
 
-# The original's five offload flags, in the order of its memory table: the strategy the set of flags means.
-ORIGINAL_FLAG_ORDER = (
-    "offload_prompt_upsampler",
-    "offload_guardrail_models",
-    "offload_text_encoder_model",
-    "offload_tokenizer",
-    "offload_diffusion_transformer",
-)
-
-
 def leaner_strategy(name: str) -> str | None:
     """The strategy after ``name`` in :data:`STRATEGIES` (None after the leanest)."""
     i = STRATEGY_NAMES.index(name)

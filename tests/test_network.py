@@ -19,12 +19,12 @@ from cosmos_plugins.predict1.checkpoint import (
     write_random_checkpoint,
 )
 from cosmos_plugins.predict1.network import (
-    DiTParams,
     RopePosition3D,
     VideoExtendGeneralDIT,
     block_num_params,
     num_params,
 )
+from cosmos_plugins.predict1.params import DiTParams
 
 # Head dim 32: RoPE split dim_h = dim_w = 10, dim_t = 12. h and w extrapolation differ to catch an axis swap.
 TINY = DiTParams(model_channels=64, num_blocks=2, num_heads=2, mlp_ratio=4.0, in_channels=4, out_channels=4,

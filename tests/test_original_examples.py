@@ -81,7 +81,7 @@ EXAMPLES = {
 def stand_in(name: str):
     net = f"{name}/model.pt"
     files = tuple(replace(f, local=net) if f.component == NETWORK else f for f in PREDICT1_TINY.files)
-    return replace(PREDICT1_TINY, name=name, aliases=(), hidden=False, checkpoint_subdir=name, files=files,
+    return replace(PREDICT1_TINY, name=name, aliases=(), hidden=False, files=files,
                    num_steps=2, description=f"tiny stand-in for {name} (tests)")
 
 
