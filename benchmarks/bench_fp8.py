@@ -113,6 +113,49 @@ def bench_shape(m: int, k: int, n: int, warmup: int, repeats: int, seed: int, de
     return row
 
 
+def adaln(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    return TF.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift  # AdaLNSubBlock's pre-op
+
+
+def adaln_quant(x, scale, shift):
+    return F.quantize_rows(adaln(x, scale, shift).reshape(-1, x.shape[-1]))
+
+
+def gelu_quant(h):
+    return F.quantize_rows(TF.gelu(h))
+
+
+def bench_preops(p, warmup: int, repeats: int) -> dict:
+    """What fusing the quantization into the op before it would save, per occurrence: the AdaLN pre-op (layer norm,
+    modulation) before q/k/v (self-attention: 3 linears read the same input), cross q and MLP in; the GELU before
+    MLP out."""
+    d, hidden = p.model_channels, int(p.model_channels * p.mlp_ratio)
+    g = torch.Generator("cuda").manual_seed(7)
+    x = torch.randn(BRANCHES, TOKENS, d, generator=g, device="cuda", dtype=torch.bfloat16)
+    scale, shift = (torch.randn(BRANCHES, 1, d, generator=g, device="cuda", dtype=torch.bfloat16) * 0.1
+                    for _ in range(2))
+    h = torch.randn(BRANCHES * TOKENS, hidden, generator=g, device="cuda", dtype=torch.bfloat16)
+    quant = torch.compile(F.quantize_rows, dynamic=False)
+    adaln_quant_c, gelu_quant_c = torch.compile(adaln_quant, dynamic=False), torch.compile(gelu_quant, dynamic=False)
+    x2 = x.reshape(-1, d)
+    row = {
+        "adaln_eager_ms": timed(lambda: adaln(x, scale, shift), warmup, repeats) * 1e3,
+        "quant_fused_D_ms": timed(lambda: quant(x2), warmup, repeats) * 1e3,
+        "adaln_quant_fused_ms": timed(lambda: adaln_quant_c(x, scale, shift), warmup, repeats) * 1e3,
+        "gelu_eager_ms": timed(lambda: TF.gelu(h), warmup, repeats) * 1e3,
+        "quant_fused_4D_ms": timed(lambda: quant(h), warmup, repeats) * 1e3,
+        "gelu_quant_fused_ms": timed(lambda: gelu_quant_c(h), warmup, repeats) * 1e3,
+    }
+    # per block today: 3 AdaLN pre-ops, q/k/v/cross-q/mlp-in quantized 5 times from them, the GELU, MLP out's
+    # quantization; fused: 3 AdaLN+quant (q/k/v sharing one), GELU+quant
+    today = 3 * row["adaln_eager_ms"] + 5 * row["quant_fused_D_ms"] + row["gelu_eager_ms"] + row["quant_fused_4D_ms"]
+    fused = 3 * row["adaln_quant_fused_ms"] + row["gelu_quant_fused_ms"]
+    row = {k: round(v, 4) for k, v in row.items()}
+    row.update(per_block_today_ms=round(today, 3), per_block_fused_ms=round(fused, 3),
+               step_saving_s=round(p.num_blocks * (today - fused) / 1e3, 3))
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="7B", choices=["7B", "14B"])
@@ -136,6 +179,11 @@ def main() -> None:
         row = {"linear": name, "per_block": count, **bench_shape(m, k, n, args.warmup, args.repeats, seed=i)}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    try:  # a side measurement: never lose the table above to it
+        preops = bench_preops(p, args.warmup, args.repeats)
+    except Exception as e:  # noqa: BLE001
+        preops = {"error": repr(e)}
+    print(json.dumps({"preops": preops}), flush=True)
     variants = ("bf16", "fp8-eager", "fp8-fused", "scaled_mm")
     per_step = {v: round(p.num_blocks * sum(r["per_block"] * r[f"{v}_ms"] for r in rows) / 1e3, 4) for v in variants}
     report = {
@@ -143,6 +191,7 @@ def main() -> None:
         "model": spec.name, "num_blocks": p.num_blocks, "linears": rows,
         "linear_s_per_step": per_step,
         "linear_vs_bf16_per_step": {v: round(per_step[v] / per_step["bf16"], 3) for v in variants},
+        "preops": preops,
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(), "torch": torch.__version__,
