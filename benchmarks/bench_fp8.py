@@ -72,6 +72,28 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+# The fused function compiled with other inductor options, each through its own code object (dynamo caches
+# compiled code per code object): the default options, and the persistent row reduction forced.
+def _plain(x, qw, ws):
+    return F.fp8_linear_eager(x, qw, ws)
+
+
+def _persistent(x, qw, ws):
+    return F.fp8_linear_eager(x, qw, ws)
+
+
+_VARIANT_FNS = {"fp8-fused-plain": (_plain, {}), "fp8-fused-persistent": (_persistent, {"triton.multi_kernel": 2})}
+_COMPILED: dict = {}
+
+
+def fused_variant(name: str, x, qw, ws):
+    if name not in _COMPILED:
+        fn, options = _VARIANT_FNS[name]
+        _COMPILED[name] = torch.compile(fn, dynamic=False, fullgraph=True, options=options)
+    torch._dynamo.maybe_mark_dynamic(x, 0)
+    return _COMPILED[name](x, qw, ws)
+
+
 def bench_shape(m: int, k: int, n: int, warmup: int, repeats: int, seed: int, device: str = "cuda") -> dict:
     g = torch.Generator(device).manual_seed(seed)
     x = torch.randn(m, k, generator=g, device=device, dtype=torch.bfloat16)  # random data, never zeros
@@ -85,10 +107,16 @@ def bench_shape(m: int, k: int, n: int, warmup: int, repeats: int, seed: int, de
         "fp8-fused": lambda: F.fp8_linear_fused(x, qw, ws),
         "scaled_mm": lambda: F.fp8_matmul_scaled_mm(xq, xs, qw, ws, torch.bfloat16),
     }
+    if device == "cuda":  # the alternatives to fast.FP8_INDUCTOR_OPTIONS (Triton only)
+        for name in _VARIANT_FNS:
+            variants[name] = (lambda v: lambda: fused_variant(v, x, qw, ws))(name)
     flop = 2.0 * m * k * n
     row: dict = {"M": m, "K": k, "N": n, "gflop": round(flop / 1e9, 1)}
     t0 = time.perf_counter()
     F.fp8_linear_fused(x, qw, ws)  # compile outside the timings
+    if device == "cuda":
+        for name in _VARIANT_FNS:
+            fused_variant(name, x, qw, ws)
     if device == "cuda":
         torch.cuda.synchronize()
     row["fused_first_call_s"] = round(time.perf_counter() - t0, 2)
@@ -96,7 +124,7 @@ def bench_shape(m: int, k: int, n: int, warmup: int, repeats: int, seed: int, de
         s = timed(fn, warmup, repeats)
         row[f"{name}_ms"] = round(s * 1e3, 4)
         row[f"{name}_tflops"] = round(flop / s / 1e12, 1)
-    for name in ("fp8-eager", "fp8-fused", "scaled_mm"):
+    for name in list(variants)[1:]:
         row[f"{name}_vs_bf16"] = round(row[f"{name}_ms"] / row["bf16_ms"], 3)
     # correctness on the first rows: the fused path against the simulation, and FP8 against bf16
     xs_ = x[:CHECK_ROWS]
@@ -105,6 +133,8 @@ def bench_shape(m: int, k: int, n: int, warmup: int, repeats: int, seed: int, de
     row["fused_vs_sim_rel_err"] = rel(fused, sim)
     row["eager_vs_sim_rel_err"] = rel(F.fp8_linear_eager(xs_, qw, ws), sim)
     row["fused_vs_bf16_rel_err"] = rel(fused, TF.linear(xs_, w))
+    for name in _VARIANT_FNS if device == "cuda" else ():
+        row[f"{name}_vs_sim_rel_err"] = rel(fused_variant(name, xs_, qw, ws), sim)
     q_f, _ = torch.compile(F.quantize_rows, dynamic=False)(xs_)
     row["fused_quant_mismatch_frac"] = (q_f.float() != F.quantize_rows(xs_)[0].float()).float().mean().item()
     del x, w, lin, xq, xs
@@ -125,6 +155,10 @@ def gelu_quant(h):
     return F.quantize_rows(TF.gelu(h))
 
 
+def adaln_quant_persistent(x, scale, shift):  # its own code object, compiled with the persistent reduction
+    return F.quantize_rows(adaln(x, scale, shift).reshape(-1, x.shape[-1]))
+
+
 def bench_preops(p, warmup: int, repeats: int) -> dict:
     """What fusing the quantization into the op before it would save, per occurrence: the AdaLN pre-op (layer norm,
     modulation) before q/k/v (self-attention: 3 linears read the same input), cross q and MLP in; the GELU before
@@ -137,11 +171,13 @@ def bench_preops(p, warmup: int, repeats: int) -> dict:
     h = torch.randn(BRANCHES * TOKENS, hidden, generator=g, device="cuda", dtype=torch.bfloat16)
     quant = torch.compile(F.quantize_rows, dynamic=False)
     adaln_quant_c, gelu_quant_c = torch.compile(adaln_quant, dynamic=False), torch.compile(gelu_quant, dynamic=False)
+    adaln_quant_p = torch.compile(adaln_quant_persistent, dynamic=False, options={"triton.multi_kernel": 2})
     x2 = x.reshape(-1, d)
     row = {
         "adaln_eager_ms": timed(lambda: adaln(x, scale, shift), warmup, repeats) * 1e3,
         "quant_fused_D_ms": timed(lambda: quant(x2), warmup, repeats) * 1e3,
         "adaln_quant_fused_ms": timed(lambda: adaln_quant_c(x, scale, shift), warmup, repeats) * 1e3,
+        "adaln_quant_fused_persistent_ms": timed(lambda: adaln_quant_p(x, scale, shift), warmup, repeats) * 1e3,
         "gelu_eager_ms": timed(lambda: TF.gelu(h), warmup, repeats) * 1e3,
         "quant_fused_4D_ms": timed(lambda: quant(h), warmup, repeats) * 1e3,
         "gelu_quant_fused_ms": timed(lambda: gelu_quant_c(h), warmup, repeats) * 1e3,
@@ -184,7 +220,7 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001
         preops = {"error": repr(e)}
     print(json.dumps({"preops": preops}), flush=True)
-    variants = ("bf16", "fp8-eager", "fp8-fused", "scaled_mm")
+    variants = ("bf16", "fp8-eager", "fp8-fused", "scaled_mm", *_VARIANT_FNS)
     per_step = {v: round(p.num_blocks * sum(r["per_block"] * r[f"{v}_ms"] for r in rows) / 1e3, 4) for v in variants}
     report = {
         "benchmark": f"FP8 linears vs bf16, {args.model} shapes, default job (M = {BRANCHES} x {TOKENS} tokens)",
@@ -196,6 +232,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(), "torch": torch.__version__,
         "seconds": round(time.perf_counter() - t_start, 1),
+        "fp8_inductor_options": F.FP8_INDUCTOR_OPTIONS,
     }
     out = args.out or REPO / "benchmarks" / "results" / f"fp8-kernels-{args.model.lower()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

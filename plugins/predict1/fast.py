@@ -177,11 +177,18 @@ def fp8_linear_eager(x: Tensor, qweight: Tensor, weight_scale: Tensor) -> Tensor
     return fp8_matmul_scaled_mm(xq, x_scale, qweight, weight_scale, x.dtype)
 
 
+# Inductor options of the fused function. Inductor keeps a row in registers (a "persistent" reduction: x read
+# once) only up to 1,024 columns; the linears' K is 4,096 or 16,384, so by default it loops over each row twice
+# (amax, then the cast). multi_kernel = 1 also compiles the persistent kernel (up to 16x that limit) and keeps the
+# faster of the two, timed at the first call of each shape (benchmarks/bench_fp8.py measures both).
+FP8_INDUCTOR_OPTIONS: dict[str, object] = {"triton.multi_kernel": 1}
+
+
 @functools.cache
 def _fp8_linear_compiled() -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    # Made at the first call (no import-time compilation). K and N stay static (a persistent row reduction for
-    # each linear's K); M is marked dynamic at the call, so a model's linears take one graph per (K, N).
-    return torch.compile(fp8_linear_eager, dynamic=False, fullgraph=True)
+    # Made at the first call (no import-time compilation). K and N stay static; M is marked dynamic at the call,
+    # so a model's linears take one graph per (K, N).
+    return torch.compile(fp8_linear_eager, dynamic=False, fullgraph=True, options=FP8_INDUCTOR_OPTIONS)
 
 
 def fp8_linear_fused(x: Tensor, qweight: Tensor, weight_scale: Tensor) -> Tensor:
