@@ -18,7 +18,7 @@
   e4m3 weights take half the bf16 memory; the memory planner still counts bf16 (a safe overestimate).
   In ``scaled_mm`` mode the activation quantization and the product run as one compiled function
   (:func:`fp8_linear_fused`: amax per row -> scale -> e4m3 cast in one fused kernel, then ``_scaled_mm``), so the
-  activations are read once in bf16 and written once in e4m3; done in eager ops (:func:`fp8_linear_eager`) the
+  activations go from bf16 to e4m3 with no fp32 copies; done in eager ops (:func:`fp8_linear_eager`) the
   quantization makes ~5 passes in fp32 and costs more than FP8 saves. Inside a compiled block (``--compile``) the
   same operations are traced into the block's graph, where they can fuse with the op before them.
 """
@@ -177,11 +177,13 @@ def fp8_linear_eager(x: Tensor, qweight: Tensor, weight_scale: Tensor) -> Tensor
     return fp8_matmul_scaled_mm(xq, x_scale, qweight, weight_scale, x.dtype)
 
 
-# Inductor options of the fused function. Inductor keeps a row in registers (a "persistent" reduction: x read
-# once) only up to 1,024 columns; the linears' K is 4,096 or 16,384, so by default it loops over each row twice
-# (amax, then the cast). multi_kernel = 1 also compiles the persistent kernel (up to 16x that limit) and keeps the
-# faster of the two, timed at the first call of each shape (benchmarks/bench_fp8.py measures both).
-FP8_INDUCTOR_OPTIONS: dict[str, object] = {"triton.multi_kernel": 1}
+# Inductor options of the fused function: none. Inductor keeps a row in registers (a "persistent" reduction) only
+# up to 1,024 columns, and the linears' K is 4,096 or 16,384, so it loops over each row (amax, then the cast).
+# Measured on an H200 (benchmarks/results/fp8-kernels-7b-h200-variants.json): forcing the persistent kernel
+# (triton.multi_kernel = 2) gains ~1% of the linears' time; multi_kernel = 1 (time both, keep the faster) gained
+# ~6% in one run but fails in torch 2.11 when the compiled graph comes from inductor's on-disk cache (a second
+# process: "TypeError: 'NoneType' object does not support the context manager protocol" in MultiKernelCall).
+FP8_INDUCTOR_OPTIONS: dict[str, object] = {}
 
 
 @functools.cache
@@ -193,7 +195,7 @@ def _fp8_linear_compiled() -> Callable[[Tensor, Tensor, Tensor], Tensor]:
 
 def fp8_linear_fused(x: Tensor, qweight: Tensor, weight_scale: Tensor) -> Tensor:
     """:func:`fp8_linear_eager` through ``torch.compile``: the row amax, the scale and the e4m3 cast fuse into one
-    kernel (x read once in bf16, written once in e4m3), then ``torch._scaled_mm`` with row-wise scales. Called
+    kernel (x read in bf16, written once in e4m3), then ``torch._scaled_mm`` with row-wise scales. Called
     while a caller is itself being compiled (``--compile``), the plain function is traced into that graph."""
     if torch.compiler.is_compiling():
         return fp8_linear_eager(x, qweight, weight_scale)
