@@ -223,7 +223,8 @@ class Predict1Pipeline:
         if cp is not None and not cp.is_main:  # the other ranks only denoise: rank 0 encodes, decodes and checks
             with progress.stage("loading the diffusion network"):
                 network = load_network(paths.network, spec.network, device=where(NETWORK), dtype=dtype,
-                                       rope_mode="compat" if numerics == "original" else "fp32")
+                                       rope_mode="compat" if numerics == "original" else "fp32",
+                                       map_blocks=plan.placement(NETWORK) == "map")
             return cls(spec, plan, device, network, None, None, numerics, cp=cp, fast=fast, compile=compile)
 
         with progress.stage("loading the text encoder"):
@@ -235,7 +236,8 @@ class Predict1Pipeline:
                                        md5={f.filename: f.md5 for f in spec.files_of(TOKENIZER)})
         with progress.stage("loading the diffusion network"):
             network = load_network(paths.network, spec.network, device=where(NETWORK), dtype=dtype,
-                                   rope_mode="compat" if numerics == "original" else "fp32")
+                                   rope_mode="compat" if numerics == "original" else "fp32",
+                                   map_blocks=plan.placement(NETWORK) == "map")
         upsampler = text_guardrail = video_guardrail = None
         if plan.placement(UPSAMPLER) != "absent":
             from .upsampler import PromptUpsampler
