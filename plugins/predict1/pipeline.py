@@ -152,7 +152,8 @@ def _context_parallel(spec: ModelSpec, plan: MemoryPlan, ctx, scheme: str):
     from .parallel import ContextParallel, latent_shape_of
 
     if plan.lean_network:  # offload.lean_forward has no token shard: its chunked attention sees all the tokens
-        splittable = [s.name for s in STRATEGIES if not s.lean_network]
+        mapped = next(s.mapped for s in STRATEGIES if s.name == plan.strategy)  # same kind: pinned or mapped
+        splittable = [s.name for s in STRATEGIES if not s.lean_network and s.mapped == mapped]
         raise MemoryPlanError(f"memory strategy {plan.strategy} (the network's chunked forward) cannot be split over "
                               f"GPUs", hint=f"Use --offload {splittable[-1]} or a faster strategy (each GPU then "
                                             f"holds 1/{ctx.world_size} of the activations), or --num-gpus 1.")
