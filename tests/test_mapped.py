@@ -97,9 +97,17 @@ def test_blocks_stay_in_the_file_mapping(checkpoint):
 
 
 def test_reader_errors_reach_the_compute_thread(checkpoint):
+    """A block the reader cannot stage raises in the compute thread; the placement stops cleanly and, the source
+    put back, streams right the next time (the staging buffer of the failed read was given back to the ring)."""
     net = load_network(checkpoint, DIT_TINY, device="cpu", dtype=torch.float32, map_blocks=True)
     placed = O.place(net, "map", "cpu", blocks=list(net.blocks.values()))
+    good = placed.blocks[1].sources[0]
     placed.blocks[1].sources[0] = torch.zeros(3)  # a source of the wrong size: the staging copy fails
     with pytest.raises(RuntimeError), torch.inference_mode(), placed.active() as n:
         n(*_inputs(torch.float32))
     assert placed._thread is None and not placed._live  # the reader was stopped and the slots given back
+    placed.blocks[1].sources[0] = good
+    placed.blocks[1].detach()
+    resident = O.place(load_network(checkpoint, DIT_TINY, device="cpu", dtype=torch.float32), "gpu", "cpu")
+    ours, ref = _forward(placed, False, torch.float32, repeats=3), _forward(resident, False, torch.float32, repeats=1)
+    assert all(torch.equal(o, ref[0]) for o in ours)

@@ -151,8 +151,8 @@ class MappedStreamed(Streamed):
             req = self._requests.get()
             if req is None:
                 return
+            k, last_copy = self._staging_free.get()
             try:
-                k, last_copy = self._staging_free.get()
                 if last_copy is not None:
                     last_copy.synchronize()  # the staging buffer's previous copy to the GPU has finished
                 block, bufs, slot = self.blocks[req.index], self.staging[k], self.slots[req.slot]
@@ -165,14 +165,13 @@ class MappedStreamed(Streamed):
                             slot[dt][:n].copy_(bufs[dt][:n], non_blocking=True)
                         req.ready_event = torch.cuda.Event()
                         req.ready_event.record(self.copy_stream)
-                    self._staging_free.put((k, req.ready_event))
                 else:
                     for dt, n in block.numel.items():
                         slot[dt][:n].copy_(bufs[dt][:n])
-                    self._staging_free.put((k, None))
             except BaseException as e:  # noqa: BLE001 - handed to the compute thread, which raises it
                 req.error = e
             finally:
+                self._staging_free.put((k, req.ready_event))  # reusable once that copy has finished
                 req.done.set()
 
     # -- the schedule (Streamed's, with the copies made by the reader) -------------------------------------
