@@ -111,3 +111,25 @@ def test_reader_errors_reach_the_compute_thread(checkpoint):
     resident = O.place(load_network(checkpoint, DIT_TINY, device="cpu", dtype=torch.float32), "gpu", "cpu")
     ours, ref = _forward(placed, False, torch.float32, repeats=3), _forward(resident, False, torch.float32, repeats=1)
     assert all(torch.equal(o, ref[0]) for o in ours)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lean", [False, True])
+def test_mapped_stream_on_the_gpu_gives_the_resident_output_exactly(checkpoint, lean):
+    """The CUDA path: pinned staging ring, side copy stream, events; the reader thread on the compute thread's GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    dev = torch.device("cuda")
+    resident = O.place(load_network(checkpoint, DIT_TINY, device=dev, dtype=torch.bfloat16), "gpu", dev)
+    net = load_network(checkpoint, DIT_TINY, device="cpu", dtype=torch.bfloat16, map_blocks=True)
+    placed = O.place(net, "map", dev, blocks=list(net.blocks.values()))
+    assert placed.rest.pinned and all(t.is_pinned() for bufs in placed.staging for t in bufs.values())
+
+    def run(p):
+        with torch.inference_mode(), p.active():
+            forward = O.network_forward(p, lean, chunk=5)
+            return [forward(*(t.to(dev) for t in _inputs(torch.bfloat16))) for _ in range(3)]
+
+    ours, ref = run(placed), run(resident)
+    assert all(torch.equal(a, b) for a, b in zip(ours, ref, strict=True))
+    assert all(p.device.type == "cpu" for b in net.blocks.values() for p in b.parameters())  # back in the mapping

@@ -141,8 +141,8 @@ class MappedStreamed(Streamed):
 
     def _read(self) -> None:
         cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.set_device(self.device)
+        if cuda:  # a new thread starts on GPU 0: the device this stage runs on, as the compute thread resolved it
+            torch.cuda.set_device(self._device_index)
         with torch.inference_mode():  # the slots may be inference tensors (made under the caller's inference mode)
             self._serve(cuda)
 
@@ -181,6 +181,7 @@ class MappedStreamed(Streamed):
         self.slots = [{dt: torch.empty(n, dtype=dt, device=dev) for dt, n in self.sizes.items()}
                       for _ in range(self.num_slots)]
         self.copy_stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        self._device_index = self.copy_stream.device.index if self.copy_stream is not None else None
         self.slot_free = [None] * self.num_slots
         self.slot_of: dict[int, int] = {}
         self.ready: dict[int, object] = {}
