@@ -447,8 +447,10 @@ def plan_memory(
         cache = max(0, ram_bytes - use.peak_bytes)
         if cache >= use.mapped_bytes:
             return f"; the page cache can hold the whole mapped network file ({gib(use.mapped_bytes)})"
+        passes = spec.num_steps * (1 if s.cfg_batched else 2)  # one pass over the blocks per network forward
         return (f"; the page cache can hold about {gib(cache)} of the mapped network file's {gib(use.mapped_bytes)}, so "
-                f"each pass over the network may read up to all of it from disk again")
+                f"each of the {passes} passes over the network may read up to all of it from disk again (up to "
+                f"{passes * use.mapped_bytes / GiB:.0f} GiB a generation)")
 
     def host_note(s: Strategy) -> str:
         if ram_bytes is None:

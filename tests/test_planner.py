@@ -269,6 +269,7 @@ def test_page_cache_note_for_a_mapped_network():
     spec = find_model("7B")[1]
     small = plan_memory(spec, 24 * 10**9, ram_bytes=32 * 10**9, upsampler=False, guardrail=False)
     assert small.strategy == "stream-mapped" and "may read up to all of it from disk" in small.reason
+    assert f"each of the {spec.num_steps} passes" in small.reason  # both guidance branches in one forward a step
     big = plan_memory(spec, 24 * 10**9, ram_bytes=48 * 10**9, upsampler=False, guardrail=False,
                       strategy="stream-mapped")
     assert "can hold the whole mapped network file" in big.reason and big.page_cache_bytes > big.host_mapped_bytes
