@@ -225,7 +225,12 @@ def test_fake_machines_pick_by_gpu_and_host_memory(model, vram_gb, ram_gb, expec
 
 def test_host_accounting_by_hand():
     """The fake model (no loaded_on_host component, 8 one-GiB blocks): what each placement holds on the host."""
-    from cosmos_cli.planner import HOST_IO_BYTES_PER_PIXEL, HOST_RUNTIME_BYTES, MAP_STAGING_BLOCKS, evaluate_host
+    from cosmos_cli.planner import (
+        HOST_IO_BYTES_PER_PIXEL,
+        HOST_RUNTIME_BYTES,
+        MAP_STAGING_BLOCKS,
+        evaluate_host,
+    )
 
     spec = fake_spec()
     base = HOST_RUNTIME_BYTES + spec.num_frames * spec.height * spec.width * HOST_IO_BYTES_PER_PIXEL

@@ -14,7 +14,16 @@ from cosmos_cli import hostmem
 from cosmos_cli.errors import MemoryPlanError
 from cosmos_cli.generation import GenerateRequest, plan_request
 from cosmos_cli.gpu import detect_gpus, format_bytes, parse_size
-from cosmos_cli.options import GuardrailOpt, JsonOpt, ModelOpt, NumGpusOpt, OffloadOpt, RamOpt, UpsamplerOpt, VramOpt
+from cosmos_cli.options import (
+    GuardrailOpt,
+    JsonOpt,
+    ModelOpt,
+    NumGpusOpt,
+    OffloadOpt,
+    RamOpt,
+    UpsamplerOpt,
+    VramOpt,
+)
 from cosmos_cli.planner import MemoryPlan
 from cosmos_cli.registry import default_model_name, find_model
 
@@ -35,8 +44,7 @@ def memory_plan(
     """Show each component's size, every strategy's predicted GPU and host memory, and the strategy `generate` would
     use (the same function, with the same free-memory readings).
 
-    Exit code: 0 when the plan fits (or no GPU and no --vram: predictions only), 1 when it does not fit, 2 for a
-    usage error."""
+    Exit code: 0 when the plan fits (or without a GPU or --vram: predictions only), 1 when not, 2 for a usage error."""
     _, spec = find_model(model or default_model_name())
     gpus = [] if vram else detect_gpus()
     vram_bytes = parse_size(vram) if vram else (min(g.free_bytes for g in gpus[:num_gpus]) if gpus else None)
