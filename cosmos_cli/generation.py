@@ -12,7 +12,6 @@ generation; rank 0 alone writes the files and prints (the others use a :class:`~
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from cosmos_cli.errors import (
 )
 from cosmos_cli.fastmode import FastMode, check_fast
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
+from cosmos_cli.launch import launch_env
 from cosmos_cli.limits import check_generation_values
 from cosmos_cli.planner import STRATEGY_NAMES, MemoryPlan, plan_memory, strategy_for_original_flags
 from cosmos_cli.progress import NullProgress, Progress
@@ -271,23 +271,13 @@ def checked_model(req: GenerateRequest, progress: Progress) -> tuple[Backend, Mo
     return backend, spec
 
 
-def launched_world_size() -> int:
-    """The number of processes torchrun started (``WORLD_SIZE``), 1 without torchrun."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def is_primary() -> bool:
-    """False in the torchrun processes other than rank 0, which leave printing and writing to rank 0."""
-    return launched_world_size() <= 1 or int(os.environ.get("RANK", "0") or 0) == 0
-
-
 def start_parallel(backend: Backend, spec: ModelSpec, req: GenerateRequest, command: str) -> ParallelRun | None:
     """Join the torchrun run that splits each generation over ``req.num_gpus`` GPUs (None: one process).
 
     Every rank calls it alike, after validating the request and before loading anything; the backend refuses a GPU
     count that cannot split the work (naming the ones that can), a launch that does not match (giving the torchrun
     command), a missing NCCL."""
-    if req.num_gpus == 1 and (command != "generate" or launched_world_size() == 1):
+    if req.num_gpus == 1 and (command != "generate" or not launch_env().is_parallel):
         return None  # (a batch under torchrun with --num-gpus 1 shares its lines out instead, see cosmos_cli.batch)
     if req.num_gpus > 1 and req.device not in ("auto", "cuda", "cpu"):
         raise UsageError(f"--num-gpus {req.num_gpus} puts each process on its own GPU (cuda:LOCAL_RANK); "

@@ -151,16 +151,6 @@ STRATEGIES: tuple[Strategy, ...] = (
 
 STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
 
-# The original's five offload flags, in the order of its memory table: the strategy the set of flags means.
-ORIGINAL_FLAG_ORDER = (
-    "offload_prompt_upsampler",
-    "offload_guardrail_models",
-    "offload_text_encoder_model",
-    "offload_tokenizer",
-    "offload_diffusion_transformer",
-)
-
-
 def leaner_strategy(name: str) -> str | None:
     """The next strategy after ``name`` in :data:`STRATEGIES` that needs less GPU memory, of the same kind (pinned
     or mapped: a pinned strategy's mapped twin needs the same GPU memory; None after the leanest)."""

@@ -123,7 +123,6 @@ class ModelSpec:
     network: Any = None
     tokenizer: Any = None
     text_encoder: Any = None
-    checkpoint_subdir: str = ""
     files: tuple[CheckpointFile, ...] = ()
     components: tuple[Component, ...] = ()
     num_frames: int = 121

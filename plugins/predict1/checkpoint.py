@@ -19,7 +19,8 @@ from torch import Tensor
 
 from cosmos_cli.errors import CheckpointError
 
-from .network import DiTParams, VideoExtendGeneralDIT, as_dit_params
+from .network import VideoExtendGeneralDIT
+from .params import DiTParams
 
 PREFIX = "net."
 _SHOWN = 3  # offending keys named in an error message
@@ -154,7 +155,6 @@ def random_state_dict(params: DiTParams, seed: int = 0, dtype: torch.dtype = tor
     """Random weights in the released file's key format: ``net.``-prefixed keys, ``net.pos_embedder.seq`` and the
     three ``logvar.*`` keys. Linear weights have std 1/sqrt(fan_in) and RMSNorm gains are about 1, so a tiny
     network's output has unit-order variance."""
-    params = as_dit_params(params)
     with torch.device("meta"):
         model = VideoExtendGeneralDIT(params)
     gen = torch.Generator().manual_seed(seed)

@@ -239,7 +239,6 @@ PREDICT1_7B = ModelSpec(
     network=DIT_7B,
     tokenizer=TOKENIZER_720P,
     text_encoder=T5_11B,
-    checkpoint_subdir="Cosmos-Predict1-7B-Video2World",
     files=_files("Cosmos-Predict1-7B-Video2World", "ebcdb19c4c4a6a0e1e0bb65e346f6867"),
     components=_components(DIT_7B, T5_11B, TOKENIZER_CV8X8X8_PARAMS, 121, 704, 1280, _LATENT,
                            PIXTRAL_12B_PARAMS, GUARDRAIL_PARAMS),
@@ -254,14 +253,11 @@ PREDICT1_14B = replace(
     aliases=("14B", "predict1-14b"),
     is_default=False,
     network=DIT_14B,
-    checkpoint_subdir="Cosmos-Predict1-14B-Video2World",
     files=_files("Cosmos-Predict1-14B-Video2World", "eaa7aa3678f61d88108c41d7fe201b18"),
     components=_components(DIT_14B, T5_11B, TOKENIZER_CV8X8X8_PARAMS, 121, 704, 1280, _LATENT,
                            PIXTRAL_12B_PARAMS, GUARDRAIL_PARAMS),
     step_flops=_step_flops(DIT_14B, _LATENT, T5_11B.max_length),
 )
-
-SPECS: tuple[ModelSpec, ...] = (PREDICT1_7B, PREDICT1_14B)
 
 
 # A tiny configuration of the same architecture, for tests: 17 frames of 32x32 (latent 3x4x4, 12 tokens).
@@ -281,7 +277,6 @@ PREDICT1_TINY = ModelSpec(
     network=DIT_TINY,
     tokenizer=TOKENIZER_TINY,
     text_encoder=T5_TINY,
-    checkpoint_subdir=TINY_DIR,
     files=(
         CheckpointFile(NETWORK, "", "model.pt", f"{TINY_DIR}/model.pt"),
         CheckpointFile(TOKENIZER, "", "encoder.jit", "Cosmos-Tokenize1-Tiny/encoder.jit"),
@@ -296,8 +291,6 @@ PREDICT1_TINY = ModelSpec(
     height=32,
     width=32,
 )
-
-SPECS = (*SPECS, PREDICT1_TINY)
 
 
 # The bundled demo model: the same network, sampler, conditioning, tokenizer family and T5-style encoder at a
@@ -325,7 +318,6 @@ PREDICT1_DEMO = ModelSpec(
     network=DIT_DEMO,
     tokenizer=TOKENIZER_DEMO,
     text_encoder=T5_DEMO,
-    checkpoint_subdir=DEMO_DIR,
     files=(
         CheckpointFile(NETWORK, "", "model.pt", f"{DEMO_DIR}/model.pt"),
         CheckpointFile(TOKENIZER, "", "encoder.jit", f"{DEMO_TOKENIZER_DIR}/encoder.jit"),
@@ -345,4 +337,10 @@ PREDICT1_DEMO = ModelSpec(
             "a photo or film of a real scene gives blobs",
 )
 
-SPECS = (*SPECS, PREDICT1_DEMO)
+# Every model of this backend, keyed by its name, in the order `cosmos backends` lists them.
+SPECS: dict[str, ModelSpec] = {
+    PREDICT1_7B.name: PREDICT1_7B,
+    PREDICT1_14B.name: PREDICT1_14B,
+    PREDICT1_TINY.name: PREDICT1_TINY,
+    PREDICT1_DEMO.name: PREDICT1_DEMO,
+}
