@@ -228,7 +228,7 @@ def main() -> None:
         return
     spec = SPECS[args.model]
     args.weights_dir.mkdir(parents=True, exist_ok=True)
-    args.checkpoint = args.weights_dir / f"{spec.checkpoint_subdir}-random-bf16.pt"
+    args.checkpoint = args.weights_dir / f"{spec.name}-random-bf16.pt"
     args.work = args.weights_dir / "outputs"
     args.work.mkdir(exist_ok=True)
     for stale in args.work.glob("*.pt"):  # the first forward's outputs of an earlier run
