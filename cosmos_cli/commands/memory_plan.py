@@ -44,7 +44,8 @@ def memory_plan(
     """Show each component's size, every strategy's predicted GPU and host memory, and the strategy `generate` would
     use (the same function, with the same free-memory readings).
 
-    Exit code: 0 when the plan fits (or without a GPU or --vram: predictions only), 1 when not, 2 for a usage error."""
+    Exit code: 0 when the plan fits (or no GPU and no --vram: predictions only), 1 when it does not fit, 2 for a
+    usage error."""
     _, spec = find_model(model or default_model_name())
     gpus = [] if vram else detect_gpus()
     vram_bytes = parse_size(vram) if vram else (min(g.free_bytes for g in gpus[:num_gpus]) if gpus else None)
@@ -111,7 +112,7 @@ def _print_tables(out: Console, name: str, plan: MemoryPlan, measured: dict, vra
                        collapse_padding=True,
                        caption="GPU: torch.cuda.max_memory_allocated; host: committed (pinned and anonymous) memory; "
                                "mapped: checkpoint bytes read through the page cache"
-                               + ("; measured: benchmarks/bench_memory.py, default job" if measured else ""))
+                               + ("; measured peak: benchmarks/bench_memory.py, default job" if measured else ""))
     columns = ("strategy", "GPU peak", *(("measured",) if measured else ()), "host peak", "mapped", "fits")
     for col in columns:
         strategies.add_column(col, justify="left" if col in ("strategy", "fits") else "right", no_wrap=True)
