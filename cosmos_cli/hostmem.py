@@ -6,7 +6,8 @@ What the planner may count on is the smaller of two readings:
 * under a cgroup memory limit (a container, a systemd slice, a batch scheduler), the limit less what the cgroup
   uses that cannot be reclaimed: ``memory.current`` less its reclaimable page cache (v2: ``memory.max``,
   ``memory.current``, ``memory.stat`` ``file`` less ``shmem``; v1: ``memory.limit_in_bytes``,
-  ``memory.usage_in_bytes``, ``memory.stat`` ``total_cache`` less ``total_shmem``). The cgroup of this process
+  ``memory.usage_in_bytes``, ``memory.stat`` ``total_cache`` less ``total_shmem``, and its
+  ``hierarchical_memory_limit``, the tightest limit of its ancestors). The cgroup of this process
   (``/proc/self/cgroup``) and each of its ancestors are read, since a parent's limit binds too; inside a container
   the namespaced root ``/sys/fs/cgroup`` is the container's own cgroup, so it is read as well.
 
@@ -104,9 +105,11 @@ def cgroup_limits(root: Path = Path("/")) -> list[tuple[int, int, str]]:
             cache = (stat.get("total_cache", stat.get("cache", 0))
                      - stat.get("total_shmem", stat.get("shmem", 0)))
             name = "memory.limit_in_bytes"
-        if limit_text is None or not limit_text.strip().isdigit():
-            continue  # absent, or "max" (v2: no limit)
-        limit = int(limit_text.strip())
+        limit = int(limit_text.strip()) if limit_text and limit_text.strip().isdigit() else None  # "max": none
+        if version == "v1" and stat.get("hierarchical_memory_limit") is not None:  # an ancestor's limit, seen here
+            limit = min(limit if limit is not None else 1 << 63, stat["hierarchical_memory_limit"])
+        if limit is None:
+            continue
         if limit >= _V1_NO_LIMIT:
             continue
         usage = int(usage_text.strip()) if usage_text and usage_text.strip().isdigit() else 0

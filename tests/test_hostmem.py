@@ -63,6 +63,16 @@ def test_cgroup_v1_limit(tmp_path):
     assert mem.available_bytes == 23 * GB and mem.limit_bytes == 24 * GB and mem.source.startswith("cgroup v1")
 
 
+def test_cgroup_v1_hierarchical_limit(tmp_path):
+    """v1 shows an ancestor's limit as memory.stat hierarchical_memory_limit (the leaf's own file says none)."""
+    root = _tree(tmp_path, {"proc/meminfo": MEMINFO, "proc/self/cgroup": "4:memory:/\n",
+                            "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+                            "sys/fs/cgroup/memory/memory.usage_in_bytes": f"{2 * GB}\n",
+                            "sys/fs/cgroup/memory/memory.stat": f"total_cache {GB}\nhierarchical_memory_limit "
+                                                                f"{40 * GB}\n"})
+    assert detect_host_memory(root).available_bytes == 39 * GB
+
+
 def test_machine_tighter_than_the_cgroup(tmp_path):
     root = _tree(tmp_path, {"proc/meminfo": "MemTotal: 8000000 kB\nMemAvailable: 2000000 kB\n",
                             "proc/self/cgroup": "0::/\n", "sys/fs/cgroup/memory.max": f"{32 * GB}\n",
