@@ -24,6 +24,15 @@ EXAMPLE_MEDIA = REPO / "assets" / "diffusion"
 GiB = 1 << 30
 
 
+@pytest.fixture(autouse=True)
+def _host_memory_unknown(monkeypatch):
+    """The planner reads this machine's host memory (cosmos_cli.hostmem); tests plan as if it were unknown (not
+    checked) unless they give --ram, call the planner with ram_bytes, or patch this themselves."""
+    import cosmos_cli.hostmem
+
+    monkeypatch.setattr(cosmos_cli.hostmem, "available_host_bytes", lambda: None)
+
+
 def fake_spec(name: str = "Fake-Video2World", **overrides) -> ModelSpec:
     """A model whose components have round sizes, so planner tests can reason in GiB."""
     base = dict(

@@ -92,6 +92,19 @@ def test_loading_places_as_planned(root, job, resident):
     assert ((latent.float() - resident[0].float()).norm() / resident[0].float().norm()).item() < 1e-3
 
 
+def test_loading_maps_the_network_for_a_mapped_strategy(root, job):
+    """stream-mapped-lean loads the network's blocks as the file's mapping and streams them: the output of
+    stream-lean (same shapes and kernels, the blocks' values read from the file instead of a pinned copy) exactly."""
+    from cosmos_plugins.predict1.mapped import MappedStreamed
+
+    pipe = Predict1Pipeline.load(PREDICT1_TINY, _plan("stream-mapped-lean"), checkpoint_dir=root, device="cpu")
+    assert type(pipe.network) is MappedStreamed and type(pipe.text_encoder) is O.Streamed
+    mapped = _stages(pipe, job)
+    pinned = _stages(Predict1Pipeline.load(PREDICT1_TINY, _plan("stream-lean"), checkpoint_dir=root, device="cpu"),
+                     job)
+    assert torch.equal(mapped[0], pinned[0]) and np.array_equal(mapped[1], pinned[1])
+
+
 def test_text_encoder_computed_on_the_host(models, job, resident):
     """The ``cpu`` placement (no strategy puts T5 there on a GPU: streaming its layers is faster)."""
     from dataclasses import replace
@@ -121,7 +134,7 @@ def test_memory_plan_shows_measured_peaks(cli):
 def test_strategies_use_every_placement():
     spec = __import__("cosmos_cli.registry", fromlist=["find_model"]).find_model("7B")[1]
     used = {c.placement for s in STRATEGY_NAMES for c in plan_memory(spec, None, strategy=s).components}
-    assert used == {"gpu", "swap", "cpu", "stream"}
+    assert used == set(O.PLACEMENTS) == {"gpu", "swap", "cpu", "stream", "map"}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -121,12 +121,17 @@ def checked_cast(tensor: object, ref: Tensor, path: Path, key: str, *, device: t
 
 
 def load_network(path: Path, params: DiTParams, *, device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
-                 rope_mode: str = "compat") -> VideoExtendGeneralDIT:
+                 rope_mode: str = "compat", map_blocks: bool = False) -> VideoExtendGeneralDIT:
     """Build the network for ``params`` and load ``path`` (``.pt``/``.pth`` or ``.safetensors``) into it.
 
     Keys may carry the ``net.`` prefix or not, and the dict may sit under a ``"model"`` or ``"state_dict"``
     key. Raises :class:`~cosmos_cli.errors.CheckpointError` on missing, unexpected or mis-shaped keys.
     Returns the network in eval mode, without gradients, on ``device`` in ``dtype``.
+
+    ``map_blocks`` (the ``map`` placement, :mod:`.mapped`): the transformer blocks' tensors are left as read, in
+    the file's dtype, on the host: for a ``.pt`` file, ``torch.load(mmap=True)`` tensors, pages of the file's
+    mapping (checked for NaN like the rest, which reads the file once). A ``.safetensors`` file's tensors are read
+    into memory by safetensors, so a network loaded from one streams from that copy.
     """
     path = Path(path)
     with torch.device("meta"):
@@ -136,7 +141,11 @@ def load_network(path: Path, params: DiTParams, *, device: torch.device | str, d
     expected = model.state_dict()
     state = {}
     for name, key in names.items():  # one tensor at a time, straight into the compute dtype on the device
-        state[name] = checked_cast(read(key), expected[name], path, key, device=device, dtype=dtype)
+        tensor = read(key)
+        if map_blocks and name.startswith("blocks.") and isinstance(tensor, Tensor):  # left in the mapping
+            state[name] = checked_cast(tensor, expected[name], path, key, device="cpu", dtype=tensor.dtype)
+        else:
+            state[name] = checked_cast(tensor, expected[name], path, key, device=device, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
     model.init_buffers(device)
     return model.eval().requires_grad_(False)
