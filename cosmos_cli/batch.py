@@ -116,6 +116,9 @@ class BatchRequest:
     fail_fast: bool = False
     gpus: int = 1
     report_path: Path | None = None
+    shard: tuple[int, int] | None = None  # --shard I/N: see cosmos_cli.batch_shard
+    executor: str = "local"  # or "ray": see cosmos_cli.batch_ray
+    ray: Any = None  # cosmos_cli.batch_ray.RayOptions with --executor ray
 
 
 @dataclass(frozen=True)
@@ -842,7 +845,13 @@ class Coordinator:
 
 
 def report_path_for(req: BatchRequest) -> Path:
-    return Path(req.report_path) if req.report_path is not None else Path(req.defaults.output_dir) / REPORT_NAME
+    if req.report_path is not None:
+        return Path(req.report_path)
+    if req.shard is not None:
+        from cosmos_cli.batch_shard import shard_report_name
+
+        return Path(req.defaults.output_dir) / shard_report_name(req.shard)
+    return Path(req.defaults.output_dir) / REPORT_NAME
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -898,25 +907,41 @@ def _run_batch(req: BatchRequest, display: BatchDisplay | None) -> BatchOutcome:
     if dist is not None and req.gpus not in (1, dist[1]):
         raise UsageError(f"--gpus {req.gpus} under torchrun with {dist[1]} processes",
                          hint="Under torchrun each process is one worker: leave --gpus out.")
+    if req.shard is not None and (dist is not None or d.num_gpus > 1):
+        raise UsageError("--shard under torchrun: the ranks already share the lines", hint="Drop --shard.")
+    if req.executor == "ray":
+        from cosmos_cli.batch_ray import check_ray_request
+
+        check_ray_request(req, dist)
     log = BatchDisplay("off") if dist is not None and dist[0] != 0 else display
     backend, spec = checked_model(d, EventProgress(log.handle, 0))
     primary = dist is None or dist[0] == 0
     locks = []
 
     def take_folder() -> None:  # the file is valid: lock the output folder (rank 0 of torchrun) before touching it
-        if primary:
+        if primary and req.shard is not None:
+            from cosmos_cli.batch_shard import lock_shard
+
+            locks.extend(lock_shard(Path(d.output_dir), req.shard))
+        elif primary:
             locks.append(lock_folder(Path(d.output_dir)))
+        if primary:
             check_report_path(report_path_for(req), Path(req.file))
 
     try:
         try:
             shard = (dist[0], dist[1]) if dist is not None and d.num_gpus == 1 else (0, 1)  # --num-gpus: rank 0 plans
+            shard = req.shard or shard
             plan = plan_batch(req, spec, EventProgress(log.handle, 0), shard=shard, on_valid=take_folder)
         except KeyboardInterrupt as exc:  # nothing generated yet: no report, but the same exit code as later
             from cosmos_cli.signals import Terminated
 
             return BatchOutcome(Path(req.file), Path(d.output_dir), report_path_for(req), spec.name, [],
                                 interrupted=True, terminated=isinstance(exc, Terminated))
+        if req.executor == "ray":
+            from cosmos_cli.batch_ray import run_on_ray
+
+            return run_on_ray(req, spec, plan, display, req.ray)
         if d.num_gpus > 1:
             return _run_split(req, spec, backend, plan, log)
         if dist is not None:
