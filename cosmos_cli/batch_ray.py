@@ -22,7 +22,9 @@ optional extra ``--executor ray`` is one line saying what to install.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +73,8 @@ def check_ray_request(req, dist) -> None:
 
 
 def connect(ray, options: RayOptions, n_cpus_wanted: int) -> bool:
-    """``ray.init`` for the batch; returns whether this process started the Ray it uses (it then shuts it down)."""
+    """``ray.init`` for the batch; returns whether it connected (the batch then disconnects at the end, which also
+    stops a Ray it started on this machine); False when the caller had already connected."""
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
@@ -80,7 +83,7 @@ def connect(ray, options: RayOptions, n_cpus_wanted: int) -> bool:
         ray.init(num_cpus=max(os.cpu_count() or 1, n_cpus_wanted), **kwargs)
         return True
     ray.init(address=options.address or "auto", **kwargs)
-    return False
+    return True
 
 
 def actor_count(ray, options: RayOptions, req) -> int:
@@ -132,11 +135,15 @@ def run_on_ray(req, spec, plan, display, options: RayOptions):
     done = sum(r.status == "skipped" for r in plan.records.values())
     display.message(f"{req.file}: {len(plan.items) + len(plan.records)} lines, {len(plan.items)} to generate"
                     + (f", {done} already complete" if done else "") + " on Ray")
-    started_here = False
+    connected = False
     actors: list[Any] = []
+    # Ray prints its raylet's error messages (a worker died, ...) to sys.stdout from a thread of its own: while Ray
+    # is connected, stdout is stderr, so stdout keeps only the batch summary (--json stays parseable).
+    to_stderr = contextlib.redirect_stdout(sys.stderr)
+    to_stderr.__enter__()
     try:
         if plan.items and not (req.fail_fast and plan.failed_before_start()):
-            started_here = connect(ray, options, max(options.actors, req.gpus))
+            connected = connect(ray, options, max(options.actors, req.gpus))
             with sigterm_as_interrupt():  # (ray.init installs its own SIGTERM handler: ours comes back on top)
                 n = min(actor_count(ray, options, req), len(plan.items))
                 coord.workers = n
@@ -163,8 +170,9 @@ def run_on_ray(req, spec, plan, display, options: RayOptions):
                 ray.kill(a)
             except Exception:  # already gone
                 pass
-        if started_here:
-            ray.shutdown()
+        if connected:
+            ray.shutdown()  # (joining a cluster: disconnects; the cluster goes on)
+        to_stderr.__exit__(None, None, None)
         display.close()
         sweep(plan, coord.records)
     return coord.write_report(final=True)

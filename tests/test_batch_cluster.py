@@ -261,5 +261,6 @@ def test_ray_six_lines_two_actors_one_killed_then_resumed(ckpt, images, tmp_path
     retried = [i for i in items if i["message"].startswith("retried after actor")]
     assert len(retried) == 1 and retried[0]["status"] == "ok" and "lost" in retried[0]["message"], items
     assert "retried on another actor" in stderr and hidden(out) == []
+    assert not any(ln.startswith("(raylet)") for ln in stdout.splitlines())
     again = subprocess.run(args, capture_output=True, text=True, env=ray_env(), timeout=400)
     assert again.returncode == 0 and json.loads(again.stdout)["counts"]["skipped"] == 6, again.stderr[-3000:]
