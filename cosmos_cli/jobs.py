@@ -284,7 +284,7 @@ def default_name(line: int) -> str:
     return f"line{line:05d}"
 
 
-def validate_batch(
+def check_lines(
     path: Path,
     *,
     require_prompt: bool,
@@ -292,29 +292,30 @@ def validate_batch(
     allowed_input_frames: tuple[int, ...] | None,
     model_name: str | None = None,
     check_media: bool = True,
-) -> ValidationReport:
-    """Check every line of a JSONL batch file; return every issue found, in line order."""
+    names=None,
+    probes=None,
+) -> Iterator[tuple[int, dict[str, Any], Path | None, list[ValidationIssue], str]]:
+    """:func:`validate_batch`, one line at a time and holding nothing: ``(line, object, resolved input, issues,
+    text)`` for every non-blank line (the text only for an invalid line). ``names`` (output name -> line, for the
+    uniqueness check) and ``probes`` (input -> media info or error) are mappings the caller may supply, e.g. a
+    compact or bounded one for files of millions of lines; by default plain dicts."""
     from cosmos_cli.media import probe
 
-    path = Path(path)
-    report = ValidationReport(path=path)
     validator = _validator(require_prompt)
-    probes: dict[Path, Any] = {}  # each distinct file is opened once
-    names: dict[str, int] = {}
-    pending: list[tuple[int, dict[str, Any], Path | None, list[ValidationIssue], str]] = []
-
+    probes = {} if probes is None else probes  # each distinct file is opened once
+    names = {} if names is None else names
     for lineno, raw in read_batch_lines(path):
         if raw is None:
-            pending.append((lineno, {}, None, [ValidationIssue(
+            yield (lineno, {}, None, [ValidationIssue(
                 lineno, None, f"line longer than {_size(MAX_LINE_BYTES)} (a job fits in a few KB)")],
-                "(line too long)"))
+                "(line too long)")
             continue
         try:
             line_text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").removesuffix("\r")
         except UnicodeDecodeError as exc:
-            pending.append((lineno, {}, None, [ValidationIssue(
+            yield (lineno, {}, None, [ValidationIssue(
                 lineno, None, f"not valid UTF-8 (byte {exc.start + 1} of the line); save the file as UTF-8")],
-                raw.decode("utf-8", errors="replace")))
+                raw.decode("utf-8", errors="replace"))
             continue
         if not line_text.strip():
             continue
@@ -322,16 +323,16 @@ def validate_batch(
         try:
             obj = parse_json_line(line_text)
         except BadJsonValue as exc:
-            pending.append((lineno, {}, None, [ValidationIssue(lineno, exc.field, exc.message)], line_text))
+            yield (lineno, {}, None, [ValidationIssue(lineno, exc.field, exc.message)], line_text)
             continue
         except ValueError as exc:  # json.JSONDecodeError, or a number Python cannot hold
             where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-            pending.append((lineno, {}, None, [ValidationIssue(
-                lineno, None, f"not valid JSON: {getattr(exc, 'msg', exc)}{where}")], line_text))
+            yield (lineno, {}, None, [ValidationIssue(
+                lineno, None, f"not valid JSON: {getattr(exc, 'msg', exc)}{where}")], line_text)
             continue
         if not isinstance(obj, dict):
             issues.append(ValidationIssue(lineno, None, f"must be a JSON object, got {type(obj).__name__}"))
-            pending.append((lineno, {}, None, issues, line_text))
+            yield (lineno, {}, None, issues, line_text)
             continue
         for err in sorted(validator.iter_errors(obj), key=lambda e: (list(e.absolute_path), e.validator)):
             issues.append(_schema_issue(lineno, err))
@@ -377,7 +378,24 @@ def validate_batch(
                     # cosmos_cli.batch.frames_for_line; a line's own "num_input_frames" is taken at its word)
                     what = "an image has 1 frame" if info.kind == "image" else f"the video has {info.num_frames} frames"
                     issues.append(ValidationIssue(lineno, "visual_input", f"{vi}: needs {n_frames} input frames but {what}"))
-        pending.append((lineno, obj, resolved, issues, line_text if issues else ""))
+        yield lineno, obj, resolved, issues, line_text if issues else ""
+
+
+def validate_batch(
+    path: Path,
+    *,
+    require_prompt: bool,
+    default_input_frames: int,
+    allowed_input_frames: tuple[int, ...] | None,
+    model_name: str | None = None,
+    check_media: bool = True,
+) -> ValidationReport:
+    """Check every line of a JSONL batch file; return every issue found, in line order."""
+    path = Path(path)
+    report = ValidationReport(path=path)
+    pending = list(check_lines(path, require_prompt=require_prompt, default_input_frames=default_input_frames,
+                               allowed_input_frames=allowed_input_frames, model_name=model_name,
+                               check_media=check_media))
 
     if not pending:
         report.issues.append(ValidationIssue(None, None, "the file has no jobs (it is empty or only blank lines)"))
