@@ -365,15 +365,15 @@ def validate_for(file: Path, spec: ModelSpec, defaults: GenerateRequest):
     """The one validation of a batch file, for `cosmos validate` and `cosmos batch` alike: the model's needs (a
     prompt on every line when it has no upsampler or the upsampler is off, unless --prompt gives one; its input
     frame counts) with the same options as defaults. Returns the :class:`~cosmos_cli.jobs.ValidationReport`."""
-    d = defaults
+    return validate_batch(file, **validation_args(spec, defaults))
+
+
+def validation_args(spec: ModelSpec, d: GenerateRequest) -> dict[str, Any]:
+    """The model's needs and the options that validation checks each line against."""
     needs_prompt = d.disable_prompt_upsampler or spec.component(UPSAMPLER) is None
-    return validate_batch(
-        file,
-        require_prompt=needs_prompt and not (d.prompt and d.prompt.strip()),
-        default_input_frames=d.num_input_frames or spec.default_input_frames,
-        allowed_input_frames=spec.input_frames,
-        model_name=spec.name,
-    )
+    return {"require_prompt": needs_prompt and not (d.prompt and d.prompt.strip()),
+            "default_input_frames": d.num_input_frames or spec.default_input_frames,
+            "allowed_input_frames": spec.input_frames, "model_name": spec.name}
 
 
 def prompt_hint(report, spec: ModelSpec, defaults: GenerateRequest) -> str | None:
@@ -929,6 +929,10 @@ def _run_batch(req: BatchRequest, display: BatchDisplay | None) -> BatchOutcome:
             check_report_path(report_path_for(req), Path(req.file))
 
     try:
+        if req.executor == "ray":  # validates and plans as it goes, streaming (see cosmos_cli.batch_stream)
+            from cosmos_cli.batch_ray import run_on_ray
+
+            return run_on_ray(req, spec, display, req.ray, take_folder)
         try:
             shard = (dist[0], dist[1]) if dist is not None and d.num_gpus == 1 else (0, 1)  # --num-gpus: rank 0 plans
             shard = req.shard or shard
@@ -938,10 +942,6 @@ def _run_batch(req: BatchRequest, display: BatchDisplay | None) -> BatchOutcome:
 
             return BatchOutcome(Path(req.file), Path(d.output_dir), report_path_for(req), spec.name, [],
                                 interrupted=True, terminated=isinstance(exc, Terminated))
-        if req.executor == "ray":
-            from cosmos_cli.batch_ray import run_on_ray
-
-            return run_on_ray(req, spec, plan, display, req.ray)
         if d.num_gpus > 1:
             return _run_split(req, spec, backend, plan, log)
         if dist is not None:

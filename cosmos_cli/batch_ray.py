@@ -27,9 +27,11 @@ import os
 import sys
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cosmos_cli.errors import GenerationError, MissingDependencyError, UsageError
+from cosmos_cli.signals import sigterm_as_interrupt
 
 INSTALL_HINT = "pip install 'cosmos-cli[ray]'"
 DEFAULT_RETRIES = 2  # times a line is sent to another actor after the actor running it died
@@ -124,28 +126,50 @@ class BatchActor:
         return rec
 
 
-def run_on_ray(req, spec, plan, display, options: RayOptions):
-    """Run ``plan.items`` on Ray actors; the report and outcome are those of a local batch (see the module doc)."""
-    from cosmos_cli.batch import Coordinator, _failed, one_line, remove_leftovers, report_path_for, sweep
-    from cosmos_cli.signals import sigterm_as_interrupt
+def run_on_ray(req, spec, display, options: RayOptions, take_folder):
+    """Validate (streaming), lock the folder (``take_folder``), then plan and run the lines on Ray actors a window
+    at a time, the records spooled to disk and the report written from them (see :mod:`cosmos_cli.batch_stream`)."""
+    from cosmos_cli.batch import EventProgress, existing_output, one_line, remove_leftovers, report_path_for
+    from cosmos_cli.batch_stream import RecordSpool, StreamCoordinator, index_batch, stream_plan
+    from cosmos_cli.generation import RESIZE_MODES
+    from cosmos_cli.outputs import check_folder
+    from cosmos_cli.signals import Terminated
 
     ray = require_ray()
     d = req.defaults
-    coord = Coordinator(req, spec, plan, display, report_path_for(req), 1)
-    done = sum(r.status == "skipped" for r in plan.records.values())
-    display.message(f"{req.file}: {len(plan.items) + len(plan.records)} lines, {len(plan.items)} to generate"
-                    + (f", {done} already complete" if done else "") + " on Ray")
+    check_folder(Path(d.output_dir), "--output-dir")
+    if d.resize not in RESIZE_MODES:
+        raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {d.resize!r}")
+    progress = EventProgress(display.handle, 0)
+    shard = req.shard or (0, 1)
+    try:
+        index = index_batch(req, spec, progress)
+    except KeyboardInterrupt as exc:  # nothing generated yet: no report, but the same exit code as later
+        from cosmos_cli.batch_stream import StreamOutcome
+
+        return StreamOutcome(Path(req.file), Path(d.output_dir), report_path_for(req), spec.name, 0,
+                             {}, [], interrupted=True, terminated=isinstance(exc, Terminated))
+    take_folder()
+    spool = RecordSpool(Path(d.output_dir), index.last_line)
+    coord = StreamCoordinator(req, spec, display, report_path_for(req), index, spool, shard)
+    total = index.lines(shard)
+    display.message(f"{req.file}: {total} lines" + (f" (shard {shard[0]}/{shard[1]})" if req.shard else "")
+                    + ", planned and run on Ray as the actors take them")
     connected = False
     actors: list[Any] = []
+    busy: dict[Any, Any] = {}  # actor handle -> the item it runs
     # Ray prints its raylet's error messages (a worker died, ...) to sys.stdout from a thread of its own: while Ray
     # is connected, stdout is stderr, so stdout keeps only the batch summary (--json stays parseable).
     to_stderr = contextlib.redirect_stdout(sys.stderr)
     to_stderr.__enter__()
     try:
-        if plan.items and not (req.fail_fast and plan.failed_before_start()):
+        source = stream_plan(req, spec, index, progress, shard)
+        first = _first_item(source, coord)
+        display.start(total)
+        if first is not None and not coord.stopped:
             connected = connect(ray, options, max(options.actors, req.gpus))
             with sigterm_as_interrupt():  # (ray.init installs its own SIGTERM handler: ours comes back on top)
-                n = min(actor_count(ray, options, req), len(plan.items))
+                n = actor_count(ray, options, req)
                 coord.workers = n
                 gpu = d.device != "cpu"
                 remote = ray.remote(num_gpus=1 if gpu else 0, num_cpus=1, max_restarts=0,
@@ -154,10 +178,10 @@ def run_on_ray(req, spec, plan, display, options: RayOptions):
                 display.labels = {i: f"actor {i}" for i in range(n)}
                 display.message(f"{n} Ray actor{'s' if n > 1 else ''}, one model copy each"
                                 f" ({'1 GPU' if gpu else '1 CPU'} per actor)")
-                display.start(len(plan.items))
-                _drive(ray, actors, plan.items, coord, options, remove_leftovers, _failed, one_line)
+                _drive(actors, first, source, coord, options, busy)
         else:
-            display.start(len(plan.items))
+            for rec_or_item in source if not coord.stopped else ():
+                coord.decided(rec_or_item)
     except KeyboardInterrupt as exc:
         coord.interrupt(exc)
     except BaseException as exc:
@@ -174,31 +198,70 @@ def run_on_ray(req, spec, plan, display, options: RayOptions):
             ray.shutdown()  # (joining a cluster: disconnects; the cluster goes on)
         to_stderr.__exit__(None, None, None)
         display.close()
-        sweep(plan, coord.records)
-    return coord.write_report(final=True)
+        for item in busy.values():  # in flight when the batch stopped: finished, or its leftovers removed
+            if existing_output(item)[0] == "complete":
+                from cosmos_cli.batch import ItemRecord
+
+                spool.add(ItemRecord(item.line, item.job.name, "ok", "finished as the batch stopped",
+                                     input=item.data, visual_input=str(item.job.visual_input),
+                                     prompt=item.job.prompt, seed=item.job.seed, params_hash=item.params_hash,
+                                     video=str(item.video_path)))
+            else:
+                remove_leftovers(item)
+    try:
+        return coord.write_report(final=True)
+    finally:
+        spool.close()
 
 
-def _drive(ray, actors, items, coord, options: RayOptions, remove_leftovers, failed, one_line) -> None:
+def _first_item(source, coord):
+    """Feed the decided lines to ``coord`` until the first line to generate (None: nothing to generate)."""
+    from cosmos_cli.batch import BatchItem
+
+    for x in source:
+        if isinstance(x, BatchItem):
+            return x
+        coord.decided(x)
+        if coord.stopped:
+            return None
+    return None
+
+
+def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
     """Keep Ray's ActorPool fed with the lines; a line whose actor died goes back to the pool (see the module doc)."""
     from ray.exceptions import RayActorError
     from ray.util import ActorPool
 
+    from cosmos_cli.batch import _failed, one_line, remove_leftovers
+
     pool = ActorPool(actors)
     slot_of = {a: i for i, a in enumerate(actors)}
-    busy: dict[Any, Any] = {}  # actor handle -> the item it runs
     lost: dict[int, list[str]] = {}  # line -> what happened to each actor that died running it
     alive = len(actors)
-    todo = deque(items)
+    todo = deque([first])  # lines to (re)submit before the next of the plan
+    more = True  # the plan may have more lines
     init_error: str | None = None
+    ran = 0  # lines an actor finished
 
     def submit(actor, item):
         busy[actor] = item
         coord.on_event(("start", slot_of[actor], item.line, item.job.name))
         return actor.run.remote(item)
 
-    while (todo and alive) or pool.has_next():
-        while todo and pool.has_free() and not coord.stopped:
-            pool.submit(submit, todo.popleft())
+    def next_item():
+        nonlocal more
+        if todo:
+            return todo.popleft()
+        nxt = _first_item(source, coord) if more else None
+        more = nxt is not None
+        return nxt
+
+    while alive and not coord.stopped or pool.has_next():
+        while alive and pool.has_free() and not coord.stopped:
+            item = next_item()
+            if item is None:
+                break
+            pool.submit(submit, item)
         if not pool.has_next():
             break
         try:
@@ -210,7 +273,7 @@ def _drive(ray, actors, items, coord, options: RayOptions, remove_leftovers, fai
             item = busy.pop(actor, None) if actor is not None else None
             alive -= 1
             slot = slot_of.get(actor, -1)
-            why = _actor_error(exc, one_line)
+            why = _actor_error(exc)
             if exc.actor_init_failed:
                 init_error = init_error or why
             coord.display.warning(f"actor {slot} lost: {why}")
@@ -221,8 +284,8 @@ def _drive(ray, actors, items, coord, options: RayOptions, remove_leftovers, fai
             history = lost.setdefault(item.line, [])
             history.append(f"actor {slot} lost ({why})")
             if len(history) > options.retries or not alive:
-                rec = failed(item, f"{'; '.join(history)}: gave up after {len(history)} attempt"
-                                   f"{'s' if len(history) > 1 else ''}", f"actor {slot}")
+                rec = _failed(item, f"{'; '.join(history)}: gave up after {len(history)} attempt"
+                                    f"{'s' if len(history) > 1 else ''}", f"actor {slot}")
                 coord.on_event(("record", slot, rec))
             else:
                 coord.display.warning(f"line {item.line} ({item.job.name}): retried on another actor")
@@ -231,20 +294,21 @@ def _drive(ray, actors, items, coord, options: RayOptions, remove_leftovers, fai
         actor = next((a for a, it in busy.items() if it.line == rec.line), None)
         slot = slot_of.get(actor, 0)
         busy.pop(actor, None)
+        ran += 1
         if rec.line in lost:
             rec.message = "; ".join(m for m in (f"retried after {', '.join(lost[rec.line])}", rec.message) if m)
         coord.on_event(("record", slot, rec))
-    if todo and not coord.stopped:
-        if init_error is not None and len(todo) == len(items):
-            raise GenerationError(f"no Ray actor could load the model: {init_error}",
-                                  hint="Fix the cause on the Ray nodes (checkpoints at the same path on each), "
-                                       "then run the same command again.")
-        why = f"no Ray actor left ({init_error or 'every actor was lost'})"
+    if not alive and not coord.stopped:
+        if init_error is not None and ran == 0:
+            coord.fatal = f"no Ray actor could load the model: {init_error}"
+            raise GenerationError(coord.fatal, hint="Fix the cause on the Ray nodes (checkpoints at the same path "
+                                                    "on each), then run the same command again.")
+        coord.left_why = f"no Ray actor left ({init_error or 'every actor was lost'}); run the batch again"
         for item in todo:
-            coord.on_event(("record", 0, failed(item, why, "ray")))
+            coord.on_event(("record", 0, _failed(item, coord.left_why, "ray")))
 
 
-def _actor_error(exc, one_line) -> str:
+def _actor_error(exc) -> str:
     if exc.actor_init_failed:
         cause = str(exc).strip().splitlines()
         text = next((ln for ln in reversed(cause) if ln.strip()), "the actor failed while loading the model")
