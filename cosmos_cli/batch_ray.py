@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from cosmos_cli.errors import GenerationError, MissingDependencyError, UsageError
-from cosmos_cli.signals import sigterm_as_interrupt
 
 INSTALL_HINT = "pip install 'cosmos-cli[ray]'"
 DEFAULT_RETRIES = 2  # times a line is sent to another actor after the actor running it died
@@ -156,6 +155,7 @@ def run_on_ray(req, spec, display, options: RayOptions, take_folder):
     display.message(f"{req.file}: {total} lines" + (f" (shard {shard[0]}/{shard[1]})" if req.shard else "")
                     + ", planned and run on Ray as the actors take them")
     connected = False
+    got_term: list[int] = []
     actors: list[Any] = []
     busy: dict[Any, Any] = {}  # actor handle -> the item it runs
     # Ray prints its raylet's error messages (a worker died, ...) to sys.stdout from a thread of its own: while Ray
@@ -168,7 +168,7 @@ def run_on_ray(req, spec, display, options: RayOptions, take_folder):
         display.start(total)
         if first is not None and not coord.stopped:
             connected = connect(ray, options, max(options.actors, req.gpus))
-            with sigterm_as_interrupt():  # (ray.init installs its own SIGTERM handler: ours comes back on top)
+            with _sigterm_noted(got_term):  # (ray.init installs its own SIGTERM handler: ours comes back on top)
                 n = actor_count(ray, options, req)
                 coord.workers = n
                 gpu = d.device != "cpu"
@@ -183,7 +183,7 @@ def run_on_ray(req, spec, display, options: RayOptions, take_folder):
             for rec_or_item in source if not coord.stopped else ():
                 coord.decided(rec_or_item)
     except KeyboardInterrupt as exc:
-        coord.interrupt(exc)
+        coord.interrupt(Terminated() if got_term else exc)
     except BaseException as exc:
         coord.fatal = one_line(exc)
         coord.write_report(final=True)
@@ -212,6 +212,30 @@ def run_on_ray(req, spec, display, options: RayOptions, take_folder):
         return coord.write_report(final=True)
     finally:
         spool.close()
+
+
+@contextlib.contextmanager
+def _sigterm_noted(got: list[int]):
+    """SIGTERM raises :class:`~cosmos_cli.signals.Terminated` and is noted in ``got``: an interrupt that arrives
+    while Ray waits comes out of Ray's own code as a plain ``KeyboardInterrupt``, and the note says it was SIGTERM."""
+    import signal
+    import threading
+
+    from cosmos_cli.signals import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        got.append(signum)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _first_item(source, coord):

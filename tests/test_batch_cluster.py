@@ -264,3 +264,33 @@ def test_ray_six_lines_two_actors_one_killed_then_resumed(ckpt, images, tmp_path
     assert not any(ln.startswith("(raylet)") for ln in stdout.splitlines())
     again = subprocess.run(args, capture_output=True, text=True, env=ray_env(), timeout=400)
     assert again.returncode == 0 and json.loads(again.stdout)["counts"]["skipped"] == 6, again.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the actor processes through /proc")
+def test_ray_driver_sigterm_stops_cleanly_and_the_report_says_so(ckpt, images, tmp_path):
+    pytest.importorskip("ray")
+    jsonl = write_jsonl(tmp_path / "jobs.jsonl", good_lines(images, 6))
+    out = tmp_path / "ray"
+    args = [sys.executable, "-m", "cosmos_cli.app", *batch_args(ckpt, jsonl, out, "--num-steps", "24",
+                                                                 "--executor", "ray", "--ray-actors", "2")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ray_env())
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.mp4")):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "error: interrupted (SIGTERM)" in stderr and "Traceback" not in stderr
+    data = load(out / "batch_report.json")
+    assert data["interrupted"] is True and data["finished"] is True and data["exit_code"] == 143
+    statuses = [i["status"] for i in data["items"]]
+    assert "not_run" in statuses and statuses.count("ok") == len(list(out.glob("*.mp4")))
+    assert {i["message"] for i in data["items"] if i["status"] == "not_run"} == {"not run: interrupted (SIGTERM)"}
+    assert hidden(out) == []
+    time.sleep(2)  # (the actors' processes end as Ray's own shut down)
+    assert not actor_pids(), "Ray actors left running"
