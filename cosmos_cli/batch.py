@@ -336,9 +336,16 @@ def existing_output(item: BatchItem) -> tuple[str, str]:
                        f"with other parameters")
 
 
-def remove_leftovers(item: BatchItem) -> None:
-    """Delete the hidden staging and temporary files a killed run may have left for this item."""
+def remove_leftovers(item: BatchItem, present: set[str] | None = None) -> None:
+    """Delete the hidden staging and temporary files a killed run may have left for this item. ``present``: the
+    hidden leftovers of the folder from one listing (a streamed batch of a million lines lists it once, not per line)."""
     folder = item.video_path.parent
+    if present is not None:
+        mine = (f".{item.staged_video.name}", f".{item.staged_prompt.name}", f".{item.sidecar_path.name}.")
+        for name in [n for n in present if n.startswith(mine)]:
+            (folder / name).unlink(missing_ok=True)
+            present.discard(name)
+        return
     if not folder.is_dir():
         return
     for staged in (item.staged_video, item.staged_prompt):
@@ -398,7 +405,8 @@ def validation_notes(report, defaults: GenerateRequest) -> list[str]:
 
 
 def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard: tuple[int, int] = (0, 1),
-               report=None, on_valid: Callable[[], None] | None = None) -> BatchPlan:
+               report=None, on_valid: Callable[[], None] | None = None,
+               leftovers: set[str] | None = None) -> BatchPlan:
     """Validate the file, resolve every valid line, and decide for each whether it needs generating.
 
     ``shard=(rank, world)`` restricts the resume decisions (and the clean-up of leftovers) to the lines a
@@ -453,7 +461,7 @@ def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard:
         params, digest = job_params(job, spec, d)
         item = BatchItem(batch_file, bl.line, bl.data, job, params, digest, out_dir / f"{name}.mp4",
                          out_dir / f"{name}.txt")
-        remove_leftovers(item)
+        remove_leftovers(item, leftovers)
         state, why = existing_output(item)
         base = dataclasses.replace(base, prompt=job.prompt, seed=job.seed, params_hash=digest)
         if state == "complete" and not d.overwrite:

@@ -266,6 +266,7 @@ def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
     more = True  # the plan may have more lines
     init_error: str | None = None
     ran = 0  # lines an actor finished
+    dead: set[Any] = set()
 
     def submit(actor, item):
         busy[actor] = item
@@ -295,7 +296,10 @@ def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
         except RayActorError as exc:
             actor = next((a for a in busy if a._actor_id.hex() == exc.actor_id), None)  # (handles carry the id)
             item = busy.pop(actor, None) if actor is not None else None
-            alive -= 1
+            if actor is not None and actor not in dead:
+                dead.add(actor)
+                alive -= 1
+            _evict(pool, dead)
             slot = slot_of.get(actor, -1)
             why = _actor_error(exc)
             if exc.actor_init_failed:
@@ -330,6 +334,16 @@ def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
         coord.left_why = f"no Ray actor left ({init_error or 'every actor was lost'}); run the batch again"
         for item in todo:
             coord.on_event(("record", 0, _failed(item, coord.left_why, "ray")))
+
+
+def _evict(pool, dead: set) -> None:
+    """Take dead actors out of the pool's idle ones (Ray before 2.5x put a dead actor back), by its public API."""
+    idle = []
+    while (a := pool.pop_idle()) is not None:
+        idle.append(a)
+    for a in idle:
+        if a not in dead:
+            pool.push(a)
 
 
 def _actor_error(exc) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MAX_FILE_BYTES = 16 * 2**30  # a streamed batch file: about 70 million lines of the examples' length
 WINDOW = 256  # lines planned at a time
 PROBE_CACHE = 4096  # media probes kept during validation (a file probed again after that is opened again)
 CODES = {"ok": 1, "skipped": 2, "failed": 3, "blocked": 4, "not_run": 5}  # 0: no record yet
@@ -92,7 +93,8 @@ def index_batch(req, spec, progress) -> LineIndex:
     images: list[int] = []
     report = ValidationReport(Path(req.file))  # only the issues (for prompt_hint)
     for lineno, obj, resolved, issues, text in check_lines(Path(req.file), **validation_args(spec, d),
-                                                           names=HashedNames(), probes=BoundedProbes()):
+                                                           names=HashedNames(), probes=BoundedProbes(),
+                                                           max_bytes=MAX_FILE_BYTES):
         raw = next(raws)
         while raw[0] != lineno:
             raw = next(raws)
@@ -127,7 +129,7 @@ def index_batch(req, spec, progress) -> LineIndex:
 def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     from cosmos_cli.jobs import read_batch_lines
 
-    for lineno, raw in read_batch_lines(path):
+    for lineno, raw in read_batch_lines(path, MAX_FILE_BYTES):
         yield lineno, raw if raw is not None else b""
 
 
@@ -143,9 +145,11 @@ def stream_plan(req, spec, index: LineIndex, progress, shard: tuple[int, int]) -
     want = next(mine, None)
     window: list[BatchLine] = []
     changed: list[Any] = []
+    leftovers = hidden_leftovers(Path(req.defaults.output_dir))
 
     def flush():
-        plan = plan_batch(req, spec, _NoNotes(progress), report=ValidationReport(index.path, lines=list(window)))
+        plan = plan_batch(req, spec, _NoNotes(progress), report=ValidationReport(index.path, lines=list(window)),
+                          leftovers=leftovers)
         out = [*plan.items, *plan.records.values(), *changed]
         window.clear()
         changed.clear()
@@ -177,6 +181,15 @@ def stream_plan(req, spec, index: LineIndex, progress, shard: tuple[int, int]) -
         yield ItemRecord(n, default_name(n), "failed", "the line changed since the batch validated the file: run "
                          "the batch again")
         want = next(mine, None)
+
+
+def hidden_leftovers(folder: Path) -> set[str]:
+    """The staging and temporary files in ``folder`` (one listing), for :func:`cosmos_cli.batch.remove_leftovers`."""
+    try:
+        return {e.name for e in os.scandir(folder)
+                if e.name.startswith(".") and e.name.endswith((".pending", ".partial"))}
+    except OSError:
+        return set()
 
 
 class _NoNotes:

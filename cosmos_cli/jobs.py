@@ -191,10 +191,12 @@ def parse_json_line(text: str) -> Any:
                       object_pairs_hook=_no_duplicates)
 
 
-def read_batch_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
+def read_batch_lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, bytes | None]]:
     """``(line number, bytes without the newline)`` of a batch file, streamed; ``None`` for a line longer than
     :data:`~cosmos_cli.limits.MAX_LINE_BYTES` (the rest of it is skipped). Only a regular file is read (a FIFO
-    would block, ``/dev/zero`` never ends), of at most :data:`~cosmos_cli.limits.MAX_BATCH_FILE_BYTES`."""
+    would block, ``/dev/zero`` never ends), of at most :data:`~cosmos_cli.limits.MAX_BATCH_FILE_BYTES` (or
+    ``max_bytes``: a driver that streams the file holds far less than the file)."""
+    limit = MAX_BATCH_FILE_BYTES if max_bytes is None else max_bytes
     if not path.exists():
         raise InputError(f"{path}: no such file", hint="Check the path of the batch file.")
     if path.is_dir():
@@ -208,9 +210,9 @@ def read_batch_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
         if not stat.S_ISREG(info.st_mode):
             raise InputError(f"{path}: not a regular file (a pipe, device or socket)",
                              hint="Save the batch to a file and pass its path.")
-        if info.st_size > MAX_BATCH_FILE_BYTES:
+        if info.st_size > limit:
             raise InputError(f"{path}: {info.st_size / 2**20:.0f} MiB is larger than the "
-                             f"{_size(MAX_BATCH_FILE_BYTES)} a batch file may have",
+                             f"{_size(limit)} a batch file may have",
                              hint="Split it into several batch files.")
         total = 0
         lineno = 0
@@ -224,10 +226,10 @@ def read_batch_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
             while too_long and chunk and not chunk.endswith(b"\n"):  # skip to the end of the long line
                 chunk = f.readline(MAX_LINE_BYTES)
                 total += len(chunk)
-                if total > MAX_BATCH_FILE_BYTES:
+                if total > limit:
                     break
-            if total > MAX_BATCH_FILE_BYTES:  # the file grew while we read it
-                raise InputError(f"{path}: longer than the {_size(MAX_BATCH_FILE_BYTES)} a batch file may have",
+            if total > limit:  # the file grew while we read it
+                raise InputError(f"{path}: longer than the {_size(limit)} a batch file may have",
                                  hint="Split it into several batch files.")
             yield lineno, None if too_long else chunk.removesuffix(b"\n")
 
@@ -294,6 +296,7 @@ def check_lines(
     check_media: bool = True,
     names=None,
     probes=None,
+    max_bytes: int | None = None,
 ) -> Iterator[tuple[int, dict[str, Any], Path | None, list[ValidationIssue], str]]:
     """:func:`validate_batch`, one line at a time and holding nothing: ``(line, object, resolved input, issues,
     text)`` for every non-blank line (the text only for an invalid line). ``names`` (output name -> line, for the
@@ -304,7 +307,7 @@ def check_lines(
     validator = _validator(require_prompt)
     probes = {} if probes is None else probes  # each distinct file is opened once
     names = {} if names is None else names
-    for lineno, raw in read_batch_lines(path):
+    for lineno, raw in read_batch_lines(path, max_bytes):
         if raw is None:
             yield (lineno, {}, None, [ValidationIssue(
                 lineno, None, f"line longer than {_size(MAX_LINE_BYTES)} (a job fits in a few KB)")],
