@@ -163,6 +163,48 @@ def test_merge_refuses_missing_or_foreign_shards(cli, sharded, tmp_path):
     assert res.exit_code == 1 and "not of" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_the_streamed_plan_decides_as_the_local_plan(ckpt, images, tmp_path, monkeypatch):
+    """The Ray driver's planner (a window at a time, from a compact index) against plan_batch on the same file:
+    the same lines to run with the same parameter hashes, the same decided records; a line edited after
+    validation is failed, not run."""
+    from dataclasses import replace
+
+    import cosmos_cli.batch_stream as bs
+    from cosmos_cli.batch import BatchItem, BatchRequest, plan_batch
+    from cosmos_cli.generation import GenerateRequest
+    from cosmos_cli.progress import QuietProgress
+    from cosmos_cli.registry import find_model
+
+    monkeypatch.setattr(bs, "WINDOW", 2)  # several windows in a small file
+    lines: list[dict | str] = good_lines(images, 6)
+    lines.insert(2, '{"prompt": "no input"}')
+    jsonl = write_jsonl(tmp_path / "jobs.jsonl", lines)
+    _, spec = find_model(TINY)
+    d = GenerateRequest(input_path=jsonl, prompt=None, model=TINY, checkpoint_dir=ckpt, output_dir=tmp_path / "out",
+                        disable_prompt_upsampler=True, disable_guardrail=True, device="cpu", seed=5)
+    req = BatchRequest(jsonl, d, skip_invalid=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "named4.mp4").write_bytes(b"someone else's video")  # a conflict: failed, kept
+    for shard in ((0, 1), (1, 2)):
+        local = plan_batch(req, spec, QuietProgress(), shard=shard)
+        index = bs.index_batch(replace(req, shard=shard), spec, QuietProgress())
+        streamed = list(bs.stream_plan(req, spec, index, QuietProgress(), shard))
+        assert [x.line for x in streamed] == sorted(x.line for x in streamed)
+        items = [(x.line, x.params_hash) for x in streamed if isinstance(x, BatchItem)]
+        assert items == [(i.line, i.params_hash) for i in local.items]
+        decided = {x.line: (x.status, x.message) for x in streamed if not isinstance(x, BatchItem)}
+        assert decided == {n: (r.status, r.message) for n, r in local.records.items()}
+        assert index.lines(shard) == len(local.items) + len(local.records)
+        if shard == (0, 1):  # the invalid line and the conflict, both failed
+            assert set(decided) == {3, 6} and {v[0] for v in decided.values()} == {"failed"}
+    index = bs.index_batch(req, spec, QuietProgress())
+    text = jsonl.read_text(encoding="utf-8").splitlines()
+    text[0] = text[0].replace("take 0", "take zero")
+    jsonl.write_text("\n".join(text) + "\n", encoding="utf-8")
+    first = next(iter(bs.stream_plan(req, spec, index, QuietProgress(), (0, 1))))
+    assert first.line == 1 and first.status == "failed" and "changed since the batch validated" in first.message
+
+
 # ----------------------------------------------------------------------------------------------------------
 # --executor ray
 # ----------------------------------------------------------------------------------------------------------
