@@ -86,8 +86,8 @@ from cosmos_cli.generation import (
     pick_device,
     start_parallel,
 )
-from cosmos_cli.generation import is_primary as is_primary
 from cosmos_cli.jobs import GenerationJob, default_name, parse_json_line, validate_batch
+from cosmos_cli.launch import launch_env
 from cosmos_cli.progress import Progress, QuietProgress
 from cosmos_cli.registry import find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
@@ -869,10 +869,8 @@ def report_path_for(req: BatchRequest) -> Path:
 
 def torchrun_env() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) when started by torchrun with more than one process, else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return None
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    launch = launch_env()
+    return (launch.rank, launch.world_size, launch.local_rank) if launch.is_parallel else None
 
 
 def worker_devices(device: str, n: int) -> list[str]:

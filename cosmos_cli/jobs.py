@@ -36,8 +36,6 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 RAW_TEXT_SHOWN = 2000  # characters of an invalid line kept for the batch report
 
-JOB_KEYS = ("prompt", "negative_prompt", "seed", "num_input_frames", "guidance", "num_steps", "fps", "name")
-
 
 @dataclass(frozen=True)
 class GenerationJob:

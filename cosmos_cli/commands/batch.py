@@ -10,13 +10,12 @@ import typer
 
 from cosmos_cli import cluster_options as c
 from cosmos_cli import options as o
-from cosmos_cli.batch import BatchDisplay, BatchRequest, is_primary, run_batch
+from cosmos_cli.batch import BatchRequest
+from cosmos_cli.batch_run import run_and_print
 from cosmos_cli.errors import GenerationError, UsageError
-from cosmos_cli.signals import Interrupted
 from cosmos_cli.fastmode import parse_fast
 from cosmos_cli.generation import GenerateRequest
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
-from cosmos_cli.progress import stderr_is_interactive
 
 
 def batch(
@@ -66,7 +65,7 @@ def batch(
     """Generate every line of a batch file. The options are each line's defaults; a line's keys override them
     (a line without "seed" uses --seed). Finished lines are skipped when the same command runs again.
 
-    Several GPUs: --gpus N shares the lines out (one model per GPU); under torchrun with --num-gpus N every line
+    Several GPUs: --workers N shares the lines out (one model per GPU); under torchrun with --num-gpus N every line
     is one generation split over the N processes. Clusters: --executor ray, or --shard I/N then --merge-reports."""
     if file is not None and batch_input_path is not None and file != batch_input_path:
         raise UsageError(f"two batch files: {file} and --batch-input-path {batch_input_path}", hint="Give one.")
@@ -94,23 +93,6 @@ def batch(
     run_and_print(BatchRequest(file, defaults, skip_invalid=skip_invalid, fail_fast=fail_fast, gpus=gpus,
                                report_path=report, shard=parse_shard(shard), executor=executor,
                                ray=RayOptions(ray_address, ray_actors, ray_retries)), as_json)
-
-
-def run_and_print(request: BatchRequest, as_json: bool) -> None:
-    """Run the batch with a progress display on stderr; the summary on stdout; the exit code it earned."""
-    mode = "quiet" if as_json else ("rich" if stderr_is_interactive() else "lines")
-    outcome = run_batch(request, BatchDisplay(mode))
-    if is_primary():
-        typer.echo(json.dumps(outcome.summary(), indent=2) if as_json else outcome.summary_line())
-    if outcome.interrupted:
-        raise Interrupted(f"interrupted ({'SIGTERM' if outcome.terminated else 'Ctrl-C'}): run the same command "
-                          "again to resume (finished lines are skipped)", exit_code=outcome.exit_code)
-    if outcome.exit_code:
-        counts = outcome.counts  # (a streamed batch's outcome has the counts, not the records)
-        missing = sum(v for k, v in counts.items() if k not in ("ok", "skipped"))
-        raise GenerationError(f"{missing} of {sum(counts.values())} lines have no output",
-                              hint=f"See {outcome.report_path}; run the same command again to retry them "
-                                   "(finished lines are skipped).")
 
 
 def merge_and_print(file: Path, output_dir: Path, report: Path | None, as_json: bool) -> None:
