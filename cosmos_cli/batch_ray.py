@@ -256,7 +256,7 @@ def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
     from ray.exceptions import RayActorError
     from ray.util import ActorPool
 
-    from cosmos_cli.batch import _failed, one_line, remove_leftovers
+    from cosmos_cli.batch import _failed, remove_leftovers
 
     pool = ActorPool(actors)
     slot_of = {a: i for i, a in enumerate(actors)}

@@ -48,7 +48,15 @@ def lock_shard(folder: Path, shard: tuple[int, int]) -> list:
     """The two locks of a running shard (see the module doc); released with ``lock.release()`` each."""
     import fcntl
 
-    from cosmos_cli.outputs import BATCH_LOCK_NAME, FolderBusy, Lock, OutputFolderError, holder_pid, make_folder, try_lock
+    from cosmos_cli.outputs import (
+        BATCH_LOCK_NAME,
+        FolderBusy,
+        Lock,
+        OutputFolderError,
+        holder_pid,
+        make_folder,
+        try_lock,
+    )
 
     created = make_folder(folder, "--output-dir")
     main = folder / BATCH_LOCK_NAME

@@ -242,7 +242,6 @@ def write_streamed_report(path: Path, header: dict[str, Any], spool: RecordSpool
                           shard: tuple[int, int], pending: str) -> None:
     """The report of ``header`` (the summary's fields but ``problems``) with ``problems`` and ``items`` streamed
     from ``spool``; a line without a record is ``not_run`` with the message ``pending``."""
-    from cosmos_cli.jobs import default_name
     from cosmos_cli.media import _atomic_path
 
     def lines() -> Iterator[int]:
