@@ -87,12 +87,16 @@ def connect(ray, options: RayOptions, n_cpus_wanted: int) -> bool:
     return True
 
 
-def actor_count(ray, options: RayOptions, req) -> int:
+def actor_count(ray, options: RayOptions, req, warn) -> int:
+    """--ray-actors, else one actor per GPU of the cluster (--workers with --device cpu)."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
     if options.actors:
+        if req.defaults.device != "cpu" and options.actors > gpus:
+            warn(f"--ray-actors {options.actors}: the cluster has {gpus} GPU{'s' if gpus != 1 else ''} now; the "
+                 "other actors start when GPUs join (an autoscaler), and the lines go to the actors that run")
         return options.actors
     if req.defaults.device == "cpu":
         return req.gpus
-    gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus < 1:
         raise UsageError("--executor ray: the Ray cluster has no GPU",
                          hint="Start the Ray nodes on GPU machines, or pass --device cpu (slow) to try it out.")
@@ -169,7 +173,7 @@ def run_on_ray(req, spec, display, options: RayOptions, take_folder):
         if first is not None and not coord.stopped:
             connected = connect(ray, options, max(options.actors, req.gpus))
             with _sigterm_noted(got_term):  # (ray.init installs its own SIGTERM handler: ours comes back on top)
-                n = actor_count(ray, options, req)
+                n = actor_count(ray, options, req, display.warning)
                 coord.workers = n
                 gpu = d.device != "cpu"
                 remote = ray.remote(num_gpus=1 if gpu else 0, num_cpus=1, max_restarts=0,
