@@ -7,7 +7,8 @@ of its report in memory, which is fine for thousands of lines and not for a mill
   8-byte digest of its bytes (``array``), the output name's 64-bit hash with its line (for the uniqueness check;
   a Python dict, the largest part), the issues of the invalid lines only, and at most ``PROBE_CACHE`` media probes;
 * while running: one byte of status and the 8-byte offset of its record in a spool file
-  (``OUTPUT_DIR/.cosmos-batch.records.PID.jsonl``), the lines in flight, and a window of ``WINDOW`` planned lines.
+  (``OUTPUT_DIR/.cosmos-batch.records.HOST.PID.jsonl``, removed at the end, or by the next run on this host
+  after a kill), the lines in flight, and a window of ``WINDOW`` planned lines.
 
 Planning happens a window at a time (:func:`stream_plan`, which re-reads the file and hands each window to
 :func:`cosmos_cli.batch.plan_batch`: the same resume decisions as a local batch), and a line whose bytes changed
@@ -206,11 +207,25 @@ class _NoNotes:
         return getattr(self.progress, name)
 
 
+def remove_dead_spools(folder: Path, host: str) -> None:
+    """Remove the record spools a killed driver on this host left (another host's are not ours to judge)."""
+    from cosmos_cli.outputs import pid_alive
+
+    for p in folder.glob(f".cosmos-batch.records.{host}.*.jsonl"):
+        pid = p.name.removesuffix(".jsonl").rsplit(".", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+
+
 class RecordSpool:
     """The records of a batch on disk (one JSON line each) with their offsets; the report is written from it."""
 
     def __init__(self, folder: Path, last_line: int):
-        self.path = Path(folder) / f".cosmos-batch.records.{os.getpid()}.jsonl"
+        import socket
+
+        host = socket.gethostname().replace(".", "_").replace("/", "_")
+        remove_dead_spools(Path(folder), host)
+        self.path = Path(folder) / f".cosmos-batch.records.{host}.{os.getpid()}.jsonl"
         self.file = open(self.path, "w+b")  # noqa: SIM115 (closed by close())
         self.offsets = array("q", [-1]) * (last_line + 1)
         self.status = array("b", [0]) * (last_line + 1)

@@ -336,3 +336,20 @@ def test_ray_driver_sigterm_stops_cleanly_and_the_report_says_so(ckpt, images, t
     assert hidden(out) == []
     time.sleep(2)  # (the actors' processes end as Ray's own shut down)
     assert not actor_pids(), "Ray actors left running"
+
+
+def test_a_killed_drivers_record_spool_is_removed_by_the_next_run_on_its_host(tmp_path):
+    import socket
+
+    from cosmos_cli.batch_stream import RecordSpool
+
+    host = socket.gethostname().replace(".", "_").replace("/", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".cosmos-batch.records.{host}.{int(dead.stdout)}.jsonl"
+    other = tmp_path / f".cosmos-batch.records.another-node.{int(dead.stdout)}.jsonl"  # its pid means nothing here
+    stale.write_text("{}\n")
+    other.write_text("{}\n")
+    spool = RecordSpool(tmp_path, 3)
+    assert not stale.exists() and other.exists() and spool.path.exists()
+    spool.close()
+    assert not spool.path.exists()
