@@ -27,7 +27,8 @@ def run_and_print(request: BatchRequest, as_json: bool) -> None:
         raise Interrupted(f"interrupted ({'SIGTERM' if outcome.terminated else 'Ctrl-C'}): run the same command "
                           "again to resume (finished lines are skipped)", exit_code=outcome.exit_code)
     if outcome.exit_code:
-        missing = sum(not r.has_output for r in outcome.records)
-        raise GenerationError(f"{missing} of {len(outcome.records)} lines have no output",
+        counts = outcome.counts  # (a streamed batch's outcome has the counts, not the records)
+        missing = sum(v for k, v in counts.items() if k not in ("ok", "skipped"))
+        raise GenerationError(f"{missing} of {sum(counts.values())} lines have no output",
                               hint=f"See {outcome.report_path}; run the same command again to retry them "
                                    "(finished lines are skipped).")
