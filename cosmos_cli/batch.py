@@ -669,8 +669,8 @@ class BatchDisplay:
     (``--json``). ``off``: nothing (torchrun ranks other than 0).
     """
 
-    def __init__(self, mode: str = "lines", labels: dict[int, str] | None = None):
-        self.mode, self.labels = mode, labels or {}
+    def __init__(self, mode: str = "lines", labels: dict[int, str] | None = None, *, drop_notes: bool = False):
+        self.mode, self.labels, self.drop_notes = mode, labels or {}, drop_notes
         self.total = self.done = self.failed = 0
         self.current: dict[int, str] = {}
         self._bar = None
@@ -686,7 +686,7 @@ class BatchDisplay:
             print(text, file=sys.stderr, flush=True)
 
     def warning(self, text: str) -> None:
-        if self.mode != "off":
+        if self.mode != "off" and not (self.drop_notes and text.startswith("note:")):  # --quiet drops the notes
             self._print(text, "yellow")
 
     def message(self, text: str) -> None:

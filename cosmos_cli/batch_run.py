@@ -17,10 +17,11 @@ from cosmos_cli.progress import stderr_is_interactive
 from cosmos_cli.signals import Interrupted
 
 
-def run_and_print(request: BatchRequest, as_json: bool) -> None:
-    """Run the batch with a progress display on stderr; the summary on stdout; the exit code it earned."""
-    mode = "quiet" if as_json else ("rich" if stderr_is_interactive() else "lines")
-    outcome = run_batch(request, BatchDisplay(mode))
+def run_and_print(request: BatchRequest, as_json: bool, quiet: bool = False) -> None:
+    """Run the batch with a progress display on stderr (``quiet``: warnings and errors only); the summary on
+    stdout; the exit code it earned."""
+    mode = "quiet" if as_json or quiet else ("rich" if stderr_is_interactive() else "lines")
+    outcome = run_batch(request, BatchDisplay(mode, drop_notes=quiet))
     if is_primary():
         typer.echo(json.dumps(outcome.summary(), indent=2) if as_json else outcome.summary_line())
     if outcome.interrupted:

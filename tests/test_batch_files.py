@@ -148,15 +148,19 @@ def test_original_batch_input_path_and_nine_frames_with_image_lines(cli, ckpt, m
     jsonl = write_jsonl(tmp_path / "jobs.jsonl", [{"visual_input": str(media["image"]), "prompt": "a ball"},
                                                   {"visual_input": str(media["video"]), "prompt": "a box"}])
     out = tmp_path / "out"
-    res = cli("batch", "--batch_input_path", str(jsonl), "--num_input_frames", "9", "--model", TINY,
-              "--checkpoint_dir", str(ckpt), "--video_save_folder", str(out), "--disable_prompt_upsampler",
-              "--disable_guardrail", "--device", "cpu", "--num_steps", "2")
+    args = ("batch", "--batch_input_path", str(jsonl), "--num_input_frames", "9", "--model", TINY,
+            "--checkpoint_dir", str(ckpt), "--video_save_folder", str(out), "--disable_prompt_upsampler",
+            "--disable_guardrail", "--device", "cpu", "--num_steps", "2")
+    res = cli(*args)
     assert res.exit_code == 0, res.stderr
     assert "note: line 1: an image is one input frame, so --num-input-frames 9 applies to the videos only" in res.stderr
     recs = items(out / "batch_report.json")
     assert {r["status"] for r in recs.values()} == {"ok"}
     side = {n: json.loads((out / f"{n}.job.json").read_text())["params"] for n in recs}
     assert side["line00001"]["num_input_frames"] == 1 and side["line00002"]["num_input_frames"] == 9
+    quiet = cli(*args, "--quiet")  # the same batch again (all finished): --quiet drops the note, keeps the summary
+    assert quiet.exit_code == 0 and "note:" not in quiet.stderr, quiet.stderr
+    assert "2 lines" in quiet.stdout, quiet.stdout
     own = write_jsonl(tmp_path / "own.jsonl", [{"visual_input": str(media["image"]), "prompt": "a ball",
                                                 "num_input_frames": 9}])
     res = run(cli, ckpt, own, tmp_path / "out2")  # a line's own 9 is an error

@@ -54,6 +54,7 @@ def batch(
     gpus: o.GpusOpt = 1,
     report: o.ReportOpt = None,
     as_json: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
     batch_input_path: o.BatchInputOpt = None,
     executor: c.ExecutorOpt = "local",
     ray_address: c.RayAddressOpt = None,
@@ -92,7 +93,7 @@ def batch(
     )
     run_and_print(BatchRequest(file, defaults, skip_invalid=skip_invalid, fail_fast=fail_fast, gpus=gpus,
                                report_path=report, shard=parse_shard(shard), executor=executor,
-                               ray=RayOptions(ray_address, ray_actors, ray_retries)), as_json)
+                               ray=RayOptions(ray_address, ray_actors, ray_retries)), as_json, quiet)
 
 
 def merge_and_print(file: Path, output_dir: Path, report: Path | None, as_json: bool) -> None:

@@ -82,7 +82,7 @@ def generate(
         fast=parse_fast(fast), compile=compile_blocks,
     )
     if batch_input_path is not None:
-        return run_batch_and_print(BatchRequest(batch_input_path, request), as_json)
+        return run_batch_and_print(BatchRequest(batch_input_path, request), as_json, quiet)
     if not is_primary():  # a torchrun rank other than 0: rank 0 shows the progress and prints the result
         run_generate(request, QuietProgress())
         return None
