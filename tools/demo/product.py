@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         c = runs[name].case
         print(f"{name:16s} {c.seed:10d} {c.num_input_frames:2d} {s['gain_db']:8.2f} {s['input_psnr_db']:9.2f} "
               f"{s['direction']} (prompt: {s['expected']})")
-    one = [s for n, s in rows.items() if runs[n].case.num_input_frames == 1]
+    one = [s for n, s in rows.items() if runs[n].case.num_input_frames == 1 and not runs[n].case.flip]
     nine = [s for n, s in rows.items() if runs[n].case.num_input_frames == 9]
     summary = {"mean_gain_one_db": float(np.mean([s["gain_db"] for s in one])),
                "mean_gain_nine_db": float(np.mean([s["gain_db"] for s in nine])),
