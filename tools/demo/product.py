@@ -158,6 +158,8 @@ class Run:
     input_frames: np.ndarray  # what the input file holds
     video: np.ndarray  # the output mp4, read back
     fps: float | None
+    mp4: Path
+    txt: Path
 
 
 def generate_all(folder: Path, *, steps: int, cases=CASES, extra: tuple[str, ...] = ()) -> tuple[dict[str, Run], dict]:
@@ -195,7 +197,8 @@ def generate_all(folder: Path, *, steps: int, cases=CASES, extra: tuple[str, ...
     runs = {}
     for c in cases:
         video, fps = read_video(out / f"{c.name}.mp4")
-        runs[c.name] = Run(c, clips[c.name], prompts[c.name], read_input(paths[c.name]), video, fps)
+        runs[c.name] = Run(c, clips[c.name], prompts[c.name], read_input(paths[c.name]), video, fps,
+                           out / f"{c.name}.mp4", out / f"{c.name}.txt")
     return runs, seconds
 
 
