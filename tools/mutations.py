@@ -25,8 +25,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import re
 import time
-import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +114,16 @@ def copy_repository(repo: Path, dest: Path) -> Path:
 
 def package_shims(copy: Path, shim: Path) -> Path:
     """A folder of links, one per package of ``[tool.setuptools] package-dir``, to the copy's folders."""
-    config = tomllib.loads((copy / "pyproject.toml").read_text())
-    mapping = config.get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    text = (copy / "pyproject.toml").read_text()
+    try:
+        import tomllib  # Python 3.11+
+
+        mapping = tomllib.loads(text).get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    except ImportError:  # Python 3.10: the one inline table we need
+        found = re.search(r"^package-dir\s*=\s*\{([^}]*)\}", text, re.M)
+        mapping = dict(re.findall(r'"([^"]+)"\s*=\s*"([^"]+)"', found.group(1))) if found else {}
+    if not mapping:
+        raise MutationError("pyproject.toml has no [tool.setuptools] package-dir: cannot map the copy's packages")
     shim.mkdir(parents=True, exist_ok=True)
     for package, folder in mapping.items():
         if package and "." not in package:
