@@ -12,6 +12,7 @@ seeds, from ``EVAL_FIRST_SEED``) through the real pipeline, and reports per sett
 
     python benchmarks/bench_fast.py --clips 32                      # demo model, CPU, -> fast_demo_cpu.json
     python benchmarks/bench_fast.py --full-size --device cuda --settings step-cache --out benchmarks/results/fast-7b-h100.json
+    python benchmarks/bench_fast.py --full-size --device cuda --settings fp8 --modes eager compile --steps 2
 
 ``--full-size`` runs the same settings through the pipeline's denoising stage on the 7B network with random
 bf16 weights at the default job (121x704x1280), one generation per setting, and reports seconds per step
@@ -19,8 +20,10 @@ against exact mode in the same run and the relative error per step (random weigh
 cache's hit rate on the real model: its thresholds are calibrated on the demo model). ``fp8`` there is the real
 FP8 path (compute capability 8.9+); on the demo model on a CPU use ``fp8-sim``, which rounds exactly as FP8 does.
 Exact mode always runs first, in the same process; at 35 steps each 7B setting takes about 5 minutes on an H100
-(8.5 s per exact step), so give one call one or two ``--settings`` (or fewer ``--steps``). Not run yet: written
-while no GPU was available.
+(8.5 s per exact step), so give one call one or two ``--settings`` (or fewer ``--steps``). ``--modes eager
+compile`` runs every setting twice, without and with ``--compile`` (the blocks through ``torch.compile``), each
+against exact mode in the same mode (``time_vs_exact``) and against eager exact mode (``time_vs_exact_eager``);
+the compiled settings are keyed ``"<setting> --compile"``.
 """
 
 from __future__ import annotations
@@ -210,35 +213,46 @@ def run_full_size(args) -> dict:
     free, _ = torch.cuda.mem_get_info(device)
     plan = plan_memory(spec, free, strategy="resident", upsampler=False, guardrail=False)
     results, exact_steps, exact_latent = {}, None, None
-    for s in settings:
+    runs = [(s, mode == "compile") for mode in args.modes for s in settings]
+    for s, compiled in runs:
+        key, exact_key = (f"{s} --compile", "exact --compile") if compiled else (s, "exact")
         net = random_network(p, seed=0, device=args.device)
-        pipe = Predict1Pipeline(spec, plan, device, net, None, None, fast=fast_of(s))
-        with torch.inference_mode():  # warm-up (kernels, allocator), not timed
+        pipe = Predict1Pipeline(spec, plan, device, net, None, None, fast=fast_of(s), compile=compiled)
+        t_warm = time.perf_counter()
+        with torch.inference_mode():  # warm-up (kernels, allocator, compilation), not timed
             pipe.denoise(dataclasses.replace(job, num_steps=1), latent, 1, emb, NullProgress())
+        torch.cuda.synchronize(device)
+        t_warm = time.perf_counter() - t_warm
         times: list[float] = []
         timed_denoise(pipe, times)
         rec = StepRecorder(pipe.network.obj, keep_on=args.device)
         with torch.inference_mode():
             out = pipe.denoise(job, latent, 1, emb, NullProgress())
         steps = rec.close()
-        if s == "exact":
+        if exact_steps is None:  # every setting's error is against the first exact run (eager when it ran)
             exact_steps, exact_latent = steps, out
         errs = relative_errors(steps, exact_steps)
-        results[s] = {
-            "fast": fast_of(s).describe() or "exact", **pipe.denoise_stats,
+        results[key] = {
+            "fast": fast_of(s).describe() or "exact", "compile": compiled, **pipe.denoise_stats,
+            "warmup_step_s": round(t_warm, 2),
             "denoise_s": round(times[0], 2), "s_per_step": round(times[0] / args.steps, 3),
             "rel_err_per_step": [round(e, 5) for e in errs],
             "final_latent_rel_err": ((out.float() - exact_latent.float()).norm() / exact_latent.float().norm()).item(),
             "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
         }
-        results[s]["time_vs_exact"] = round(results[s]["denoise_s"] / results["exact"]["denoise_s"], 3)
-        print(json.dumps({k: v for k, v in results[s].items() if k != "rel_err_per_step"}), flush=True)
+        results[key]["time_vs_exact"] = round(results[key]["denoise_s"] / results[exact_key]["denoise_s"], 3)
+        if "exact" in results:
+            results[key]["time_vs_exact_eager"] = round(results[key]["denoise_s"] / results["exact"]["denoise_s"], 3)
+        print(json.dumps({"setting": key, **{k: v for k, v in results[key].items() if k != "rel_err_per_step"}}),
+              flush=True)
+        if args.partial_out is not None:  # what is done so far, in case the run is cut short
+            args.partial_out.write_text(json.dumps({"results": results}, indent=1) + "\n")
         pipe.close()
         del pipe, net, steps
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     return {"benchmark": f"fast mode vs exact mode, {args.model} random bf16 weights, default job, denoising stage",
-            "model": spec.name, "num_steps": args.steps, "results": results}
+            "model": spec.name, "num_steps": args.steps, "modes": args.modes, "results": results}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -254,10 +268,11 @@ def print_table(report: dict) -> None:
                   f"{r['denoise_time_vs_exact']:6.3f} {r['psnr_vs_exact_db']:14.2f} {r['psnr_vs_exact_min_db']:6.2f} "
                   f"{100 * r['follow_rate']:6.1f}% {r['psnr_gain_db']:8.2f}")
     else:
-        print(f"\n{'setting':36} {'s/step':>7} {'vs exact':>8} {'fwd':>5} {'cached':>6} {'final rel err':>13}")
+        print(f"\n{'setting':36} {'s/step':>7} {'vs exact':>8} {'vs eager':>8} {'fwd':>5} {'cached':>6} "
+              f"{'final rel err':>13}")
         for s, r in res.items():
-            print(f"{s:36} {r['s_per_step']:7.3f} {r['time_vs_exact']:8.3f} {r['branch_forwards']:5d} "
-                  f"{r['cached_forwards']:6d} {r['final_latent_rel_err']:13.2e}")
+            print(f"{s:36} {r['s_per_step']:7.3f} {r['time_vs_exact']:8.3f} {r.get('time_vs_exact_eager', 1.0):8.3f} "
+                  f"{r['branch_forwards']:5d} {r['cached_forwards']:6d} {r['final_latent_rel_err']:13.2e}")
 
 
 def main() -> None:
@@ -274,6 +289,10 @@ def main() -> None:
                     help="CPU threads for torch (1 is fastest on a small shared machine)")
     ap.add_argument("--full-size", action="store_true", help="random-weight 7B/14B denoising on a GPU")
     ap.add_argument("--model", default="7B", choices=["7B", "14B"], help="--full-size: which network")
+    ap.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile"],
+                    help="--full-size: run the settings without and/or with --compile (exact first in each)")
+    ap.add_argument("--partial-out", type=Path, default=None,
+                    help="--full-size: rewrite this JSON after each setting (results so far)")
     ap.add_argument("--out", type=Path, default=None,
                     help="default: benchmarks/results/fast_demo_<device>.json (demo) or fast-<model>-<device>.json")
     args = ap.parse_args()

@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from cosmos_cli.launch import launch_env  # noqa: E402
 from cosmos_plugins.predict1 import parallel as P  # noqa: E402
 from cosmos_plugins.predict1 import sampler as S  # noqa: E402
 from cosmos_plugins.predict1.params import DiTParams  # noqa: E402
@@ -269,7 +270,7 @@ def main() -> None:
         from cosmos_plugins.predict1.specs import PREDICT1_TINY
 
         SPECS.update({"7B": PREDICT1_TINY, "14B": PREDICT1_TINY})
-    ctx = P.init_distributed(P.launched_world_size(), device="cpu" if args.smoke else "cuda")
+    ctx = P.init_distributed(launch_env().world_size, device="cpu" if args.smoke else "cuda")
     if ctx is None or ctx.world_size != 2:
         raise SystemExit("run under torchrun --nproc_per_node=2")
     _CUDA[0] = ctx.device.type == "cuda"

@@ -86,8 +86,8 @@ from cosmos_cli.generation import (
     pick_device,
     start_parallel,
 )
-from cosmos_cli.generation import is_primary as is_primary
 from cosmos_cli.jobs import GenerationJob, default_name, parse_json_line, validate_batch
+from cosmos_cli.launch import launch_env
 from cosmos_cli.progress import Progress, QuietProgress
 from cosmos_cli.registry import find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
@@ -116,6 +116,9 @@ class BatchRequest:
     fail_fast: bool = False
     gpus: int = 1
     report_path: Path | None = None
+    shard: tuple[int, int] | None = None  # --shard I/N: see cosmos_cli.batch_shard
+    executor: str = "local"  # or "ray": see cosmos_cli.batch_ray
+    ray: Any = None  # cosmos_cli.batch_ray.RayOptions with --executor ray
 
 
 @dataclass(frozen=True)
@@ -333,9 +336,16 @@ def existing_output(item: BatchItem) -> tuple[str, str]:
                        f"with other parameters")
 
 
-def remove_leftovers(item: BatchItem) -> None:
-    """Delete the hidden staging and temporary files a killed run may have left for this item."""
+def remove_leftovers(item: BatchItem, present: set[str] | None = None) -> None:
+    """Delete the hidden staging and temporary files a killed run may have left for this item. ``present``: the
+    hidden leftovers of the folder from one listing (a streamed batch of a million lines lists it once, not per line)."""
     folder = item.video_path.parent
+    if present is not None:
+        mine = (f".{item.staged_video.name}", f".{item.staged_prompt.name}", f".{item.sidecar_path.name}.")
+        for name in [n for n in present if n.startswith(mine)]:
+            (folder / name).unlink(missing_ok=True)
+            present.discard(name)
+        return
     if not folder.is_dir():
         return
     for staged in (item.staged_video, item.staged_prompt):
@@ -362,15 +372,15 @@ def validate_for(file: Path, spec: ModelSpec, defaults: GenerateRequest):
     """The one validation of a batch file, for `cosmos validate` and `cosmos batch` alike: the model's needs (a
     prompt on every line when it has no upsampler or the upsampler is off, unless --prompt gives one; its input
     frame counts) with the same options as defaults. Returns the :class:`~cosmos_cli.jobs.ValidationReport`."""
-    d = defaults
+    return validate_batch(file, **validation_args(spec, defaults))
+
+
+def validation_args(spec: ModelSpec, d: GenerateRequest) -> dict[str, Any]:
+    """The model's needs and the options that validation checks each line against."""
     needs_prompt = d.disable_prompt_upsampler or spec.component(UPSAMPLER) is None
-    return validate_batch(
-        file,
-        require_prompt=needs_prompt and not (d.prompt and d.prompt.strip()),
-        default_input_frames=d.num_input_frames or spec.default_input_frames,
-        allowed_input_frames=spec.input_frames,
-        model_name=spec.name,
-    )
+    return {"require_prompt": needs_prompt and not (d.prompt and d.prompt.strip()),
+            "default_input_frames": d.num_input_frames or spec.default_input_frames,
+            "allowed_input_frames": spec.input_frames, "model_name": spec.name}
 
 
 def prompt_hint(report, spec: ModelSpec, defaults: GenerateRequest) -> str | None:
@@ -395,7 +405,8 @@ def validation_notes(report, defaults: GenerateRequest) -> list[str]:
 
 
 def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard: tuple[int, int] = (0, 1),
-               report=None, on_valid: Callable[[], None] | None = None) -> BatchPlan:
+               report=None, on_valid: Callable[[], None] | None = None,
+               leftovers: set[str] | None = None) -> BatchPlan:
     """Validate the file, resolve every valid line, and decide for each whether it needs generating.
 
     ``shard=(rank, world)`` restricts the resume decisions (and the clean-up of leftovers) to the lines a
@@ -450,7 +461,7 @@ def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard:
         params, digest = job_params(job, spec, d)
         item = BatchItem(batch_file, bl.line, bl.data, job, params, digest, out_dir / f"{name}.mp4",
                          out_dir / f"{name}.txt")
-        remove_leftovers(item)
+        remove_leftovers(item, leftovers)
         state, why = existing_output(item)
         base = dataclasses.replace(base, prompt=job.prompt, seed=job.seed, params_hash=digest)
         if state == "complete" and not d.overwrite:
@@ -842,7 +853,13 @@ class Coordinator:
 
 
 def report_path_for(req: BatchRequest) -> Path:
-    return Path(req.report_path) if req.report_path is not None else Path(req.defaults.output_dir) / REPORT_NAME
+    if req.report_path is not None:
+        return Path(req.report_path)
+    if req.shard is not None:
+        from cosmos_cli.batch_shard import shard_report_name
+
+        return Path(req.defaults.output_dir) / shard_report_name(req.shard)
+    return Path(req.defaults.output_dir) / REPORT_NAME
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -852,10 +869,8 @@ def report_path_for(req: BatchRequest) -> Path:
 
 def torchrun_env() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) when started by torchrun with more than one process, else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return None
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    launch = launch_env()
+    return (launch.rank, launch.world_size, launch.local_rank) if launch.is_parallel else None
 
 
 def worker_devices(device: str, n: int) -> list[str]:
@@ -898,19 +913,35 @@ def _run_batch(req: BatchRequest, display: BatchDisplay | None) -> BatchOutcome:
     if dist is not None and req.gpus not in (1, dist[1]):
         raise UsageError(f"--gpus {req.gpus} under torchrun with {dist[1]} processes",
                          hint="Under torchrun each process is one worker: leave --gpus out.")
+    if req.shard is not None and (dist is not None or d.num_gpus > 1):
+        raise UsageError("--shard under torchrun: the ranks already share the lines", hint="Drop --shard.")
+    if req.executor == "ray":
+        from cosmos_cli.batch_ray import check_ray_request
+
+        check_ray_request(req, dist)
     log = BatchDisplay("off") if dist is not None and dist[0] != 0 else display
     backend, spec = checked_model(d, EventProgress(log.handle, 0))
     primary = dist is None or dist[0] == 0
     locks = []
 
     def take_folder() -> None:  # the file is valid: lock the output folder (rank 0 of torchrun) before touching it
-        if primary:
+        if primary and req.shard is not None:
+            from cosmos_cli.batch_shard import lock_shard
+
+            locks.extend(lock_shard(Path(d.output_dir), req.shard))
+        elif primary:
             locks.append(lock_folder(Path(d.output_dir)))
+        if primary:
             check_report_path(report_path_for(req), Path(req.file))
 
     try:
+        if req.executor == "ray":  # validates and plans as it goes, streaming (see cosmos_cli.batch_stream)
+            from cosmos_cli.batch_ray import run_on_ray
+
+            return run_on_ray(req, spec, display, req.ray, take_folder)
         try:
             shard = (dist[0], dist[1]) if dist is not None and d.num_gpus == 1 else (0, 1)  # --num-gpus: rank 0 plans
+            shard = req.shard or shard
             plan = plan_batch(req, spec, EventProgress(log.handle, 0), shard=shard, on_valid=take_folder)
         except KeyboardInterrupt as exc:  # nothing generated yet: no report, but the same exit code as later
             from cosmos_cli.signals import Terminated

@@ -14,6 +14,8 @@ import json
 import os
 import time
 
+from cosmos_cli.launch import launch_env
+
 
 class CosmosError(Exception):
     """Base of every error the user should see as one line, not a traceback."""
@@ -94,7 +96,7 @@ def quiet_on_this_rank(exc: BaseException) -> bool:
     """Whether ``main()`` should exit without printing ``exc``: in a torchrun process other than rank 0 (``RANK``),
     an error that every rank raises alike (validation, usage: rank 0 prints it) or that echoes rank 0's. A
     :class:`RankError` and non-Cosmos exceptions (bugs) are printed on every rank."""
-    return (int(os.environ.get("RANK", "0") or 0) != 0 and isinstance(exc, CosmosError)
+    return (launch_env().rank != 0 and isinstance(exc, CosmosError)
             and not isinstance(exc, RankError))
 
 
@@ -135,7 +137,8 @@ def torchrun_follower_exits() -> None:
 def torchrun_leader_exits(exc: CosmosError) -> None:
     """Rank 0 under torchrun, after printing ``exc``: our line in the launcher's error file (the summary shows it
     instead of a pointer to torch's documentation), then wait for the ranks that exit quietly."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or int(os.environ.get("RANK", "0") or 0) != 0:
+    launch = launch_env()
+    if not launch.is_parallel or launch.rank != 0:
         return
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
@@ -150,7 +153,7 @@ def torchrun_leader_exits(exc: CosmosError) -> None:
     store = _agent_store()
     if store is None:
         return
-    others = int(os.environ["WORLD_SIZE"]) - 1
+    others = launch.world_size - 1
     deadline = time.monotonic() + TORCHRUN_WAIT_S
     while store.add(_EXITED_KEY, 0) < others and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -12,7 +12,6 @@ generation; rank 0 alone writes the files and prints (the others use a :class:`~
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from cosmos_cli.errors import (
 )
 from cosmos_cli.fastmode import FastMode, check_fast
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
+from cosmos_cli.launch import launch_env
 from cosmos_cli.limits import check_generation_values
 from cosmos_cli.planner import STRATEGY_NAMES, MemoryPlan, plan_memory, strategy_for_original_flags
 from cosmos_cli.progress import NullProgress, Progress
@@ -186,14 +186,17 @@ def warn_off_distribution(spec: ModelSpec, req: GenerateRequest, progress: Progr
         progress.warning(f"warning: {req.input_path}: {text}")
 
 
-def plan_request(spec: ModelSpec, req: GenerateRequest, free_bytes: int | None) -> MemoryPlan:
-    """The memory plan for ``req`` with ``free_bytes`` of GPU memory free (None: unknown), without raising when
-    nothing fits: what `generate` runs with (:func:`plan_for`) and what `cosmos memory-plan` shows."""
+def plan_request(spec: ModelSpec, req: GenerateRequest, free_bytes: int | None,
+                 ram_bytes: int | None = None) -> MemoryPlan:
+    """The memory plan for ``req`` with ``free_bytes`` of GPU memory free and ``ram_bytes`` of host memory available
+    (None: unknown), without raising when nothing fits: what `generate` runs with (:func:`plan_for`) and what
+    `cosmos memory-plan` shows."""
     strategy, asked_by = asked_strategy(req)
     upsampler, guardrail = not req.disable_prompt_upsampler, not req.disable_guardrail
     reserved = find_model(spec.name)[0].fast_mode_bytes(spec, req.fast) if not req.fast.exact else 0
     plan = plan_memory(spec, None if free_bytes is None else max(free_bytes - reserved, 0), strategy=strategy,
-                       upsampler=upsampler, guardrail=guardrail, num_gpus=req.num_gpus, asked_by=asked_by)
+                       upsampler=upsampler, guardrail=guardrail, num_gpus=req.num_gpus, asked_by=asked_by,
+                       ram_bytes=ram_bytes)
     if reserved:
         plan = replace(plan, reason=f"{plan.reason}; {reserved / 2**30:.1f} GiB set aside for --fast "
                                     f"{req.fast.describe()}")
@@ -230,13 +233,17 @@ def plan_for(spec: ModelSpec, req: GenerateRequest, device: str, run: ParallelRu
         return replace(plan, reason=f"on the CPU every model stays in host memory, about "
                                     f"{plan.predicted_peak_bytes / 2**30:.1f} GiB at the peak{why}")
     from cosmos_cli.gpu import free_bytes
+    from cosmos_cli.hostmem import available_host_bytes
 
-    free = free_bytes(device)
-    if run is not None:
+    free, ram = free_bytes(device), available_host_bytes()
+    if run is not None:  # every rank makes the same plan
         free = run.agree_min(free)
-    plan = plan_request(spec, req, free)
+        ram = run.agree_min(-1 if ram is None else ram)  # one collective on every rank, unknown anywhere: unknown
+        ram = None if ram < 0 else ram
+    plan = plan_request(spec, req, free, ram)
     if not plan.fits:
-        raise MemoryPlanError(plan.reason, hint="See `cosmos memory-plan`; free GPU memory or use more GPUs.")
+        raise MemoryPlanError(plan.reason, hint=plan.hint or "See `cosmos memory-plan`; free GPU memory or use more "
+                                                             "GPUs.")
     return plan
 
 
@@ -264,23 +271,13 @@ def checked_model(req: GenerateRequest, progress: Progress) -> tuple[Backend, Mo
     return backend, spec
 
 
-def launched_world_size() -> int:
-    """The number of processes torchrun started (``WORLD_SIZE``), 1 without torchrun."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def is_primary() -> bool:
-    """False in the torchrun processes other than rank 0, which leave printing and writing to rank 0."""
-    return launched_world_size() <= 1 or int(os.environ.get("RANK", "0") or 0) == 0
-
-
 def start_parallel(backend: Backend, spec: ModelSpec, req: GenerateRequest, command: str) -> ParallelRun | None:
     """Join the torchrun run that splits each generation over ``req.num_gpus`` GPUs (None: one process).
 
     Every rank calls it alike, after validating the request and before loading anything; the backend refuses a GPU
     count that cannot split the work (naming the ones that can), a launch that does not match (giving the torchrun
     command), a missing NCCL."""
-    if req.num_gpus == 1 and (command != "generate" or launched_world_size() == 1):
+    if req.num_gpus == 1 and (command != "generate" or not launch_env().is_parallel):
         return None  # (a batch under torchrun with --num-gpus 1 shares its lines out instead, see cosmos_cli.batch)
     if req.num_gpus > 1 and req.device not in ("auto", "cuda", "cpu"):
         raise UsageError(f"--num-gpus {req.num_gpus} puts each process on its own GPU (cuda:LOCAL_RANK); "

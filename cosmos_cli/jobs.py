@@ -36,8 +36,6 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 RAW_TEXT_SHOWN = 2000  # characters of an invalid line kept for the batch report
 
-JOB_KEYS = ("prompt", "negative_prompt", "seed", "num_input_frames", "guidance", "num_steps", "fps", "name")
-
 
 @dataclass(frozen=True)
 class GenerationJob:
@@ -191,10 +189,12 @@ def parse_json_line(text: str) -> Any:
                       object_pairs_hook=_no_duplicates)
 
 
-def read_batch_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
+def read_batch_lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, bytes | None]]:
     """``(line number, bytes without the newline)`` of a batch file, streamed; ``None`` for a line longer than
     :data:`~cosmos_cli.limits.MAX_LINE_BYTES` (the rest of it is skipped). Only a regular file is read (a FIFO
-    would block, ``/dev/zero`` never ends), of at most :data:`~cosmos_cli.limits.MAX_BATCH_FILE_BYTES`."""
+    would block, ``/dev/zero`` never ends), of at most :data:`~cosmos_cli.limits.MAX_BATCH_FILE_BYTES` (or
+    ``max_bytes``: a driver that streams the file holds far less than the file)."""
+    limit = MAX_BATCH_FILE_BYTES if max_bytes is None else max_bytes
     if not path.exists():
         raise InputError(f"{path}: no such file", hint="Check the path of the batch file.")
     if path.is_dir():
@@ -208,9 +208,9 @@ def read_batch_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
         if not stat.S_ISREG(info.st_mode):
             raise InputError(f"{path}: not a regular file (a pipe, device or socket)",
                              hint="Save the batch to a file and pass its path.")
-        if info.st_size > MAX_BATCH_FILE_BYTES:
+        if info.st_size > limit:
             raise InputError(f"{path}: {info.st_size / 2**20:.0f} MiB is larger than the "
-                             f"{_size(MAX_BATCH_FILE_BYTES)} a batch file may have",
+                             f"{_size(limit)} a batch file may have",
                              hint="Split it into several batch files.")
         total = 0
         lineno = 0
@@ -224,10 +224,10 @@ def read_batch_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
             while too_long and chunk and not chunk.endswith(b"\n"):  # skip to the end of the long line
                 chunk = f.readline(MAX_LINE_BYTES)
                 total += len(chunk)
-                if total > MAX_BATCH_FILE_BYTES:
+                if total > limit:
                     break
-            if total > MAX_BATCH_FILE_BYTES:  # the file grew while we read it
-                raise InputError(f"{path}: longer than the {_size(MAX_BATCH_FILE_BYTES)} a batch file may have",
+            if total > limit:  # the file grew while we read it
+                raise InputError(f"{path}: longer than the {_size(limit)} a batch file may have",
                                  hint="Split it into several batch files.")
             yield lineno, None if too_long else chunk.removesuffix(b"\n")
 
@@ -284,7 +284,7 @@ def default_name(line: int) -> str:
     return f"line{line:05d}"
 
 
-def validate_batch(
+def check_lines(
     path: Path,
     *,
     require_prompt: bool,
@@ -292,29 +292,31 @@ def validate_batch(
     allowed_input_frames: tuple[int, ...] | None,
     model_name: str | None = None,
     check_media: bool = True,
-) -> ValidationReport:
-    """Check every line of a JSONL batch file; return every issue found, in line order."""
+    names=None,
+    probes=None,
+    max_bytes: int | None = None,
+) -> Iterator[tuple[int, dict[str, Any], Path | None, list[ValidationIssue], str]]:
+    """:func:`validate_batch`, one line at a time and holding nothing: ``(line, object, resolved input, issues,
+    text)`` for every non-blank line (the text only for an invalid line). ``names`` (output name -> line, for the
+    uniqueness check) and ``probes`` (input -> media info or error) are mappings the caller may supply, e.g. a
+    compact or bounded one for files of millions of lines; by default plain dicts."""
     from cosmos_cli.media import probe
 
-    path = Path(path)
-    report = ValidationReport(path=path)
     validator = _validator(require_prompt)
-    probes: dict[Path, Any] = {}  # each distinct file is opened once
-    names: dict[str, int] = {}
-    pending: list[tuple[int, dict[str, Any], Path | None, list[ValidationIssue], str]] = []
-
-    for lineno, raw in read_batch_lines(path):
+    probes = {} if probes is None else probes  # each distinct file is opened once
+    names = {} if names is None else names
+    for lineno, raw in read_batch_lines(path, max_bytes):
         if raw is None:
-            pending.append((lineno, {}, None, [ValidationIssue(
+            yield (lineno, {}, None, [ValidationIssue(
                 lineno, None, f"line longer than {_size(MAX_LINE_BYTES)} (a job fits in a few KB)")],
-                "(line too long)"))
+                "(line too long)")
             continue
         try:
             line_text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").removesuffix("\r")
         except UnicodeDecodeError as exc:
-            pending.append((lineno, {}, None, [ValidationIssue(
+            yield (lineno, {}, None, [ValidationIssue(
                 lineno, None, f"not valid UTF-8 (byte {exc.start + 1} of the line); save the file as UTF-8")],
-                raw.decode("utf-8", errors="replace")))
+                raw.decode("utf-8", errors="replace"))
             continue
         if not line_text.strip():
             continue
@@ -322,16 +324,16 @@ def validate_batch(
         try:
             obj = parse_json_line(line_text)
         except BadJsonValue as exc:
-            pending.append((lineno, {}, None, [ValidationIssue(lineno, exc.field, exc.message)], line_text))
+            yield (lineno, {}, None, [ValidationIssue(lineno, exc.field, exc.message)], line_text)
             continue
         except ValueError as exc:  # json.JSONDecodeError, or a number Python cannot hold
             where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-            pending.append((lineno, {}, None, [ValidationIssue(
-                lineno, None, f"not valid JSON: {getattr(exc, 'msg', exc)}{where}")], line_text))
+            yield (lineno, {}, None, [ValidationIssue(
+                lineno, None, f"not valid JSON: {getattr(exc, 'msg', exc)}{where}")], line_text)
             continue
         if not isinstance(obj, dict):
             issues.append(ValidationIssue(lineno, None, f"must be a JSON object, got {type(obj).__name__}"))
-            pending.append((lineno, {}, None, issues, line_text))
+            yield (lineno, {}, None, issues, line_text)
             continue
         for err in sorted(validator.iter_errors(obj), key=lambda e: (list(e.absolute_path), e.validator)):
             issues.append(_schema_issue(lineno, err))
@@ -377,7 +379,24 @@ def validate_batch(
                     # cosmos_cli.batch.frames_for_line; a line's own "num_input_frames" is taken at its word)
                     what = "an image has 1 frame" if info.kind == "image" else f"the video has {info.num_frames} frames"
                     issues.append(ValidationIssue(lineno, "visual_input", f"{vi}: needs {n_frames} input frames but {what}"))
-        pending.append((lineno, obj, resolved, issues, line_text if issues else ""))
+        yield lineno, obj, resolved, issues, line_text if issues else ""
+
+
+def validate_batch(
+    path: Path,
+    *,
+    require_prompt: bool,
+    default_input_frames: int,
+    allowed_input_frames: tuple[int, ...] | None,
+    model_name: str | None = None,
+    check_media: bool = True,
+) -> ValidationReport:
+    """Check every line of a JSONL batch file; return every issue found, in line order."""
+    path = Path(path)
+    report = ValidationReport(path=path)
+    pending = list(check_lines(path, require_prompt=require_prompt, default_input_frames=default_input_frames,
+                               allowed_input_frames=allowed_input_frames, model_name=model_name,
+                               check_media=check_media))
 
     if not pending:
         report.issues.append(ValidationIssue(None, None, "the file has no jobs (it is empty or only blank lines)"))

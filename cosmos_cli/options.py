@@ -71,6 +71,12 @@ VramOpt = Annotated[
                  help="GPU memory to plan for, with a unit: 24GB (10^9 bytes), 24GiB or 24000MiB. Default: the "
                       "detected free memory, as `generate` reads it."),
 ]
+RamOpt = Annotated[
+    str | None,
+    typer.Option("--ram", metavar="SIZE",
+                 help="Host memory to plan for, with a unit: 32GB (10^9 bytes), 32GiB. Default: what this process may "
+                      "use (MemAvailable, or the cgroup's memory limit if lower), as `generate` reads it."),
+]
 NumGpusOpt = Annotated[
     int,
     typer.Option("--num-gpus", min=1, rich_help_panel=P_MEMORY, metavar="N",

@@ -15,7 +15,11 @@ Placements:
   deletes and reloads from disk instead: the same GPU peak, a slower batch);
 * ``cpu``: kept and computed on the CPU;
 * ``stream``: transformer blocks (of the network, or T5's layers) live in pinned host memory and are copied to
-  the GPU a block or two ahead of the computation; the rest of the model is resident during its stage.
+  the GPU a block or two ahead of the computation; the rest of the model is resident during its stage;
+* ``map``: the network's blocks stream as under ``stream``, but from the memory-mapped checkpoint file: a side
+  thread reads each block ahead into a small pinned staging ring, which is copied to the GPU. No host copy of the
+  blocks is made; the file's pages live in the page cache, which the kernel may drop (they are then read from disk
+  again on the next pass). The ``stream-mapped*`` strategies, for when host RAM cannot hold pinned copies.
 
 The predicted peak of a stage is the bytes of every weight on the GPU during that stage plus the
 activation peak of the stage: what ``torch.cuda.max_memory_allocated`` reports, which is what the backend's
@@ -23,6 +27,17 @@ formulas are calibrated against (benchmarks/bench_memory.py). The plan's peak is
 strategy *fits* when the peak plus a margin (a fixed runtime allowance for allocator fragmentation and
 workspaces, plus 5% of the memory) is at most the available memory. ``memory-plan`` and ``generate`` call the same
 function, so the plan shown is the plan used.
+
+Host memory is planned too (``ram_bytes``, :mod:`cosmos_cli.hostmem` reads it: ``MemAvailable`` and the cgroup
+limit). The predicted host peak of a strategy is what it commits, memory the kernel cannot take back: the process
+itself (Python, torch, the CUDA runtime), every pinned copy (``swap``, ``stream``, the ``map`` staging ring and the
+network's small non-block weights), every model kept on the CPU (``cpu``), and on top the larger of what running
+adds (the job's frames on the host, the activations of a model computed on the CPU) and what loading adds (a model
+its loader builds on the host before moving it to the GPU, ``Component.loaded_on_host``: an upper bound, as if it
+were loaded last); with several GPUs, each other rank's own copy of the network. A ``map``-placed file
+is counted apart, as page cache: what is left of the RAM after the peak holds that much of it. A strategy fits when
+its GPU peak fits the GPU (as above) and its host peak plus a margin (max(1 GiB, 5%)) fits the RAM; with the RAM
+unknown only the GPU is checked.
 """
 
 from __future__ import annotations
@@ -51,6 +66,19 @@ MARGIN_FRACTION = 0.05
 MIN_MARGIN_BYTES = int(0.5 * GiB)
 # Blocks resident at once when streaming: the one computing and the ones being copied ahead.
 STREAM_BLOCKS_IN_FLIGHT = 3
+# Pinned staging buffers of the ``map`` placement, one block each (cosmos_plugins.predict1.mapped.STAGING_SLOTS).
+MAP_STAGING_BLOCKS = 2
+
+# Host memory the process holds whatever the strategy: the interpreter, torch and the CUDA runtime's host side
+# (its context, the kernels of the libraries it loads). An allowance: benchmarks/bench_hostram.py measures it
+# (RssAnon of the process once CUDA is up, before any model) for the integrator to set from the GPU machine.
+HOST_RUNTIME_BYTES = 2 * GiB
+# A plan fits the host when host peak + max(1 GiB, 5% of the RAM) <= the RAM available.
+HOST_MARGIN_FRACTION = 0.05
+MIN_HOST_MARGIN_BYTES = 1 * GiB
+# The job's video on the host, per pixel: the input frames as read (uint8 RGB), the fp32 tensor made of them
+# before it goes to the GPU, and the decoded video back (uint8): 3 channels x (1 + 4 + 1) bytes.
+HOST_IO_BYTES_PER_PIXEL = 3 * (1 + 4 + 1)
 
 
 @dataclass(frozen=True)
@@ -68,17 +96,25 @@ class Strategy:
     def placement(self, component: str) -> str:
         return dict(self.placements).get(component, "gpu")
 
+    @property
+    def mapped(self) -> bool:
+        """Streams from the mapped checkpoint file: the same GPU memory as its pinned twin, less host memory."""
+        return any(p == "map" for _, p in self.placements)
 
-def _strategy(name, description, *, swap=(), cpu=(), stream=(), cfg_batched=True, tiled=True, flags=(),
+
+def _strategy(name, description, *, swap=(), cpu=(), stream=(), mapped=(), cfg_batched=True, tiled=True, flags=(),
               lean=False):
-    placements = tuple((c, "swap") for c in swap) + tuple((c, "cpu") for c in cpu) + tuple((c, "stream") for c in stream)
+    placements = (tuple((c, "swap") for c in swap) + tuple((c, "cpu") for c in cpu)
+                  + tuple((c, "stream") for c in stream) + tuple((c, "map") for c in mapped))
     return Strategy(name, description, placements, cfg_batched, tiled, tuple(flags), lean)
 
 
 _UPS, _GRD, _TXT, _TOK, _NET = UPSAMPLER, GUARDRAIL, TEXT_ENCODER, TOKENIZER, NETWORK
 
 # A strategy is listed only once the backend runs it (cosmos_plugins.predict1.offload); every one is measured by
-# benchmarks/bench_memory.py.
+# benchmarks/bench_memory.py (the stream-mapped ones by benchmarks/bench_hostram.py). Each stream-mapped strategy
+# follows its pinned twin: the same GPU memory (so the list stays ordered by GPU peak), slower where the page cache
+# cannot hold the network's file, and chosen when host RAM cannot hold the pinned copy.
 STRATEGIES: tuple[Strategy, ...] = (
     _strategy("resident", "every model stays on the GPU"),
     _strategy("offload-upsampler", "the prompt upsampler is on the GPU only while it runs",
@@ -100,28 +136,28 @@ STRATEGIES: tuple[Strategy, ...] = (
     _strategy("stream", "the network's blocks stream from pinned host memory, copied a block or two ahead on a "
               "side stream; prompt upsampler and guardrails on the CPU; T5 and tokenizer on the GPU only for "
               "their stages", swap=(_TXT, _TOK), cpu=(_UPS, _GRD), stream=(_NET,)),
+    _strategy("stream-mapped", "stream, the network's blocks read from the memory-mapped checkpoint file (a side "
+              "thread reads ahead into a small pinned staging ring) instead of a pinned copy",
+              swap=(_TXT, _TOK), cpu=(_UPS, _GRD), mapped=(_NET,)),
     _strategy("stream-sequential", "+ the two guidance branches one after the other",
               swap=(_TXT, _TOK), cpu=(_UPS, _GRD), stream=(_NET,), cfg_batched=False),
+    _strategy("stream-mapped-sequential", "stream-sequential, the network's blocks read from the mapped file",
+              swap=(_TXT, _TOK), cpu=(_UPS, _GRD), mapped=(_NET,), cfg_batched=False),
     _strategy("stream-lean", "+ T5's layers stream too; the network's attention and MLP over chunks of tokens",
               swap=(_TOK,), cpu=(_UPS, _GRD), stream=(_TXT, _NET), cfg_batched=False, lean=True),
+    _strategy("stream-mapped-lean", "stream-lean, the network's blocks read from the mapped file",
+              swap=(_TOK,), cpu=(_UPS, _GRD), stream=(_TXT,), mapped=(_NET,), cfg_batched=False, lean=True),
 )
 
 STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
 
-# The original's five offload flags, in the order of its memory table: the strategy the set of flags means.
-ORIGINAL_FLAG_ORDER = (
-    "offload_prompt_upsampler",
-    "offload_guardrail_models",
-    "offload_text_encoder_model",
-    "offload_tokenizer",
-    "offload_diffusion_transformer",
-)
-
-
 def leaner_strategy(name: str) -> str | None:
-    """The strategy after ``name`` in :data:`STRATEGIES` (None after the leanest)."""
+    """The next strategy after ``name`` in :data:`STRATEGIES` that needs less GPU memory, of the same kind (pinned
+    or mapped: a pinned strategy's mapped twin needs the same GPU memory; None after the leanest)."""
     i = STRATEGY_NAMES.index(name)
-    return STRATEGY_NAMES[i + 1] if i + 1 < len(STRATEGY_NAMES) else None
+    kind = STRATEGIES[i].mapped
+    later = [s.name for s in STRATEGIES[i + 1:] if s.mapped == kind]
+    return later[0] if later else None
 
 
 def strategy_for_original_flags(flags: set[str]) -> str | None:
@@ -148,6 +184,15 @@ class ComponentPlan:
 
 
 @dataclass(frozen=True)
+class HostUse:
+    """What a strategy holds in host memory: the committed peak, the mapped file bytes, and what holds it."""
+
+    peak_bytes: int  # committed (anonymous and pinned): the kernel cannot take it back
+    mapped_bytes: int  # checkpoint files read through a mapping: page cache, reclaimable
+    held: tuple[tuple[str, str, int], ...]  # (component, placement, bytes) of the models held on the host
+
+
+@dataclass(frozen=True)
 class MemoryPlan:
     """Where each component lives, the predicted peak, and why this strategy was chosen."""
 
@@ -165,6 +210,15 @@ class MemoryPlan:
     reason: str = ""
     alternatives: tuple[tuple[str, int, bool], ...] = field(default=(), compare=False)
     lean_network: bool = False
+    # host memory (ram_bytes None: unknown, not checked; host_fits is then None)
+    ram_bytes: int | None = None
+    host_peak_bytes: int = 0
+    host_mapped_bytes: int = 0
+    host_margin_bytes: int = 0
+    host_fits: bool | None = None
+    # per strategy: (name, host peak, mapped bytes, fits the host or None when the RAM is unknown)
+    host_alternatives: tuple[tuple[str, int, int, bool | None], ...] = field(default=(), compare=False)
+    hint: str = ""  # what to do when the plan does not fit
 
     def placement(self, component: str) -> str:
         for c in self.components:
@@ -172,15 +226,27 @@ class MemoryPlan:
                 return c.placement
         return "absent"
 
+    @property
+    def page_cache_bytes(self) -> int | None:
+        """Host memory left for the page cache (a mapped file's pages) above the host peak (None: RAM unknown)."""
+        return None if self.ram_bytes is None else max(0, self.ram_bytes - self.host_peak_bytes)
+
     def to_json(self) -> dict:
+        host = {n: (p, m, f) for n, p, m, f in self.host_alternatives}
         return {
             "model": self.model,
             "vram_bytes": self.vram_bytes,
+            "ram_bytes": self.ram_bytes,
             "num_gpus": self.num_gpus,
             "strategy": self.strategy,
             "fits": self.fits,
             "predicted_peak_bytes": self.predicted_peak_bytes,
             "margin_bytes": self.margin_bytes,
+            "host_peak_bytes": self.host_peak_bytes,
+            "host_mapped_bytes": self.host_mapped_bytes,
+            "host_margin_bytes": self.host_margin_bytes,
+            "host_fits": self.host_fits,
+            "page_cache_bytes": self.page_cache_bytes,
             "cfg_batched": self.cfg_batched,
             "tiled_tokenizer": self.tiled_tokenizer,
             "lean_network": self.lean_network,
@@ -189,8 +255,12 @@ class MemoryPlan:
                 for c in self.components
             ],
             "stage_peaks": [{"stage": s, "bytes": b} for s, b in self.stage_peaks],
-            "strategies": [{"name": n, "predicted_peak_bytes": p, "fits": f} for n, p, f in self.alternatives],
+            "strategies": [{"name": n, "predicted_peak_bytes": p, "fits": f,
+                            "host_peak_bytes": host.get(n, (None,) * 3)[0],
+                            "host_mapped_bytes": host.get(n, (None,) * 3)[1],
+                            "host_fits": host.get(n, (None,) * 3)[2]} for n, p, f in self.alternatives],
             "reason": self.reason,
+            "hint": self.hint,
         }
 
 
@@ -199,7 +269,7 @@ def _resident_bytes(c: Component, placement: str, stage: str) -> int:
         return c.weight_bytes
     if placement == "swap":
         return c.weight_bytes if stage in c.stages else 0
-    if placement == "stream":
+    if placement in ("stream", "map"):
         if stage not in c.stages:
             return 0
         blocks = c.num_blocks * c.block_bytes
@@ -245,6 +315,74 @@ def evaluate(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True, gua
     return peak, plans, tuple(stage_peaks)
 
 
+def host_margin_for(ram_bytes: int) -> int:
+    """What must stay free above the predicted host peak with ``ram_bytes`` of host memory available."""
+    return max(MIN_HOST_MARGIN_BYTES, int(ram_bytes * HOST_MARGIN_FRACTION))
+
+
+def _host_held(c: Component, placement: str) -> tuple[int, int]:
+    """(committed, mapped) host bytes of one component under ``placement``, once loaded."""
+    if placement in ("swap", "stream", "cpu"):
+        return c.weight_bytes, 0  # the pinned master copy, or the model computed on the CPU
+    if placement == "map":
+        blocks = c.num_blocks * c.block_bytes
+        staging = min(MAP_STAGING_BLOCKS, c.num_blocks) * c.block_bytes
+        return c.weight_bytes - blocks + staging, c.weight_bytes
+    return 0, 0  # gpu: loaded through the file's mapping straight onto the GPU
+
+
+def evaluate_host(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True, guardrail: bool = True,
+                  num_gpus: int = 1) -> HostUse:
+    """The host memory one strategy commits and maps (module doc), for ``num_gpus`` processes on one machine."""
+    comps = [c for c in spec.components
+             if not (c.name == UPSAMPLER and not upsampler) and not (c.name == GUARDRAIL and not guardrail)]
+    held = []
+    committed = mapped = 0
+    for c in comps:
+        placement = strategy.placement(c.name)
+        pinned, file_bytes = _host_held(c, placement)
+        committed += pinned
+        mapped += file_bytes
+        if pinned:
+            held.append((c.name, placement, pinned))
+    # a model computed on the CPU has its stage's activations on the host
+    act = max((c.activation(s) for c in comps if strategy.placement(c.name) == "cpu" for s in c.stages), default=0)
+    io = spec.num_frames * spec.height * spec.width * HOST_IO_BYTES_PER_PIXEL
+    # loading: a model its loader builds on the host holds its weights there until moved; counted as if loaded
+    # last (an upper bound: the other models already hold what they keep)
+    loading = max((c.weight_bytes - _host_held(c, strategy.placement(c.name))[0] for c in comps if c.loaded_on_host),
+                  default=0)
+    peak = HOST_RUNTIME_BYTES + committed + max(io + act, loading)
+    if num_gpus > 1:  # the other ranks load the network only (cosmos_plugins.predict1.pipeline), each its own copy
+        net = spec.component(NETWORK)
+        other = HOST_RUNTIME_BYTES + (_host_held(net, strategy.placement(NETWORK))[0] if net else 0)
+        peak += (num_gpus - 1) * other
+    merged: dict[tuple[str, str], int] = {}
+    for name, placement, b in held:
+        merged[(name, placement)] = merged.get((name, placement), 0) + b
+    return HostUse(peak, mapped, tuple((n, p, b) for (n, p), b in merged.items()))
+
+
+def ram_needed(host_peak_bytes: int) -> int:
+    """The least host RAM at which a host peak of ``host_peak_bytes`` fits with its margin."""
+    return max(host_peak_bytes + MIN_HOST_MARGIN_BYTES, -(-host_peak_bytes * 100 // int(100 * (1 - HOST_MARGIN_FRACTION))))
+
+
+_FLAG_LEAVING_OUT = {UPSAMPLER: "--no-upsampler", GUARDRAIL: "--no-guardrail"}
+
+
+def host_advice(use: HostUse) -> str:
+    """What to do when ``use`` does not fit the host: the models that can be left out, then more RAM."""
+    gib = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
+    held = sorted(use.held, key=lambda h: -h[2])
+    drop = [f"{_FLAG_LEAVING_OUT[n]} leaves out the {n.replace('_', ' ')} ({gib(b)} {'on the CPU' if p == 'cpu' else 'pinned'})"
+            for n, p, b in held if n in _FLAG_LEAVING_OUT]
+    biggest = ", ".join(f"{n.replace('_', ' ')} {gib(b)}" for n, _, b in held[:3])
+    more = (f"or give this process at least {gib(ram_needed(use.peak_bytes))} of RAM (close other programs; raise the "
+            f"container's or job's memory limit)")
+    return (f"Host memory held: {biggest}. " + ("; ".join(drop) + "; " if drop else "") + more + ".")
+
+
 def plan_memory(
     spec: ModelSpec,
     vram_bytes: int | None,
@@ -254,14 +392,18 @@ def plan_memory(
     guardrail: bool = True,
     num_gpus: int = 1,
     asked_by: str | None = None,
+    ram_bytes: int | None = None,
 ) -> MemoryPlan:
-    """Pick the fastest strategy that fits ``vram_bytes`` (``auto``), or check an explicit one.
+    """Pick the fastest strategy that fits ``vram_bytes`` of GPU memory and ``ram_bytes`` of host memory
+    (``auto``), or check an explicit one.
 
     ``asked_by`` says where an explicit strategy came from (the original's flags that mean it), for the messages.
 
-    ``vram_bytes=None`` means the memory is unknown (no GPU detected, none given): ``auto`` then returns the
-    fastest strategy with ``fits=False`` and says so. An explicit strategy that does not fit raises
-    :class:`MemoryPlanError` naming the strategy that would.
+    ``vram_bytes=None`` means the GPU memory is unknown (no GPU detected, none given): ``auto`` then returns the
+    fastest strategy with ``fits=False`` and says so. ``ram_bytes=None``: the host memory is unknown and not
+    checked. An explicit strategy that does not fit raises :class:`MemoryPlanError` naming the strategy that would.
+    When nothing fits, ``auto`` returns the leanest candidate with ``fits=False``, the reason, and in ``hint`` what
+    to do.
     """
     if num_gpus < 1:
         raise MemoryPlanError(f"--num-gpus must be >= 1, got {num_gpus}")
@@ -269,42 +411,92 @@ def plan_memory(
         raise MemoryPlanError(f"unknown memory strategy {strategy!r}",
                               hint=f"Use auto or one of: {', '.join(STRATEGY_NAMES)}.")
     evaluated = [(s, *evaluate(spec, s, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)) for s in STRATEGIES]
+    hosts = {s.name: evaluate_host(spec, s, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)
+             for s in STRATEGIES}
     margin = margin_for(vram_bytes) if vram_bytes is not None else 0
+    host_margin = host_margin_for(ram_bytes) if ram_bytes is not None else 0
 
-    def fits(peak: int) -> bool:
+    def gpu_fits(peak: int) -> bool:
         return vram_bytes is not None and peak + margin <= vram_bytes
 
-    alternatives = tuple((s.name, peak, fits(peak)) for s, peak, _, _ in evaluated)
+    def host_fits(name: str) -> bool | None:
+        return None if ram_bytes is None else hosts[name].peak_bytes + host_margin <= ram_bytes
 
-    def build(s: Strategy, peak: int, comps, stages, reason: str) -> MemoryPlan:
-        return MemoryPlan(spec.name, s.name, vram_bytes, fits(peak), peak, margin, comps, stages, s.cfg_batched,
-                          s.tiled_tokenizer, num_gpus, reason, alternatives, lean_network=s.lean_network)
+    def fits(s: Strategy, peak: int) -> bool:
+        return gpu_fits(peak) and host_fits(s.name) is not False
 
+    alternatives = tuple((s.name, peak, gpu_fits(peak)) for s, peak, _, _ in evaluated)
+    host_alternatives = tuple((s.name, hosts[s.name].peak_bytes, hosts[s.name].mapped_bytes, host_fits(s.name))
+                              for s in STRATEGIES)
     gib = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
+
+    def cache_note(s: Strategy) -> str:
+        use = hosts[s.name]
+        if not use.mapped_bytes or ram_bytes is None:
+            return ""
+        cache = max(0, ram_bytes - use.peak_bytes)
+        if cache >= use.mapped_bytes:
+            return f"; the page cache can hold the whole mapped network file ({gib(use.mapped_bytes)})"
+        passes = spec.num_steps * (1 if s.cfg_batched else 2)  # one pass over the blocks per network forward
+        return (f"; the page cache can hold about {gib(cache)} of the mapped network file's {gib(use.mapped_bytes)}, so "
+                f"each of the {passes} passes over the network may read up to all of it from disk again (up to "
+                f"{passes * use.mapped_bytes / GiB:.0f} GiB a generation)")
+
+    def host_note(s: Strategy) -> str:
+        if ram_bytes is None:
+            return ""
+        return (f"; host: {gib(hosts[s.name].peak_bytes)} predicted + {gib(host_margin)} margin <= {gib(ram_bytes)}"
+                + cache_note(s))
+
+    def build(s: Strategy, peak: int, comps, stages, reason: str, hint: str = "") -> MemoryPlan:
+        use = hosts[s.name]
+        return MemoryPlan(spec.name, s.name, vram_bytes, fits(s, peak), peak, margin, comps, stages, s.cfg_batched,
+                          s.tiled_tokenizer, num_gpus, reason, alternatives, lean_network=s.lean_network,
+                          ram_bytes=ram_bytes, host_peak_bytes=use.peak_bytes, host_mapped_bytes=use.mapped_bytes,
+                          host_margin_bytes=host_margin, host_fits=host_fits(s.name),
+                          host_alternatives=host_alternatives, hint=hint)
+
     if strategy != "auto":
         s, peak, comps, stages = next(e for e in evaluated if e[0].name == strategy)
         asked = f"{s.name} ({asked_by})" if asked_by else s.name
         if vram_bytes is None:
             return build(s, peak, comps, stages, f"{asked} needs about {gib(peak)}; GPU memory unknown")
-        if fits(peak):
-            return build(s, peak, comps, stages, f"{asked} was asked for and fits: {gib(peak)} predicted peak + "
-                                                 f"{gib(margin)} margin <= {gib(vram_bytes)}")
-        fitting = [e for e in evaluated if fits(e[1])]
-        hint = (f"Use --offload {fitting[0][0].name} (predicted {gib(fitting[0][1])}) or --offload auto."
-                if fitting else "No strategy fits this GPU; see `cosmos memory-plan`.")
-        raise MemoryPlanError(f"strategy {asked} needs about {gib(peak)} (+{gib(margin)} margin) but only "
-                              f"{gib(vram_bytes)} is available", hint=hint)
+        fitting = [e for e in evaluated if fits(e[0], e[1])]
+        use_instead = (f"Use --offload {fitting[0][0].name} (predicted {gib(fitting[0][1])}) or --offload auto."
+                       if fitting else "No strategy fits this machine; see `cosmos memory-plan`.")
+        if not gpu_fits(peak):
+            raise MemoryPlanError(f"strategy {asked} needs about {gib(peak)} (+{gib(margin)} margin) but only "
+                                  f"{gib(vram_bytes)} is available", hint=use_instead)
+        if host_fits(s.name) is False:
+            raise MemoryPlanError(f"strategy {asked} needs about {gib(hosts[s.name].peak_bytes)} of host memory "
+                                  f"(+{gib(host_margin)} margin) but only {gib(ram_bytes)} is available",
+                                  hint=use_instead if fitting else host_advice(hosts[s.name]))
+        return build(s, peak, comps, stages, f"{asked} was asked for and fits: {gib(peak)} predicted peak + "
+                                             f"{gib(margin)} margin <= {gib(vram_bytes)}{host_note(s)}")
 
     if vram_bytes is None:
         s, peak, comps, stages = evaluated[0]
         return build(s, peak, comps, stages, "no GPU detected and no --vram given: showing the fastest strategy")
     for s, peak, comps, stages in evaluated:
-        if fits(peak):
-            skipped = [e for e in evaluated if e[0] is not s and STRATEGIES.index(e[0]) < STRATEGIES.index(s)]
-            why = (f"; faster ones need more ({', '.join(f'{e[0].name} {gib(e[1])}' for e in skipped)})"
-                   if skipped else "")
+        if fits(s, peak):
+            before = evaluated[:STRATEGIES.index(s)]
+            gpu_skipped = [f"{e[0].name} {gib(e[1])}" for e in before if not gpu_fits(e[1])]
+            host_skipped = [f"{e[0].name} {gib(hosts[e[0].name].peak_bytes)}" for e in before
+                            if gpu_fits(e[1]) and host_fits(e[0].name) is False]
+            why = (f"; faster ones need more GPU memory ({', '.join(gpu_skipped)})" if gpu_skipped else "")
+            why += (f"; faster ones need more host memory ({', '.join(host_skipped)}) than the {gib(ram_bytes)} "
+                    f"available" if host_skipped else "")
             return build(s, peak, comps, stages, f"{s.name} is the fastest strategy that fits: {gib(peak)} predicted "
-                                                 f"peak + {gib(margin)} margin <= {gib(vram_bytes)}{why}")
-    s, peak, comps, stages = evaluated[-1]
-    return build(s, peak, comps, stages, f"nothing fits in {gib(vram_bytes)}: even the leanest strategy, {s.name}, "
-                                         f"needs about {gib(peak)} + {gib(margin)} margin")
+                                                 f"peak + {gib(margin)} margin <= {gib(vram_bytes)}{host_note(s)}{why}")
+    gpu_fitting = [e for e in evaluated if gpu_fits(e[1])]
+    if not gpu_fitting:
+        s, peak, comps, stages = evaluated[-1]
+        return build(s, peak, comps, stages, f"nothing fits in {gib(vram_bytes)}: even the leanest strategy, {s.name}, "
+                                             f"needs about {gib(peak)} + {gib(margin)} margin",
+                     hint="More GPUs (--num-gpus N) split the network's activations; or use a GPU with more free memory.")
+    s, peak, comps, stages = min(gpu_fitting, key=lambda e: hosts[e[0].name].peak_bytes)
+    use = hosts[s.name]
+    return build(s, peak, comps, stages,
+                 f"nothing fits in {gib(ram_bytes)} of host memory: of the strategies that fit the GPU, the leanest in "
+                 f"host memory, {s.name}, holds about {gib(use.peak_bytes)} + {gib(host_margin)} margin",
+                 hint=host_advice(use))

@@ -8,13 +8,13 @@ processes with SIGTERM when one fails.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from cosmos_cli.errors import CosmosError
+from cosmos_cli.launch import launch_env
 
 SIGINT_EXIT = 130  # 128 + SIGINT
 SIGTERM_EXIT = 143  # 128 + SIGTERM
@@ -40,7 +40,7 @@ def _raise_terminated(signum, frame) -> None:
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` in the main thread."""
-    if threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if threading.current_thread() is not threading.main_thread() or launch_env().is_parallel:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -76,6 +76,9 @@ class Component:
     transformer blocks can be streamed from host memory one at a time. ``measured_peak_bytes`` maps a strategy
     name -> the peak GPU memory measured for a whole generation of the default job under it (a backend puts
     its benchmark's figures on one component; ``memory-plan`` shows them next to the predictions).
+    ``loaded_on_host``: the backend's loader builds the model in host memory before moving it where it is placed
+    (``transformers``' ``from_pretrained``), so loading it holds its weights in host RAM for a while even when it
+    is placed on the GPU (the planner's host peak counts that).
     """
 
     name: str
@@ -88,6 +91,7 @@ class Component:
     block_params: int = 0
     cpu_capable: bool = False
     measured_peak_bytes: tuple[tuple[str, int], ...] = ()
+    loaded_on_host: bool = False
 
     @property
     def weight_bytes(self) -> int:
@@ -119,7 +123,6 @@ class ModelSpec:
     network: Any = None
     tokenizer: Any = None
     text_encoder: Any = None
-    checkpoint_subdir: str = ""
     files: tuple[CheckpointFile, ...] = ()
     components: tuple[Component, ...] = ()
     num_frames: int = 121

@@ -263,7 +263,6 @@ def test_demo_model_says_what_it_expects():
 def test_failing_torchrun_run_prints_our_line_and_a_short_summary(tmp_path):
     """2 ranks on the CPU (gloo), an error every rank raises alike: rank 0 prints one line, rank 1 exits 0 at once,
     so torchrun sends no SIGTERM and its summary lists rank 0 alone, showing our message."""
-    pytest.importorskip("torch.distributed")
     from tests.conftest import make_image
     from tests.test_parallel_cli import gen_args, stderr_errors, torchrun
 

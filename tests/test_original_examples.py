@@ -29,7 +29,7 @@ from cosmos_cli.specs import NETWORK
 from cosmos_plugins.predict1 import Predict1Backend
 from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
-from tests.conftest import REPO, SHARED_MEDIA, make_image
+from tests.conftest import EXAMPLE_MEDIA, REPO
 
 ORIGINAL = "python cosmos_predict1/diffusion/inference/video2world.py"
 EXAMPLES = {
@@ -81,7 +81,7 @@ EXAMPLES = {
 def stand_in(name: str):
     net = f"{name}/model.pt"
     files = tuple(replace(f, local=net) if f.component == NETWORK else f for f in PREDICT1_TINY.files)
-    return replace(PREDICT1_TINY, name=name, aliases=(), hidden=False, checkpoint_subdir=name, files=files,
+    return replace(PREDICT1_TINY, name=name, aliases=(), hidden=False, files=files,
                    num_steps=2, description=f"tiny stand-in for {name} (tests)")
 
 
@@ -107,11 +107,7 @@ def original_checkout(tmp_path, monkeypatch):
         write_checkpoint_folder(tmp_path / "checkpoints", spec, seed=0)
     diffusion = tmp_path / "assets" / "diffusion"
     diffusion.mkdir(parents=True)
-    shipped = SHARED_MEDIA / "video2world_input0.jpg"
-    if shipped.exists():
-        shutil.copy(shipped, diffusion / "video2world_input0.jpg")
-    else:
-        make_image(diffusion / "video2world_input0.jpg", 704, 1280)
+    shutil.copy(EXAMPLE_MEDIA / "video2world_input0.jpg", diffusion / "video2world_input0.jpg")
     batch_inputs = diffusion / "batch_inputs"
     batch_inputs.mkdir()
     for name in ("video2world_ps.jsonl", "video2world_wo_ps.jsonl"):  # the bundled files, as shipped

@@ -372,6 +372,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
+def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How many bf16 values lie between a and b, element by element (both rounded to bf16 first)."""
+    def ordered(x: torch.Tensor) -> torch.Tensor:  # bf16 bit patterns as integers in the order of the values
+        bits = x.bfloat16().view(torch.int16).int()
+        return torch.where(bits < 0, -(bits & 0x7FFF), bits)
+    return (ordered(a) - ordered(b)).abs()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The tests
 
@@ -391,6 +399,10 @@ def test_network_output_matches_one_process(run, work):
                 for rank in range(n):
                     got = torch.load(work / f"net-{scheme}-{attention}-{name}-{int(batched)}-rank{rank}.pt")
                     what = f"{n} ranks, {got['layout']}, latent {name}, batched={batched}, rank {rank}"
+                    # fp32 throughout: the ranks sum the same products in another order (split GEMMs, partial
+                    # softmaxes merged). Reassociating a length-K fp32 sum moves it by at most K * 2^-24 of the
+                    # sum of |terms|: K <= 128 here (model channels 64, MLP 128) gives 7.6e-6 worst case per
+                    # layer, typically sqrt(K) * 2^-24 = 7e-7; a wrong merge or split is off by order one.
                     assert rel_err(got["f_c"], ref_c) < 1e-5, what
                     assert rel_err(got["f_u"], ref_u) < 1e-5, what
     # under block streaming and swapping (the memory engine's placements) too
@@ -422,7 +434,13 @@ def test_video_matches_one_process_and_only_rank0_writes(run, work, reference_vi
             assert got["status"] == "ok"
             layouts.add((got["layout"].scheme, got["layout"].attention))
             if rank == 0:
-                assert rel_err(got["latent"], ref["latent"]) < 1e-4, (n, job.name)
+                # The sampler rounds the network's input to bf16 every step and returns a bf16 latent, so an fp32
+                # reassociation difference (ring attention's partial-softmax merges, other GEMM splits) can move
+                # a value across a bf16 rounding boundary: one ulp at a few elements (measured: 1 of 768, one
+                # ulp, at 4 ranks with ring attention). A split or merge bug moves nearly every element by many.
+                ulps = bf16_ulps(got["latent"], ref["latent"])
+                assert ulps.max() <= 1 and (ulps > 0).float().mean() <= 0.05, (n, job.name, ulps.max(), ulps)
+                # decoded in fp32 from latents one ulp apart: a uint8 pixel can round the other way
                 diff = np.abs(got["frames"].astype(int) - ref["frames"].astype(int)).max()
                 assert diff <= 1, (n, job.name, diff)
                 assert got["video_path"] == work / f"video-{n}" / f"{job.name}.mp4"

@@ -184,3 +184,111 @@ def test_real_models_pick_by_gpu_size(model, vram_gb, expected):
         assert not plan.fits
     else:
         assert plan.fits and plan.strategy == expected, plan.reason
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Host memory: a table of fake machines (GPU GB x RAM GB, as sold: 10^9 bytes) -> the strategy auto picks.
+# Host peaks (GiB) without the upsampler and guardrails, from the planner's accounting (runtime 2 + the job's
+# frames 1.8 + what each placement holds, module doc): T5 in fp32 is 18.1 pinned under swap or stream; the network
+# pinned is 13.5 (7B) / 26.6 (14B), mapped only 2 blocks of staging + 0.1 of non-block weights. So 7B needs 35.6
+# pinned (offload-all, stream*) and 23.2 mapped; 14B 48.7 and 23.8; resident 20.1 (T5 is built on the host first).
+# The margin is max(1 GiB, 5%). None: nothing fits.
+@pytest.mark.parametrize(
+    "model, vram_gb, ram_gb, expected",
+    [
+        ("14B", 24, 32, "stream-mapped"),  # the desktop of the issue: pinned streaming needs 48.7 GiB
+        ("14B", 24, 64, "stream"),
+        ("14B", 16, 32, "stream-mapped-lean"),
+        ("14B", 12, 32, "stream-mapped-lean"),
+        ("14B", 12, 64, "stream-lean"),
+        ("14B", 80, 32, "resident"),  # weights straight from the file's mapping onto the GPU
+        ("14B", 80, 24, "resident"),  # 20.1 + 1.1 margin <= 22.4 GiB
+        ("14B", 80, 20, None),  # T5 (18.1 GiB in fp32) is built on the host by every strategy: 20.1 > 18.6 GiB
+        ("14B", 24, 24, None),  # 23.8 GiB mapped + 1.1 margin > 22.4 GiB
+        ("7B", 12, 32, "stream-mapped-lean"),  # the issue's other desktop
+        ("7B", 12, 48, "stream-lean"),
+        ("7B", 24, 32, "stream-mapped"),
+        ("7B", 24, 64, "offload-all"),
+        ("7B", 48, 32, "offload-text-encoder"),
+        ("7B", 8, 16, None),
+    ],
+)
+def test_fake_machines_pick_by_gpu_and_host_memory(model, vram_gb, ram_gb, expected):
+    plan = plan_memory(find_model(model)[1], int(vram_gb * 10**9), ram_bytes=int(ram_gb * 10**9), upsampler=False,
+                       guardrail=False)
+    if expected is None:
+        assert not plan.fits and plan.host_fits is False and "host memory" in plan.reason and plan.hint, plan.reason
+    else:
+        assert plan.fits and plan.host_fits and plan.strategy == expected, plan.reason
+        assert plan.host_peak_bytes + plan.host_margin_bytes <= plan.ram_bytes
+
+
+def test_host_accounting_by_hand():
+    """The fake model (no loaded_on_host component, 8 one-GiB blocks): what each placement holds on the host."""
+    from cosmos_cli.planner import (
+        HOST_IO_BYTES_PER_PIXEL,
+        HOST_RUNTIME_BYTES,
+        MAP_STAGING_BLOCKS,
+        evaluate_host,
+    )
+
+    spec = fake_spec()
+    base = HOST_RUNTIME_BYTES + spec.num_frames * spec.height * spec.width * HOST_IO_BYTES_PER_PIXEL
+    by_name = {s.name: s for s in STRATEGIES}
+    assert evaluate_host(spec, by_name["resident"]).peak_bytes == base
+    # stream: T5 (4 GiB) and the tokenizer (0.25) swapped, the network (8) pinned
+    stream = evaluate_host(spec, by_name["stream"])
+    assert stream.peak_bytes == base + 4 * GiB + GiB // 4 + 8 * GiB and stream.mapped_bytes == 0
+    mapped = evaluate_host(spec, by_name["stream-mapped"])
+    assert mapped.peak_bytes == base + 4 * GiB + GiB // 4 + MAP_STAGING_BLOCKS * GiB
+    assert mapped.mapped_bytes == 8 * GiB
+    # two GPUs: the other rank holds its own runtime and pinned network; the mapped file is one page cache
+    two = evaluate_host(spec, by_name["stream-mapped"], num_gpus=2)
+    assert two.peak_bytes - mapped.peak_bytes == HOST_RUNTIME_BYTES + MAP_STAGING_BLOCKS * GiB
+    assert two.mapped_bytes == mapped.mapped_bytes
+
+
+def test_host_refusal_says_what_to_do():
+    """The default job (upsampler and guardrails kept on the CPU by the streaming strategies) on a 24 GB GPU with
+    32 GB of RAM: refused, naming the models held and the flags that leave them out, and the RAM it would need."""
+    plan = plan_memory(find_model("14B")[1], 24 * 10**9, ram_bytes=32 * 10**9)
+    assert not plan.fits and plan.strategy == "stream-mapped" and "host memory" in plan.reason
+    assert "--no-upsampler" in plan.hint and "--no-guardrail" in plan.hint and "prompt upsampler 23.6 GiB" in plan.hint
+    from cosmos_cli.planner import ram_needed
+
+    need = ram_needed(plan.host_peak_bytes)
+    assert f"{need / GiB:.1f} GiB of RAM" in plan.hint
+    assert plan_memory(find_model("14B")[1], 24 * 10**9, ram_bytes=need, strategy="stream-mapped").fits
+    with pytest.raises(MemoryPlanError):
+        plan_memory(find_model("14B")[1], 24 * 10**9, ram_bytes=need - 2**20, strategy="stream-mapped")
+
+
+def test_explicit_strategy_that_does_not_fit_the_host_names_one_that_does():
+    with pytest.raises(MemoryPlanError) as err:
+        plan_memory(find_model("14B")[1], 24 * 10**9, ram_bytes=32 * 10**9, strategy="stream", upsampler=False,
+                    guardrail=False)
+    assert "host memory" in err.value.message and "--offload stream-mapped " in err.value.hint
+
+
+def test_page_cache_note_for_a_mapped_network():
+    spec = find_model("7B")[1]
+    small = plan_memory(spec, 24 * 10**9, ram_bytes=32 * 10**9, upsampler=False, guardrail=False)
+    assert small.strategy == "stream-mapped" and "may read up to all of it from disk" in small.reason
+    assert f"each of the {spec.num_steps} passes" in small.reason  # both guidance branches in one forward a step
+    big = plan_memory(spec, 24 * 10**9, ram_bytes=48 * 10**9, upsampler=False, guardrail=False,
+                      strategy="stream-mapped")
+    assert "can hold the whole mapped network file" in big.reason and big.page_cache_bytes > big.host_mapped_bytes
+
+
+def test_unknown_host_memory_is_not_checked():
+    plan = plan_memory(find_model("14B")[1], 24 * 10**9)
+    assert plan.fits and plan.strategy == "stream" and plan.host_fits is None and plan.ram_bytes is None
+
+
+def test_leaner_strategy_keeps_the_kind():
+    from cosmos_cli.planner import leaner_strategy
+
+    assert leaner_strategy("offload-all") == "stream"
+    assert leaner_strategy("stream") == "stream-sequential"
+    assert leaner_strategy("stream-mapped") == "stream-mapped-sequential"
+    assert leaner_strategy("stream-mapped-lean") is None and leaner_strategy("stream-lean") is None

@@ -64,14 +64,14 @@ def test_demo_encoder_bf16_error_is_within_what_bf16_rounding_can_give():
 
 
 @pytest.mark.parametrize("numerics", NUMERICS)
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", SPECS.values(), ids=lambda s: s.name)
 def test_t5_runs_in_fp32_under_both_numerics(spec, numerics):
     """fp32 on a GPU as the original keeps it (reference spec section 7), and on a CPU where everything is fp32."""
     assert text_encoder_dtype(spec, torch.device("cuda"), numerics) == torch.float32
     assert text_encoder_dtype(spec, torch.device("cpu"), numerics) == torch.float32
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", SPECS.values(), ids=lambda s: s.name)
 def test_plan_counts_the_dtype_the_pipeline_loads(spec):
     """The planner's text-encoder bytes are the parameters times the bytes of the dtype loaded on a GPU."""
     loaded = text_encoder_dtype(spec, torch.device("cuda"), "fp32")

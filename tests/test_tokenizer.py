@@ -170,6 +170,8 @@ def test_haar_patcher_is_orthonormal_and_its_low_band_is_the_block_mean():
     x = video(9, size=16, batch=2)
     patched = Patcher3d(4)(x)
     assert patched.shape == (2, 192, 3, 4, 4)
+    # an orthonormal Haar transform and its inverse in fp32 on values in [-1, 1]: 3 levels of +/- sums, each
+    # rounding by 2^-24 relative: ~1e-7; 1e-6 leaves a factor 8, a wrong coefficient is off by > 0.1
     assert torch.allclose(Unpatcher3d(4)(patched), x, atol=1e-6)
     padded = torch.cat([x[:, :, :1].expand(-1, -1, 3, -1, -1), x], dim=2)  # frame 0 fills the first patch
     block_mean = torch.nn.functional.avg_pool3d(padded, 4)
@@ -340,6 +342,7 @@ def test_normalization_is_per_channel_and_per_latent_frame():
     with torch.no_grad():
         raw = tok.encoder(x)  # 3 latent frames: entries j = 0, 1, 2 of each channel
         z = tok.encode(x)
+        # one subtraction and one division in fp32 either way, of values below 10: a few 2^-24 relative
         assert torch.allclose(z, (raw - m[:, :, :3]) / s[:, :, :3], atol=1e-6)
         assert torch.allclose(tok.decode(z), tok.decoder(z * s[:, :, :3] + m[:, :, :3]), atol=1e-6)
 

@@ -324,7 +324,7 @@ def test_pinned_checksums_are_checked_and_cached_by_size_and_mtime(benign, tmp_p
 def test_released_tokenizer_files_carry_pins():
     from cosmos_plugins.predict1.specs import SPECS
 
-    released = [s for s in SPECS if any(f.repo.startswith("nvidia/") for f in s.files_of(TOKENIZER))]
+    released = [s for s in SPECS.values() if any(f.repo.startswith("nvidia/") for f in s.files_of(TOKENIZER))]
     assert released
     for spec in released:
         assert {f.filename: bool(f.md5) for f in spec.files_of(TOKENIZER)} == \

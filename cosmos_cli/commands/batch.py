@@ -8,14 +8,14 @@ from typing import Annotated
 
 import typer
 
+from cosmos_cli import cluster_options as c
 from cosmos_cli import options as o
-from cosmos_cli.batch import BatchDisplay, BatchRequest, is_primary, run_batch
+from cosmos_cli.batch import BatchRequest
+from cosmos_cli.batch_run import run_and_print
 from cosmos_cli.errors import GenerationError, UsageError
-from cosmos_cli.signals import Interrupted
 from cosmos_cli.fastmode import parse_fast
 from cosmos_cli.generation import GenerateRequest
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
-from cosmos_cli.progress import stderr_is_interactive
 
 
 def batch(
@@ -55,17 +55,30 @@ def batch(
     report: o.ReportOpt = None,
     as_json: o.JsonOpt = False,
     batch_input_path: o.BatchInputOpt = None,
+    executor: c.ExecutorOpt = "local",
+    ray_address: c.RayAddressOpt = None,
+    ray_actors: c.RayActorsOpt = 0,
+    ray_retries: c.RayRetriesOpt = 2,
+    shard: c.ShardOpt = None,
+    merge_reports: c.MergeReportsOpt = False,
 ) -> None:
     """Generate every line of a batch file. The options are each line's defaults; a line's keys override them
     (a line without "seed" uses --seed). Finished lines are skipped when the same command runs again.
 
-    Several GPUs: --gpus N shares the lines out (one model per GPU); under torchrun with --num-gpus N every line
-    is one generation split over the N processes."""
+    Several GPUs: --workers N shares the lines out (one model per GPU); under torchrun with --num-gpus N every line
+    is one generation split over the N processes. Clusters: --executor ray, or --shard I/N then --merge-reports."""
     if file is not None and batch_input_path is not None and file != batch_input_path:
         raise UsageError(f"two batch files: {file} and --batch-input-path {batch_input_path}", hint="Give one.")
     file = file if file is not None else batch_input_path
     if file is None:
         raise UsageError("a batch file is required: cosmos batch FILE (or --batch_input_path FILE, the original's flag)")
+    if merge_reports:
+        return merge_and_print(file, output_dir, report, as_json)
+    if executor not in ("local", "ray"):
+        raise UsageError(f"--executor {executor}: expected local or ray")
+    from cosmos_cli.batch_ray import RayOptions
+    from cosmos_cli.batch_shard import parse_shard
+
     flags = o.original_offload_flags(offload_diffusion_transformer, offload_tokenizer, offload_text_encoder_model,
                                      offload_prompt_upsampler, offload_guardrail_models)
     defaults = GenerateRequest(
@@ -78,20 +91,20 @@ def batch(
         numerics=numerics, resize=resize, fast=parse_fast(fast), compile=compile_blocks,
     )
     run_and_print(BatchRequest(file, defaults, skip_invalid=skip_invalid, fail_fast=fail_fast, gpus=gpus,
-                               report_path=report), as_json)
+                               report_path=report, shard=parse_shard(shard), executor=executor,
+                               ray=RayOptions(ray_address, ray_actors, ray_retries)), as_json)
 
 
-def run_and_print(request: BatchRequest, as_json: bool) -> None:
-    """Run the batch with a progress display on stderr; the summary on stdout; the exit code it earned."""
-    mode = "quiet" if as_json else ("rich" if stderr_is_interactive() else "lines")
-    outcome = run_batch(request, BatchDisplay(mode))
-    if is_primary():
-        typer.echo(json.dumps(outcome.summary(), indent=2) if as_json else outcome.summary_line())
-    if outcome.interrupted:
-        raise Interrupted(f"interrupted ({'SIGTERM' if outcome.terminated else 'Ctrl-C'}): run the same command "
-                          "again to resume (finished lines are skipped)", exit_code=outcome.exit_code)
-    if outcome.exit_code:
-        missing = sum(not r.has_output for r in outcome.records)
-        raise GenerationError(f"{missing} of {len(outcome.records)} lines have no output",
-                              hint=f"See {outcome.report_path}; run the same command again to retry them "
-                                   "(finished lines are skipped).")
+def merge_and_print(file: Path, output_dir: Path, report: Path | None, as_json: bool) -> None:
+    """--merge-reports: the shard reports combined into one; the summary on stdout; exit 1 if lines lack output."""
+    from cosmos_cli.batch_shard import merge_reports
+
+    merged = merge_reports(file, output_dir, report)
+    summary = {k: v for k, v in merged.items() if k != "items"}
+    parts = [f"{v} {k.replace('_', ' ')}" for k, v in merged["counts"].items() if v]
+    typer.echo(json.dumps(summary, indent=2) if as_json else
+               f"{file}: {merged['lines']} lines from {merged['shards']} shards, {', '.join(parts)}; "
+               f"report: {merged['report']}")
+    if merged["exit_code"]:
+        raise GenerationError(f"{len(merged['problems'])} of {merged['lines']} lines have no output",
+                              hint=f"See {merged['report']}; run the shards again to retry them.")

@@ -8,12 +8,13 @@ import typer
 
 from cosmos_cli import options as o
 from cosmos_cli.batch import BatchRequest
-from cosmos_cli.commands.batch import run_and_print as run_batch_and_print
+from cosmos_cli.batch_run import run_and_print as run_batch_and_print
 from cosmos_cli.errors import UsageError
 from cosmos_cli.fastmode import parse_fast
-from cosmos_cli.generation import GenerateRequest, is_primary, resolve_model
+from cosmos_cli.generation import GenerateRequest, resolve_model
 from cosmos_cli.generation import generate as run_generate
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
+from cosmos_cli.launch import is_primary
 from cosmos_cli.progress import NotesDropped, NullProgress, QuietProgress, RichProgress
 
 

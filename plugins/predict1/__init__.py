@@ -50,7 +50,7 @@ class Predict1Backend(Backend):
         return 10 * dit_tokens(spec.network, *latent_shape_of(spec)) * spec.network.model_channels * 2
 
     def models(self):
-        return SPECS
+        return tuple(SPECS.values())
 
     def checkpoint_path(self, spec, checkpoint_dir: Path) -> Path:
         """The demo model ships with the package and is found wherever --checkpoint-dir points; every other

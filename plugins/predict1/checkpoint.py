@@ -19,7 +19,8 @@ from torch import Tensor
 
 from cosmos_cli.errors import CheckpointError
 
-from .network import DiTParams, VideoExtendGeneralDIT, as_dit_params
+from .network import VideoExtendGeneralDIT
+from .params import DiTParams
 
 PREFIX = "net."
 _SHOWN = 3  # offending keys named in an error message
@@ -120,12 +121,17 @@ def checked_cast(tensor: object, ref: Tensor, path: Path, key: str, *, device: t
 
 
 def load_network(path: Path, params: DiTParams, *, device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
-                 rope_mode: str = "compat") -> VideoExtendGeneralDIT:
+                 rope_mode: str = "compat", map_blocks: bool = False) -> VideoExtendGeneralDIT:
     """Build the network for ``params`` and load ``path`` (``.pt``/``.pth`` or ``.safetensors``) into it.
 
     Keys may carry the ``net.`` prefix or not, and the dict may sit under a ``"model"`` or ``"state_dict"``
     key. Raises :class:`~cosmos_cli.errors.CheckpointError` on missing, unexpected or mis-shaped keys.
     Returns the network in eval mode, without gradients, on ``device`` in ``dtype``.
+
+    ``map_blocks`` (the ``map`` placement, :mod:`.mapped`): the transformer blocks' tensors are left as read, in
+    the file's dtype, on the host: for a ``.pt`` file, ``torch.load(mmap=True)`` tensors, pages of the file's
+    mapping (checked for NaN like the rest, which reads the file once). A ``.safetensors`` file's tensors are read
+    into memory by safetensors, so a network loaded from one streams from that copy.
     """
     path = Path(path)
     with torch.device("meta"):
@@ -135,7 +141,11 @@ def load_network(path: Path, params: DiTParams, *, device: torch.device | str, d
     expected = model.state_dict()
     state = {}
     for name, key in names.items():  # one tensor at a time, straight into the compute dtype on the device
-        state[name] = checked_cast(read(key), expected[name], path, key, device=device, dtype=dtype)
+        tensor = read(key)
+        if map_blocks and name.startswith("blocks.") and isinstance(tensor, Tensor):  # left in the mapping
+            state[name] = checked_cast(tensor, expected[name], path, key, device="cpu", dtype=tensor.dtype)
+        else:
+            state[name] = checked_cast(tensor, expected[name], path, key, device=device, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
     model.init_buffers(device)
     return model.eval().requires_grad_(False)
@@ -145,7 +155,6 @@ def random_state_dict(params: DiTParams, seed: int = 0, dtype: torch.dtype = tor
     """Random weights in the released file's key format: ``net.``-prefixed keys, ``net.pos_embedder.seq`` and the
     three ``logvar.*`` keys. Linear weights have std 1/sqrt(fan_in) and RMSNorm gains are about 1, so a tiny
     network's output has unit-order variance."""
-    params = as_dit_params(params)
     with torch.device("meta"):
         model = VideoExtendGeneralDIT(params)
     gen = torch.Generator().manual_seed(seed)

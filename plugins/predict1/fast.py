@@ -16,10 +16,16 @@
   multiplies the dequantized values in fp32, on any device (slower: for checking quality). The AdaLN modulation,
   the embedders, the final layer and the attention itself stay in the compute dtype (no FP8 attention). The
   e4m3 weights take half the bf16 memory; the memory planner still counts bf16 (a safe overestimate).
+  In ``scaled_mm`` mode the activation quantization and the product run as one compiled function
+  (:func:`fp8_linear_fused`: amax per row -> scale -> e4m3 cast in one fused kernel, then ``_scaled_mm``), so the
+  activations go from bf16 to e4m3 with no fp32 copies; done in eager ops (:func:`fp8_linear_eager`) the
+  quantization makes ~5 passes in fp32 and costs more than FP8 saves. Inside a compiled block (``--compile``) the
+  same operations are traced into the block's graph, where they can fuse with the op before them.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -163,10 +169,45 @@ def fp8_matmul_scaled_mm(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tenso
     return torch._scaled_mm(xq, wq.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=out_dtype)
 
 
+def fp8_linear_eager(x: Tensor, qweight: Tensor, weight_scale: Tensor) -> Tensor:
+    """x (M, K) in bf16 -> (M, N) in x's dtype: ``x`` quantized per row (:func:`quantize_rows`), times the e4m3
+    weight (N, K) with its (1, N) scales on FP8 tensor cores. Each op runs on its own (the slow path, kept to
+    measure against); :func:`fp8_linear_fused` is the same function compiled."""
+    xq, x_scale = quantize_rows(x)
+    return fp8_matmul_scaled_mm(xq, x_scale, qweight, weight_scale, x.dtype)
+
+
+# Inductor options of the fused function: none. Inductor keeps a row in registers (a "persistent" reduction) only
+# up to 1,024 columns, and the linears' K is 4,096 or 16,384, so it loops over each row (amax, then the cast).
+# Measured on an H200 (benchmarks/results/fp8-kernels-7b-h200-variants.json): forcing the persistent kernel
+# (triton.multi_kernel = 2) gains ~1% of the linears' time; multi_kernel = 1 (time both, keep the faster) gained
+# ~6% in one run but fails in torch 2.11 when the compiled graph comes from inductor's on-disk cache (a second
+# process: "TypeError: 'NoneType' object does not support the context manager protocol" in MultiKernelCall).
+FP8_INDUCTOR_OPTIONS: dict[str, object] = {}
+
+
+@functools.cache
+def _fp8_linear_compiled() -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    # Made at the first call (no import-time compilation). K and N stay static; M is marked dynamic at the call,
+    # so a model's linears take one graph per (K, N).
+    return torch.compile(fp8_linear_eager, dynamic=False, fullgraph=True, options=FP8_INDUCTOR_OPTIONS)
+
+
+def fp8_linear_fused(x: Tensor, qweight: Tensor, weight_scale: Tensor) -> Tensor:
+    """:func:`fp8_linear_eager` through ``torch.compile``: the row amax, the scale and the e4m3 cast fuse into one
+    kernel (x read in bf16, written once in e4m3), then ``torch._scaled_mm`` with row-wise scales. Called
+    while a caller is itself being compiled (``--compile``), the plain function is traced into that graph."""
+    if torch.compiler.is_compiling():
+        return fp8_linear_eager(x, qweight, weight_scale)
+    torch._dynamo.maybe_mark_dynamic(x, 0)
+    return _fp8_linear_compiled()(x, qweight, weight_scale)
+
+
 class Fp8Linear(nn.Module):
-    """A bias-free linear layer, ``y = x W^T``, with W in e4m3 (per-output-channel scales) and x quantized per
-    token at each call. ``mode``: ``scaled_mm`` (FP8 tensor cores) or ``simulate`` (the same rounding, float
-    products: for checking quality on any device)."""
+    """A bias-free linear layer, ``y = x W^T``, with W in e4m3 (per-output-channel scales, taken once here) and x
+    quantized per token at each call. ``mode``: ``scaled_mm`` (FP8 tensor cores, the quantization fused into one
+    compiled kernel: :func:`fp8_linear_fused`) or ``simulate`` (the same rounding, float products: for checking
+    quality on any device)."""
 
     def __init__(self, weight: Tensor, mode: str = "simulate"):
         super().__init__()
@@ -181,10 +222,13 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_scale", scale.reshape(1, out_features).contiguous())  # (1, N) fp32
 
     def forward(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-1]
-        xq, x_scale = quantize_rows(x.reshape(-1, self.in_features))  # (M, K), (M, 1)
-        mm = fp8_matmul_scaled_mm if self.mode == "scaled_mm" else fp8_matmul_reference
-        return mm(xq, x_scale, self.qweight, self.weight_scale, x.dtype).reshape(*lead, self.out_features)
+        lead, x2 = x.shape[:-1], x.reshape(-1, self.in_features)  # (M, K)
+        if self.mode == "scaled_mm":
+            y = fp8_linear_fused(x2, self.qweight, self.weight_scale)
+        else:
+            xq, x_scale = quantize_rows(x2)  # (M, K), (M, 1)
+            y = fp8_matmul_reference(xq, x_scale, self.qweight, self.weight_scale, x.dtype)
+        return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}"

@@ -44,33 +44,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import params as _params
+from .params import DiTParams, dit_block_params, dit_params
 
 ROPE_MODES = ("compat", "fp32")
 
 
-DiTParams = _params.DiTParams
-
-
-def as_dit_params(p: _params.DiTParams) -> DiTParams:
-    """The parameters, checked to be a ``DiTParams`` (validated when it was constructed)."""
-    if not isinstance(p, DiTParams):
-        raise TypeError(f"expected DiTParams, got {type(p).__name__}")
-    return p
-
-
-def block_num_params(p: _params.DiTParams) -> int:
+def block_num_params(p: DiTParams) -> int:
     """Parameters of one transformer block: 255,853,056 for 7B, 393,216,512 for 14B."""
-    return _params.dit_block_params(as_dit_params(p))
+    return dit_block_params(p)
 
 
-def num_params(p: _params.DiTParams) -> int:
+def num_params(p: DiTParams) -> int:
     """Parameters of the network: 7,236,208,640 for 7B, 14,267,169,792 for 14B.
 
     These are the ``nn.Parameter`` tensors, i.e. the checkpoint's ``net.*`` keys less the ``net.pos_embedder.seq``
     buffer (128 values); the file's ``logvar.*`` head (384 values) is not part of the network either.
     """
-    return _params.dit_params(as_dit_params(p))
+    return dit_params(p)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -382,9 +372,9 @@ class PosTables:
 class VideoExtendGeneralDIT(nn.Module):
     """Cosmos-Predict1 Video2World DiT. ``rope_mode`` is ``"compat"`` (bf16 table, as released) or ``"fp32"``."""
 
-    def __init__(self, params: _params.DiTParams, rope_mode: str = "compat"):
+    def __init__(self, params: DiTParams, rope_mode: str = "compat"):
         super().__init__()
-        p = self.params = as_dit_params(params)
+        p = self.params = params
         D = p.model_channels
         self.x_embedder = PatchEmbed(p)
         self.pos_embedder = RopePosition3D(p, rope_mode)

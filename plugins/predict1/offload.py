@@ -14,6 +14,8 @@ uses it:
   stream copies in while the current block computes (CUDA events order the copies against the compute). The
   rest of the network (embedders, final layer) is on the device for the stage. Block hooks drive it, so the
   network's own ``forward`` streams unchanged; :func:`lean_forward` drives it too.
+* ``map`` (:class:`~.mapped.MappedStreamed`, the diffusion network): streamed as under ``stream``, from the
+  memory-mapped checkpoint file through a small pinned staging ring filled by a side thread (no host copy).
 
 Host dtype: the host copies keep the dtype the weights are computed in (bf16 on a GPU). No smaller host dtype is
 used: an fp8 copy would change the outputs by far more than bf16 rounding, so the rule "smaller only if the
@@ -43,7 +45,7 @@ from torch import Tensor, nn
 
 from . import network as _network
 
-PLACEMENTS = ("gpu", "swap", "cpu", "stream")
+PLACEMENTS = ("gpu", "swap", "cpu", "stream", "map")
 STREAM_SLOTS = 3  # device slots when streaming: the block computing and two being copied ahead
 LEAN_CHUNK_TOKENS = 8192  # tokens per chunk in lean_forward
 _PACKAGE = __name__.split(".")[0]
@@ -465,6 +467,10 @@ def place(obj, placement: str, device: torch.device | str, *, blocks: Sequence[n
         return OnHost(obj, device)
     if placement == "stream":
         return Streamed(obj, device, blocks, module=module)
+    if placement == "map":
+        from .mapped import MappedStreamed
+
+        return MappedStreamed(obj, device, blocks, module=module)
     raise ValueError(f"unknown placement {placement!r}; expected one of {', '.join(PLACEMENTS)}")
 
 

@@ -62,6 +62,7 @@ from torch import Tensor
 
 from cosmos_cli.errors import CosmosError, MissingDependencyError, RankError, UsageError
 from cosmos_cli.errors import quiet_on_this_rank as quiet_on_this_rank
+from cosmos_cli.launch import launch_env
 
 from . import network as _network
 from . import sampler as S
@@ -280,16 +281,6 @@ def _env_seconds(name: str, default: float) -> float:
     return value
 
 
-def launched_world_size() -> int:
-    """The WORLD_SIZE torchrun set, or 1."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def this_rank() -> int:
-    """The RANK torchrun set, or 0 (usable before :func:`init_distributed`, e.g. to silence printing)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def init_distributed(num_gpus: int, *, device: str = "auto", wait_timeout_s: float | None = None,
                      step_timeout_s: float | None = None, command: str = "generate") -> DistContext | None:
     """Join the run torchrun started (None for a plain single-process run).
@@ -301,13 +292,14 @@ def init_distributed(num_gpus: int, *, device: str = "auto", wait_timeout_s: flo
     is ``cosmos_cli.errors.quiet_on_this_rank``.)
     """
     global _ACTIVE
-    world = launched_world_size()
+    env = launch_env()
+    world = env.world_size
     launch = f"torchrun --nproc_per_node={num_gpus} --no-python cosmos {command} ... --num-gpus {num_gpus}"
     if num_gpus < 1:
         raise UsageError(f"--num-gpus must be >= 1, got {num_gpus}")
     if num_gpus == 1 and world == 1:
         return None
-    if "WORLD_SIZE" not in os.environ:
+    if not env.launched:
         raise UsageError(f"--num-gpus {num_gpus} needs one process per GPU, started by torchrun",
                          hint=f"Launch with: {launch}")
     if world != num_gpus:
@@ -315,7 +307,7 @@ def init_distributed(num_gpus: int, *, device: str = "auto", wait_timeout_s: flo
                          hint=f"Pass --num-gpus {world}, or launch with: {launch}")
     if _ACTIVE is not None and dist.is_initialized():  # joined already (e.g. a second command in the process)
         return _ACTIVE
-    rank, local_rank = this_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = env.rank, env.local_rank
     wait_s = wait_timeout_s if wait_timeout_s is not None else _env_seconds(WAIT_TIMEOUT_ENV, DEFAULT_WAIT_TIMEOUT_S)
     step_s = step_timeout_s if step_timeout_s is not None else _env_seconds(STEP_TIMEOUT_ENV,
                                                                             min(DEFAULT_STEP_TIMEOUT_S, wait_s))

@@ -152,7 +152,8 @@ def _context_parallel(spec: ModelSpec, plan: MemoryPlan, ctx, scheme: str):
     from .parallel import ContextParallel, latent_shape_of
 
     if plan.lean_network:  # offload.lean_forward has no token shard: its chunked attention sees all the tokens
-        splittable = [s.name for s in STRATEGIES if not s.lean_network]
+        mapped = next(s.mapped for s in STRATEGIES if s.name == plan.strategy)  # same kind: pinned or mapped
+        splittable = [s.name for s in STRATEGIES if not s.lean_network and s.mapped == mapped]
         raise MemoryPlanError(f"memory strategy {plan.strategy} (the network's chunked forward) cannot be split over "
                               f"GPUs", hint=f"Use --offload {splittable[-1]} or a faster strategy (each GPU then "
                                             f"holds 1/{ctx.world_size} of the activations), or --num-gpus 1.")
@@ -223,7 +224,8 @@ class Predict1Pipeline:
         if cp is not None and not cp.is_main:  # the other ranks only denoise: rank 0 encodes, decodes and checks
             with progress.stage("loading the diffusion network"):
                 network = load_network(paths.network, spec.network, device=where(NETWORK), dtype=dtype,
-                                       rope_mode="compat" if numerics == "original" else "fp32")
+                                       rope_mode="compat" if numerics == "original" else "fp32",
+                                       map_blocks=plan.placement(NETWORK) == "map")
             return cls(spec, plan, device, network, None, None, numerics, cp=cp, fast=fast, compile=compile)
 
         with progress.stage("loading the text encoder"):
@@ -235,7 +237,8 @@ class Predict1Pipeline:
                                        md5={f.filename: f.md5 for f in spec.files_of(TOKENIZER)})
         with progress.stage("loading the diffusion network"):
             network = load_network(paths.network, spec.network, device=where(NETWORK), dtype=dtype,
-                                   rope_mode="compat" if numerics == "original" else "fp32")
+                                   rope_mode="compat" if numerics == "original" else "fp32",
+                                   map_blocks=plan.placement(NETWORK) == "map")
         upsampler = text_guardrail = video_guardrail = None
         if plan.placement(UPSAMPLER) != "absent":
             from .upsampler import PromptUpsampler

@@ -101,17 +101,19 @@ def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, 
                       measured_peak_bytes=MEASURED_PEAK_BYTES.get((p.model_channels, p.num_blocks), ())
                       if (frames, height, width) == (121, 704, 1280) else ())
     return (
+        # loaded_on_host: T5, Pixtral and the guardrail models are built by transformers' from_pretrained on the
+        # CPU, then moved (text_encoder.py, upsampler.py, guardrails.py)
         Component(UPSAMPLER, ("upsample",), upsampler_params, activation_bytes=(("upsample", GiB),),
-                  cpu_capable=True),
+                  cpu_capable=True, loaded_on_host=True),
         # Two entries of one component: the text check (LlamaGuard) and the video check (SigLIP, RetinaFace) are
         # placed alike but each moves only its own models to the GPU when swapped.
         Component(GUARDRAIL, ("text_guardrail",), guardrail_params - video_guardrail,
-                  activation_bytes=(("text_guardrail", GiB),), cpu_capable=True),
+                  activation_bytes=(("text_guardrail", GiB),), cpu_capable=True, loaded_on_host=True),
         Component(GUARDRAIL, ("video_guardrail",), video_guardrail,
-                  activation_bytes=(("video_guardrail", 2 * GiB),), cpu_capable=True),
+                  activation_bytes=(("video_guardrail", 2 * GiB),), cpu_capable=True, loaded_on_host=True),
         Component(TEXT_ENCODER, ("encode_text",), t5_params(t5), dtype=TEXT_ENCODER_DTYPE,
                   activation_bytes=(("encode_text", t5_activation_bytes(t5)),), cpu_capable=True,
-                  num_blocks=t5.num_layers, block_params=t5_layer_params(t5)),
+                  num_blocks=t5.num_layers, block_params=t5_layer_params(t5), loaded_on_host=True),
         Component(TOKENIZER, ("encode_video", "decode"), tokenizer_params,
                   activation_bytes=(*tok.items(), *tiled.items())),
         network,
@@ -237,7 +239,6 @@ PREDICT1_7B = ModelSpec(
     network=DIT_7B,
     tokenizer=TOKENIZER_720P,
     text_encoder=T5_11B,
-    checkpoint_subdir="Cosmos-Predict1-7B-Video2World",
     files=_files("Cosmos-Predict1-7B-Video2World", "ebcdb19c4c4a6a0e1e0bb65e346f6867"),
     components=_components(DIT_7B, T5_11B, TOKENIZER_CV8X8X8_PARAMS, 121, 704, 1280, _LATENT,
                            PIXTRAL_12B_PARAMS, GUARDRAIL_PARAMS),
@@ -252,14 +253,11 @@ PREDICT1_14B = replace(
     aliases=("14B", "predict1-14b"),
     is_default=False,
     network=DIT_14B,
-    checkpoint_subdir="Cosmos-Predict1-14B-Video2World",
     files=_files("Cosmos-Predict1-14B-Video2World", "eaa7aa3678f61d88108c41d7fe201b18"),
     components=_components(DIT_14B, T5_11B, TOKENIZER_CV8X8X8_PARAMS, 121, 704, 1280, _LATENT,
                            PIXTRAL_12B_PARAMS, GUARDRAIL_PARAMS),
     step_flops=_step_flops(DIT_14B, _LATENT, T5_11B.max_length),
 )
-
-SPECS: tuple[ModelSpec, ...] = (PREDICT1_7B, PREDICT1_14B)
 
 
 # A tiny configuration of the same architecture, for tests: 17 frames of 32x32 (latent 3x4x4, 12 tokens).
@@ -279,7 +277,6 @@ PREDICT1_TINY = ModelSpec(
     network=DIT_TINY,
     tokenizer=TOKENIZER_TINY,
     text_encoder=T5_TINY,
-    checkpoint_subdir=TINY_DIR,
     files=(
         CheckpointFile(NETWORK, "", "model.pt", f"{TINY_DIR}/model.pt"),
         CheckpointFile(TOKENIZER, "", "encoder.jit", "Cosmos-Tokenize1-Tiny/encoder.jit"),
@@ -294,8 +291,6 @@ PREDICT1_TINY = ModelSpec(
     height=32,
     width=32,
 )
-
-SPECS = (*SPECS, PREDICT1_TINY)
 
 
 # The bundled demo model: the same network, sampler, conditioning, tokenizer family and T5-style encoder at a
@@ -323,7 +318,6 @@ PREDICT1_DEMO = ModelSpec(
     network=DIT_DEMO,
     tokenizer=TOKENIZER_DEMO,
     text_encoder=T5_DEMO,
-    checkpoint_subdir=DEMO_DIR,
     files=(
         CheckpointFile(NETWORK, "", "model.pt", f"{DEMO_DIR}/model.pt"),
         CheckpointFile(TOKENIZER, "", "encoder.jit", f"{DEMO_TOKENIZER_DIR}/encoder.jit"),
@@ -343,4 +337,10 @@ PREDICT1_DEMO = ModelSpec(
             "a photo or film of a real scene gives blobs",
 )
 
-SPECS = (*SPECS, PREDICT1_DEMO)
+# Every model of this backend, keyed by its name, in the order `cosmos backends` lists them.
+SPECS: dict[str, ModelSpec] = {
+    PREDICT1_7B.name: PREDICT1_7B,
+    PREDICT1_14B.name: PREDICT1_14B,
+    PREDICT1_TINY.name: PREDICT1_TINY,
+    PREDICT1_DEMO.name: PREDICT1_DEMO,
+}

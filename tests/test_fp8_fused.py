@@ -1,0 +1,126 @@
+"""The fused FP8 linear (``--fast fp8``: row-wise activation quantization compiled into one kernel, then
+``torch._scaled_mm``) computes what the FP8 simulation (``--fast fp8-sim``) computes, within the rounding the two
+can differ by.
+
+The bounds, derived (not fitted):
+
+* e4m3fn has 3 mantissa bits: a normal value v in [2^e, 2^(e+1)) (e >= -6) has neighbours 2^(e-3) apart, so one
+  e4m3 step is at most 2^-3 |v|; below 2^-6 (subnormals) the step is 2^-9. Activations are quantized as
+  q = x / scale, so one step in x's units is max(2^-3 |q|, 2^-9) * scale. Two implementations of the same
+  rounding can disagree only where x / scale lies on (or, with a different fp32 division, within an ulp of) a
+  rounding boundary, and then by one step.
+* The products: both sides multiply exact e4m3 values (4-bit significands: every product of two is exact in fp32)
+  and accumulate K of them in fp32 in some order; two orders differ by at most 2 K 2^-24 sum_k |q_k w_k| (the
+  standard bound gamma_K ~ K u per side, u = 2^-24), and the two scales applied in another order add a few u. The output is rounded to bf16 (8 significand bits): values
+  straddling a rounding boundary can land one bf16 ulp apart, at most 2^-7 |y| (ulp <= 2^-7 |y|).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cosmos_plugins.predict1 import fast as F
+
+BF16_ULP = 2.0**-7  # bf16 ulp relative to the value, at most (8 significand bits; ulp(y) <= 2^-7 |y|)
+FP32_U = 2.0**-24  # fp32 unit roundoff
+
+
+def _inputs(m: int, k: int, n: int, device: str = "cpu", seed: int = 0):
+    """Random activations with rows of very different magnitudes (1e-3..1e2) and a few outliers, and weights."""
+    g = torch.Generator(device).manual_seed(seed)
+    x = torch.randn(m, k, generator=g, device=device) * torch.logspace(-3, 2, m, device=device)[:, None]
+    x[:, 3] *= 30  # an outlier channel: most values of each row fall far below the row's amax (subnormals too)
+    w = torch.randn(n, k, generator=g, device=device) / k**0.5
+    return x.to(torch.bfloat16), w.to(torch.bfloat16)
+
+
+def _one_step(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """One e4m3 step at each quantized value, in the units of the unquantized tensor (module doc)."""
+    return torch.maximum(q.float().abs() * 2.0**-3, torch.full_like(scale, 2.0**-9)) * scale
+
+
+def _product_bound(xq, xs, wq, ws, y_ref, x_step=None):
+    """Largest |y_a - y_b| two implementations may show (module doc): fp32 accumulation order, bf16 output
+    rounding, and, where given, one e4m3 step of each activation (``x_step``, in x's units)."""
+    wd = F.dequantize(wq, ws.t())  # (N, K)
+    abs_terms = F.dequantize(xq, xs).abs() @ wd.abs().t()  # sum_k |x_k w_k|, (M, N)
+    k = xq.shape[-1]
+    bound = (2 * k + 4) * FP32_U * abs_terms + BF16_ULP * y_ref.float().abs()
+    if x_step is not None:
+        bound = bound + x_step @ wd.abs().t()
+    return bound * (1 + 1e-3) + 1e-30  # the bound's own fp32 evaluation
+
+
+def _scaled_mm_on(device: str) -> bool:
+    try:
+        q = torch.ones(16, 16, device=device).to(F.FP8)
+        s = torch.ones(16, 1, device=device)
+        torch._scaled_mm(q, q.t(), scale_a=s, scale_b=s.t().contiguous(), out_dtype=torch.bfloat16)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def test_fused_path_equals_the_simulation():
+    """The fused path's function (quantize per row, then ``_scaled_mm``, here run op by op on the CPU) against
+    ``Fp8Linear(..., "simulate")``: the same e4m3 activations and scales, outputs within the product bound."""
+    if not _scaled_mm_on("cpu"):
+        pytest.skip("this torch has no CPU torch._scaled_mm")
+    x, w = _inputs(37, 96, 48)
+    sim = F.Fp8Linear(w, "simulate")
+    y_sim = sim(x)
+    y = F.fp8_linear_eager(x, sim.qweight, sim.weight_scale)
+    assert y.shape == y_sim.shape and y.dtype == torch.bfloat16
+    xq, xs = F.quantize_rows(x)
+    bound = _product_bound(xq, xs, sim.qweight, sim.weight_scale, y_sim)
+    assert ((y.float() - y_sim.float()).abs() <= bound).all()
+    # and it is an FP8 product, not the float one: the float product differs by far more than that bound
+    y_float = x.float() @ w.float().t()
+    assert ((y_float - y_sim.float()).abs() > bound).any()
+
+
+def test_quantization_round_trip_within_half_a_step():
+    """What the fused kernel must compute per row: scale = amax / 448 and round-to-nearest e4m3 of x / scale,
+    so x is recovered within half a step and the row's largest value maps to 448 exactly."""
+    x, _ = _inputs(37, 96, 16, seed=1)
+    q, s = F.quantize_rows(x)
+    assert q.dtype == F.FP8 and s.shape == (37, 1) and s.dtype == torch.float32
+    back = F.dequantize(q, s)
+    assert ((back - x.float()).abs() <= _one_step(q, s) / 2 * (1 + 1e-6)).all()
+    assert torch.equal(q.float().abs().amax(-1), torch.full((37,), 448.0))
+    assert (q.float().abs() < 2.0**-6).any()  # the subnormal range is exercised
+
+
+@pytest.mark.slow
+def test_compiled_quantization_equals_the_eager_one():
+    """``torch.compile`` of the quantization (the fused kernel's code, here generated for the CPU): same scales,
+    e4m3 values equal or one step apart (a boundary case of a different fp32 division), and few of those.
+    ~25 s of compilation on a small CPU, hence slow."""
+    x, _ = _inputs(37, 96, 16, seed=2)
+    q0, s0 = F.quantize_rows(x)
+    q, s = torch.compile(F.quantize_rows, dynamic=False, fullgraph=True)(x)
+    assert torch.equal(s, s0)
+    diff = (F.dequantize(q, s) - F.dequantize(q0, s0)).abs()
+    assert (diff <= _one_step(q0, s0) * (1 + 1e-6)).all()
+    assert (diff > 0).float().mean().item() < 0.01
+
+
+@pytest.mark.gpu
+def test_fused_scaled_mm_matches_the_simulation_on_the_gpu():
+    """The real path on FP8 tensor cores (compiled quantization + ``_scaled_mm``), eager and traced inside a
+    compiled caller (``--compile``), against the simulation: within the product bound plus one e4m3 step per
+    activation (the compiled division may round a boundary case the other way)."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs a GPU with FP8 tensor cores")
+    x, w = _inputs(300, 512, 384, device="cuda", seed=3)
+    real, sim = F.Fp8Linear(w, "scaled_mm"), F.Fp8Linear(w, "simulate")
+    y_sim = sim(x)
+    xq, xs = F.quantize_rows(x)
+    bound = _product_bound(xq, xs, sim.qweight, sim.weight_scale, y_sim, x_step=_one_step(xq, xs))
+    for y in (real(x), torch.compile(lambda t: real(t) * 1.0, fullgraph=True)(x)):
+        assert y.dtype == torch.bfloat16 and y.shape == y_sim.shape
+        assert ((y.float() - y_sim.float()).abs() <= bound).all()
+        assert ((y.float() - y_sim.float()).norm() / y_sim.float().norm()).item() < 2 * BF16_ULP
+    ref = x.float() @ w.float().t()
+    assert ((real(x).float() - ref).norm() / ref.norm()).item() < 0.06  # e4m3 of both operands: ~2.5% each
