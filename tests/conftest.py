@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -11,6 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# OpenMP's default wait policy spins its threads between parallel regions: with torch's 2 threads on 2 cores and
+# any other process running, each region then waits for a descheduled spinner (a 15-step demo generation measured
+# 40-110 s instead of 5-10 s beside one busy process). Passive waiting must be set before torch loads libgomp.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cosmos_cli.backend import Backend
 from cosmos_cli.hookspecs import hookimpl
@@ -150,6 +157,16 @@ def make_video(path: Path, num_frames: int = 12, height: int = 48, width: int = 
         writer.send(np.full((height, width, 3), (20 * i) % 256, np.uint8).tobytes())
     writer.close()
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline():
+    """The bundled demo model's pipeline on the CPU, loaded once per session (as `cosmos generate` builds it)."""
+    from tools.demo import evaluate
+
+    pipeline = evaluate.load_pipeline(device="cpu")
+    yield pipeline
+    pipeline.close()
 
 
 def pytest_configure(config) -> None:

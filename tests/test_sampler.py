@@ -128,3 +128,122 @@ def test_seed_independent_of_global_rng_history():
     n1 = S.augment_noise((2, 3), seed=5, device="cpu")
     n2 = S.augment_noise((2, 3), seed=5, device="cpu")
     assert torch.equal(n1, n2) and n1.dtype == torch.float32
+
+
+# -- a network whose two guidance branches differ, and what it was shown -------------------------------------------
+
+def _karras64(num_steps: int) -> list[float]:
+    """The Karras rho-7 table of spec section 5.1 in float64, computed here from its formula (not by the sampler)."""
+    hi, lo = 80.0 ** (1 / 7), 0.0002 ** (1 / 7)
+    return [(hi + i / (num_steps - 1) * (lo - hi)) ** 7 for i in range(num_steps)] + [0.0]
+
+
+def _c_in(s):  # EDM preconditioning with sigma_data 0.5 (spec section 5)
+    return 1 / math.sqrt(s * s + 0.25)
+
+
+def _c_skip(s):
+    return 0.25 / (s * s + 0.25)
+
+
+def _c_out(s):
+    return s * 0.5 / math.sqrt(s * s + 0.25)
+
+
+def _bf16(v: float) -> float:
+    return torch.tensor(v, dtype=torch.bfloat16).item()
+
+
+class _TwoBranchNet:
+    """F_cond = 0.3 x + b_c and F_uncond = -0.2 x + b_u, with b_c, b_u independent draws of scale 2: the branches
+    differ everywhere (by ~3 per element), so any mix-up of them moves the guided output by (1 + 2w) times that."""
+
+    def __init__(self, shape):
+        g = torch.Generator().manual_seed(11)
+        self.b_c = 2 * torch.randn(shape, generator=g)
+        self.b_u = 2 * torch.randn(shape, generator=g)
+        self.seen: list[tuple[torch.Tensor, float]] = []  # (x_scaled as given, fp64; c_noise)
+
+    def branches(self, x_scaled: torch.Tensor):
+        x = x_scaled.double()
+        return 0.3 * x + self.b_c.double(), -0.2 * x + self.b_u.double()
+
+    def __call__(self, x_scaled, t, uncond=True):
+        self.seen.append((x_scaled.double().clone(), float(t.double().reshape(-1)[0])))
+        f_c, f_u = self.branches(x_scaled)
+        return f_c.float(), (f_u.float() if uncond else None)
+
+
+@pytest.mark.parametrize("numerics", S.NUMERICS)
+def test_network_sees_clean_condition_and_guided_steps_follow_the_formula(numerics):
+    """Spec sections 4.3-5: at every step the network gets c_noise(sigma); while sigma > 0.001 the condition frames
+    come in as the clean latent seen at noise level 0.001 (c_in(0.001) (latent + 0.001 n)), the others as
+    c_in(sigma) x_t; the state moves by the EDM Euler step from the guided F = F_c + w (F_c - F_u); the condition
+    frames' prediction is pinned so that x0 is the clean latent (fp32) or the original's latent / c_out - c_skip x
+    (original), which the network sees once the substitution is released (here: the last step).
+
+    Everything expected is computed here in float64 from the spec's formulas and from the inputs the network was
+    given. Tolerances are bf16 rounding: the network's input is bf16 in both numerics (relative step 2^-8, so a
+    rounding moves a value by at most 2^-9 of it); the fp32 path rounds only that input, which we read back, so
+    a prediction from it is off by at most 2^-9 of |x_in| plus the observation's own 2^-9: we allow 2^-8 of the sum.
+    The original keeps its state, its F and its c_in/c_out/c_skip in bf16 as well: a few roundings of each term, so
+    2^-6 of the terms' magnitudes. A swapped guidance moves F by (1 + 2w) |F_c - F_u|, about 45 here.
+    """
+    steps, w, n_cond = 6, 7.0, 2
+    shape = (1, 3, 4, 2, 3)
+    g = torch.Generator().manual_seed(5)
+    latent = (0.5 * torch.randn(shape, generator=g)).to(torch.bfloat16)
+    augment = torch.randn(shape, generator=g)
+    noise = S.initial_noise(shape, seed=9, device="cpu")
+    net = _TwoBranchNet(shape)
+    out = S.sample(net, noise=noise, condition_latent=latent, num_condition_frames=n_cond, augment=augment,
+                   num_steps=steps, guidance=w, numerics=numerics)
+    sig = _karras64(steps)
+    original = numerics == "original"
+    rel = 2.0**-6 if original else 2.0**-8
+    lat, aug = latent.double(), augment.double()
+    cond, free = (slice(None), slice(None), slice(0, n_cond)), (slice(None), slice(None), slice(n_cond, None))
+    active = [s > 0.001 for s in sig[:steps]]
+    assert active == [True] * (steps - 1) + [False]  # the last step (sigma 0.0002) is released
+    assert len(net.seen) == steps
+
+    def close(got, want, scale, what):
+        err = (got - want).abs()
+        bound = rel * scale + 1e-6
+        assert bool((err <= bound).all()), f"{what}: worst {float((err - bound).max()):.3g} past the bound"
+
+    for i, (x_scaled, t) in enumerate(net.seen):
+        s = sig[i]
+        assert t == pytest.approx(0.25 * math.log(s), rel=2.0**-7, abs=2.0**-8), i  # c_noise, bf16 in original
+        if active[i]:
+            clean = _c_in(0.001) * (lat + 0.001 * aug)
+            close(x_scaled[cond], clean[cond], clean[cond].abs(), f"condition frames' input at step {i}")
+    close(net.seen[0][0][free], _c_in(sig[0]) * noise.double()[free], (_c_in(sig[0]) * noise.double()[free]).abs(),
+          "first input")
+
+    # The state: from what the network saw at step i (x_in = x_scaled / c_in) and its two outputs there, the
+    # Euler step of spec section 5 gives the next input; the last step's gives the output.
+    for i in range(steps):
+        s, s_next = sig[i], sig[i + 1]
+        x_scaled = net.seen[i][0]
+        x_in = x_scaled / _c_in(s)
+        f_c, f_u = net.branches(x_scaled)
+        f = f_c + w * (f_c - f_u)
+        x0 = _c_skip(s) * x_in + _c_out(s) * f
+        if active[i]:
+            sb = _bf16(s) if original else s  # the original divides by a bf16 c_in here
+            x_in[cond] = (_c_in(0.001) * (lat + 0.001 * aug) / _c_in(sb))[cond]
+            if original:  # its substituted prediction latent / c_out - c_skip x_in, with bf16 scalars
+                f_lat = lat / _c_out(sb) - _c_skip(sb) * x_in
+                x0[cond] = (_c_skip(s) * x_in + _c_out(s) * f_lat)[cond]
+            else:
+                x0[cond] = lat[cond]
+        x_next = x0 + (s_next / s) * (x_in - x0)
+        scale = (x_in.abs() + _c_out(s) * (f_c.abs() * (1 + w) + w * f_u.abs()) + x_next.abs())
+        if i + 1 < steps:
+            seen_next = net.seen[i + 1][0] / _c_in(s_next)
+            region = (slice(None),) if not active[i + 1] else free  # the condition frames are substituted again
+            close(seen_next[region], x_next[region], scale[region], f"input of step {i + 1}")
+        else:
+            close(out.double(), x_next, scale, "output")
+    assert out.dtype == torch.bfloat16
