@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     Under torchrun, a rank other than 0 with an error that rank 0 prints (one every rank raises alike) exits 0
     without printing, and rank 0 waits for those ranks before it exits with the error's code: torchrun then stops no
     process (no SIGTERM lines) and its summary lists rank 0 alone, with our message (see cosmos_cli.errors)."""
+    # OpenMP threads spin between parallel regions by default: on a CPU shared with any other busy process each
+    # region then waits for a descheduled spinner. The demo generation on 2 cores beside busy processes: 63 and 33 s
+    # spinning, 30 and 22 s passive. Set before torch loads libgomp (torch is imported lazily, after this); a value
+    # the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app(args=argv, prog_name="cosmos")
     except CosmosError as exc:

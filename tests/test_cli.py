@@ -180,3 +180,18 @@ def test_schema_file_is_the_packaged_one():
 
     assert batch_schema() == json.loads((REPO / "schemas" / "batch_job.schema.json").read_text())
     assert Path(REPO / "schemas" / "batch_job.schema.json").exists()
+
+
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
+    """Set by main() before torch loads: spinning OpenMP threads slow a CPU run on a shared machine severalfold."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom cosmos_cli.app import main\ntry:\n    main(['backends'])\nexcept SystemExit:\n    pass\n"
+            "import torch\nprint(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env=env if given is None else {**env, "OMP_WAIT_POLICY": given})
+        assert run.returncode == 0 and run.stdout.strip().splitlines()[-1] == expected, run.stderr[-2000:]
