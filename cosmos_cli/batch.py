@@ -10,9 +10,12 @@ The flow of :func:`run_batch`:
    without ``seed`` uses ``--seed``: every line of a batch without seeds therefore shares one seed, and a
    batch re-run gives the same videos. A line without ``name`` is written as ``line00007`` (its line number).
 3. **Resume** (see below): lines whose outputs are complete for the same parameters are ``skipped``.
-4. **Run**: the model loads once (per worker) and stays placed by the memory plan across items. One item's
-   failure (an input that does not decode, a guardrail block, running out of memory) is recorded and the
-   batch goes on; ``fail_fast`` stops at the first. Ctrl-C stops after cleaning up the current item.
+4. **Run**: the model loads once (per worker) and stays placed by the memory plan across items, each item run
+   by :class:`cosmos_cli.runner.JobRunner` as `generate` runs its job: a CUDA out-of-memory under ``--offload
+   auto`` reloads the pipeline once with the next leaner strategy, retries the item (its message says so) and
+   keeps that pipeline for the next items. One item's failure (an input that does not decode, a guardrail
+   block, running out of memory again) is recorded and the batch goes on; ``fail_fast`` stops at the first.
+   Ctrl-C stops after cleaning up the current item.
 5. **Report**: ``batch_report.json`` (or ``report_path``), rewritten atomically while the batch runs and at the
    end, holds per line: the input line, the final prompt, the seed, the output paths, the status (``ok``,
    ``skipped``, ``failed``, ``blocked``, or ``not_run`` when Ctrl-C or ``--fail-fast`` stopped the batch first),
