@@ -10,9 +10,12 @@ The flow of :func:`run_batch`:
    without ``seed`` uses ``--seed``: every line of a batch without seeds therefore shares one seed, and a
    batch re-run gives the same videos. A line without ``name`` is written as ``line00007`` (its line number).
 3. **Resume** (see below): lines whose outputs are complete for the same parameters are ``skipped``.
-4. **Run**: the model loads once (per worker) and stays placed by the memory plan across items. One item's
-   failure (an input that does not decode, a guardrail block, running out of memory) is recorded and the
-   batch goes on; ``fail_fast`` stops at the first. Ctrl-C stops after cleaning up the current item.
+4. **Run**: the model loads once (per worker) and stays placed by the memory plan across items, each item run
+   by :class:`cosmos_cli.runner.JobRunner` as `generate` runs its job: a CUDA out-of-memory under ``--offload
+   auto`` reloads the pipeline once with the next leaner strategy, retries the item (its message says so) and
+   keeps that pipeline for the next items. One item's failure (an input that does not decode, a guardrail
+   block, running out of memory again) is recorded and the batch goes on; ``fail_fast`` stops at the first.
+   Ctrl-C stops after cleaning up the current item.
 5. **Report**: ``batch_report.json`` (or ``report_path``), rewritten atomically while the batch runs and at the
    end, holds per line: the input line, the final prompt, the seed, the output paths, the status (``ok``,
    ``skipped``, ``failed``, ``blocked``, or ``not_run`` when Ctrl-C or ``--fail-fast`` stopped the batch first),
@@ -81,7 +84,6 @@ from cosmos_cli.generation import (
     RESIZE_MODES,
     GenerateRequest,
     checked_model,
-    load_pipeline,
     make_job,
     pick_device,
     start_parallel,
@@ -90,6 +92,7 @@ from cosmos_cli.jobs import GenerationJob, default_name, parse_json_line, valida
 from cosmos_cli.launch import launch_env
 from cosmos_cli.progress import Progress, QuietProgress
 from cosmos_cli.registry import find_model
+from cosmos_cli.runner import Blocked, JobRunner
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
 
 REPORT_NAME = "batch_report.json"
@@ -554,8 +557,10 @@ def commit(item: BatchItem, prompt: str | None) -> None:
     os.replace(item.staged_video, item.video_path)
 
 
-def run_item(pipeline, item: BatchItem, progress: Progress, device: str, run=None) -> ItemRecord:
-    """Generate one item; every failure becomes a record (KeyboardInterrupt propagates, after clean-up).
+def run_item(runner: JobRunner, item: BatchItem, progress: Progress, device: str, run=None) -> ItemRecord:
+    """Generate one item on ``runner`` (a CUDA out-of-memory under ``--offload auto`` is retried there once with a
+    leaner pipeline, kept for the next lines); every failure becomes a record (KeyboardInterrupt propagates, after
+    clean-up; so does a failure to load the leaner pipeline, which leaves nothing to run the next lines on).
 
     ``run`` (rank 0 of a split generation, ``--num-gpus``): a failure of the generation that the other ranks did
     not share raises :class:`RankError` instead, which stops the batch."""
@@ -569,7 +574,8 @@ def run_item(pipeline, item: BatchItem, progress: Progress, device: str, run=Non
     try:
         item.video_path.parent.mkdir(parents=True, exist_ok=True)
         generating = True
-        result = pipeline.generate(job, progress, video_path=item.staged_video, prompt_path=item.staged_prompt)
+        done = runner.run(job, progress, video_path=item.staged_video, prompt_path=item.staged_prompt)
+        result = done.result
         generating = False
         rec.timings = dict(result.timings)
         rec.prompt = result.final_prompt if result.final_prompt is not None else job.prompt
@@ -577,17 +583,24 @@ def run_item(pipeline, item: BatchItem, progress: Progress, device: str, run=Non
             commit(item, rec.prompt)
             rec.status, rec.video = "ok", str(item.video_path)
             rec.prompt_file = str(item.prompt_path) if item.prompt_path.exists() else None
-            rec.message = "; ".join(m for m in (item.regenerate_reason, *result.notes) if m)  # e.g. a prompt cut short
+            notes = (item.regenerate_reason, done.note, *result.notes)  # e.g. an OOM retry, a prompt cut short
+            rec.message = "; ".join(m for m in notes if m)
         elif result.status == "ok":
             rec.message = "the pipeline reported success but wrote no video"
         else:
-            rec.status = "blocked" if result.status == "blocked" else "failed"
             rec.message = result.message or f"the pipeline returned {result.status}"
+    except Blocked as exc:
+        rec.status, rec.message = "blocked", exc.reason
     except Exception as exc:  # the batch's fault boundary: one item's failure must not stop the others
+        if runner.broken:
+            raise
         if generating and run is not None and not run.shared_failure(exc):
             raise rank_failure(item, run, exc) from exc
         if isinstance(exc, torch.cuda.OutOfMemoryError):
-            rec.message = f"out of GPU memory on {device}: {one_line(exc).removeprefix('OutOfMemoryError: ')}"
+            where = f"{device} under memory strategy {runner.strategy}" if device != "cpu" else device
+            rec.message = f"out of GPU memory on {where}: {one_line(exc).removeprefix('OutOfMemoryError: ')}"
+            if device != "cpu" and runner.leaner():  # not retried (explicit --offload, or the retry ran out too)
+                rec.message += f"; use --offload {runner.leaner()}"
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         elif isinstance(exc, MemoryError):
@@ -609,10 +622,11 @@ def rank_failure(item: BatchItem, run, exc: BaseException) -> RankError:
                           "run the same command again (finished lines are skipped).")
 
 
-def follow_item(pipeline, item: BatchItem, run) -> None:
+def follow_item(runner: JobRunner, item: BatchItem, run) -> None:
     """A rank other than 0 of a split generation: its part of ``item``; rank 0 writes and records it."""
     try:
-        pipeline.generate(item.job, QuietProgress(), video_path=item.staged_video, prompt_path=item.staged_prompt)
+        runner.pipeline.generate(item.job, QuietProgress(), video_path=item.staged_video,
+                                 prompt_path=item.staged_prompt)
     except Exception as exc:
         if not run.shared_failure(exc):  # rank 0 failing alone is recorded by rank 0, and the ranks go on
             raise rank_failure(item, run, exc) from exc
@@ -622,18 +636,15 @@ def run_items(backend, spec: ModelSpec, req: BatchRequest, items: list[BatchItem
               emit: Callable[[Event], None], slot: int, should_stop: Callable[[], bool]) -> None:
     """Load the model once on ``device`` and generate ``items`` in order, emitting events."""
     progress = EventProgress(emit, slot)
-    pipeline = load_pipeline(backend, spec, req.defaults, device, progress)
-    try:
+    with JobRunner(backend, spec, req.defaults, device, progress) as runner:
         for item in items:
             if should_stop():
                 break
             emit(("start", slot, item.line, item.job.name))
-            rec = run_item(pipeline, item, progress, device)
+            rec = run_item(runner, item, progress, device)
             emit(("record", slot, rec))
             if req.fail_fast and not rec.has_output:
                 break
-    finally:
-        pipeline.close()
 
 
 def worker_main(slot: int, req: BatchRequest, spec_name: str, items: list[BatchItem], device: str,
@@ -1167,18 +1178,15 @@ def _split_items(req: BatchRequest, spec: ModelSpec, backend, plan: BatchPlan, d
     progress = EventProgress(display.handle, 0) if main else QuietProgress()
     try:
         if plan.items and not coord.stopped:
-            pipeline = load_pipeline(backend, spec, req.defaults, device, progress, run)
-            try:
+            with JobRunner(backend, spec, req.defaults, device, progress, run) as runner:  # no OOM retry: ranks
                 for item in plan.items:
                     if not run.share(lambda: not coord.stopped, "starting the next line"):  # --fail-fast
                         break
                     if main:
                         coord.on_event(("start", 0, item.line, item.job.name))
-                        coord.on_event(("record", 0, run_item(pipeline, item, progress, device, run)))
+                        coord.on_event(("record", 0, run_item(runner, item, progress, device, run)))
                     else:
-                        follow_item(pipeline, item, run)
-            finally:
-                pipeline.close()
+                        follow_item(runner, item, run)
     except KeyboardInterrupt as exc:
         coord.interrupt(exc)
     except BaseException as exc:

@@ -109,13 +109,13 @@ class BatchActor:
     Ray gives the actor its GPU through ``CUDA_VISIBLE_DEVICES``, so it is always ``cuda:0`` inside."""
 
     def __init__(self, req, spec_name: str):
-        from cosmos_cli.generation import load_pipeline
         from cosmos_cli.progress import QuietProgress
         from cosmos_cli.registry import find_model
+        from cosmos_cli.runner import JobRunner
 
         backend, spec = find_model(spec_name)
         self.device = "cpu" if req.defaults.device == "cpu" else "cuda:0"
-        self.pipeline = load_pipeline(backend, spec, req.defaults, self.device, QuietProgress())
+        self.runner = JobRunner(backend, spec, req.defaults, self.device, QuietProgress())  # the OOM retry too
         import socket
 
         self.where = f"{socket.gethostname()}:{os.getpid()}"
@@ -124,7 +124,7 @@ class BatchActor:
         from cosmos_cli.batch import run_item
         from cosmos_cli.progress import QuietProgress
 
-        rec = run_item(self.pipeline, item, QuietProgress(), self.device)
+        rec = run_item(self.runner, item, QuietProgress(), self.device)
         rec.device = f"{self.where}/{self.device}"
         return rec
 

@@ -19,11 +19,9 @@ from typing import TYPE_CHECKING
 
 from cosmos_cli.errors import (
     GenerationError,
-    GuardrailBlocked,
     InputError,
     MemoryPlanError,
     OutputExistsError,
-    RankError,
     UsageError,
 )
 from cosmos_cli.fastmode import FastMode, check_fast
@@ -344,42 +342,15 @@ def _checked_generate(req: GenerateRequest, progress: Progress) -> GenerationRes
 
 def _generate(backend: Backend, spec: ModelSpec, req: GenerateRequest, job: GenerationJob, device: str,
               progress: Progress, video_path: Path, prompt_path: Path, run: ParallelRun | None) -> GenerationResult:
-    pipeline = load_pipeline(backend, spec, req, device, progress, run)
-    try:
-        # CUDA out of memory (the files are written only at the end, atomically, so none is half-written): under
-        # auto, retry once with the next leaner strategy; otherwise name the strategy to use.
-        import torch
+    # the job runner batch uses too: a CUDA out-of-memory under auto is retried once leaner, a block raises
+    import torch
 
-        from cosmos_cli.planner import leaner_strategy
+    from cosmos_cli.runner import JobRunner, out_of_memory_error
 
-        for attempt in (1, 2):
-            oom = None
-            try:
-                result = pipeline.generate(job, progress, video_path=video_path, prompt_path=prompt_path)
-            except torch.cuda.OutOfMemoryError as exc:
-                oom = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"
-            if oom is None:
-                break  # leaving the except clause above dropped the failed attempt's tensors
-            strategy = getattr(getattr(pipeline, "plan", None), "strategy", req.offload)
-            leaner = leaner_strategy(strategy) if strategy in STRATEGY_NAMES else None
-            if run is not None:  # the other ranks cannot retry with this one: stop, naming the next strategy
-                raise RankError(f"rank {run.rank}: CUDA out of memory under memory strategy {strategy} ({oom})",
-                                hint=f"Use --offload {leaner}." if leaner else
-                                "Free GPU memory (other processes?) and see `cosmos memory-plan`.")
-            if leaner is None:
-                raise GenerationError(f"CUDA out of memory even under the leanest strategy, {strategy} ({oom})",
-                                      hint="Free GPU memory (other processes?) and see `cosmos memory-plan`.")
-            if req.offload != "auto" or req.original_offload_flags or attempt == 2:
-                raise GenerationError(f"CUDA out of memory under memory strategy {strategy}: "
-                                      f"use --offload {leaner} (or --offload auto)")
-            progress.warning(f"CUDA out of memory under memory strategy {strategy}; retrying once with the next "
-                             f"leaner one, {leaner}")
-            pipeline.close()
-            pipeline = load_pipeline(backend, spec, replace(req, offload=leaner), device, progress)
-        if result.status == "blocked":
-            raise GuardrailBlocked(f"blocked by the guardrail ({result.message}); nothing was written")
-        return result
-    except MemoryError as exc:
-        raise GenerationError(f"out of host memory: {exc}") from exc
-    finally:
-        pipeline.close()
+    with JobRunner(backend, spec, req, device, progress, run) as runner:
+        try:
+            return runner.run(job, progress, video_path=video_path, prompt_path=prompt_path).result
+        except torch.cuda.OutOfMemoryError as exc:  # not retried (or the retry ran out too): name the strategy
+            raise out_of_memory_error(runner, exc) from None
+        except MemoryError as exc:
+            raise GenerationError(f"out of host memory: {exc}") from exc
