@@ -72,6 +72,9 @@ class TestConformanceToy(BackendConformance):
     expected_failures = {f"test_every_strategy_gives_the_resident_output[{s}]": (NO_STRATEGY_DECLARATION, UsageError)
                          for s in STREAMING}
 
+    def exact(self, plan) -> bool:
+        return True  # its placements only move the weights; the same kernels run under every strategy
+
     @pytest.fixture(scope="class")
     def found(self, toy_installed):
         from cosmos_cli.registry import find_model
