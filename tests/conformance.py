@@ -13,11 +13,12 @@ file the spec needs, written in the real formats). The battery then runs, throug
   resident strategy's frames (the bound of tests/test_offload.py).
 
 A subclass lists in ``expected_failures`` the battery tests (``"test_name"`` or ``"test_name[param]"``) its backend
-cannot pass because of the core, each with the reason: they run as ``xfail(strict=True)``, so the day the core is
-fixed they fail until the entry is removed.
+cannot pass because of the core, each with the reason and the exception it then fails with: they run as
+``xfail(strict=True, raises=...)``, so the day the core is fixed they fail until the entry is removed.
 
-Parallel equivalence is not in the battery: splitting one generation needs torchrun and several processes
-(tests/test_parallel.py costs tens of seconds for Predict1 alone), not a few seconds per backend.
+Parallel equivalence is not in the battery, only its cheap end (``--num-gpus 2`` outside torchrun is refused with
+one line): splitting one generation needs several gloo processes started like torchrun's (tests/test_parallel.py,
+tens of seconds for Predict1 alone on two cores), not a few seconds per backend.
 """
 
 from __future__ import annotations
@@ -160,6 +161,14 @@ class BackendConformance:
         assert info.fps == pytest.approx(spec.fps)
         assert (tmp_path / "output.txt").read_text(encoding="utf-8") == PROMPT
         assert sorted(p.name for p in tmp_path.iterdir()) == ["output.mp4", "output.txt"]  # no temporary files left
+
+    def test_a_split_outside_torchrun_is_refused(self, spec, ckpt, image, tmp_path):
+        """The cheap end of the parallel contract: ``--num-gpus 2`` in one plain process is refused before anything
+        loads, with one line (a backend that splits needs torchrun; one that cannot says so)."""
+        res = self._generate(spec, ckpt, image, tmp_path, "--num-gpus", "2")
+        assert res.exit_code in (1, 2) and "Traceback" not in res.stderr, res.stderr
+        assert len([line for line in res.stderr.splitlines() if line.startswith("error:")]) == 1, res.stderr
+        assert not list(tmp_path.iterdir())
 
     # --- checkpoint strictness ---------------------------------------------------------------------------------------
 

@@ -32,7 +32,11 @@ def install(target: Path) -> None:
     ``pip install``: this environment's setuptools 65 without the ``wheel`` package cannot build a wheel offline, and
     the file importlib.metadata reads is the same either way)."""
     import shutil
-    import tomllib
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest itself depends on tomli there
+        import tomli as tomllib
 
     project = tomllib.loads((TOY_DIR / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     for module in ("cosmos_toy_backend.py",):

@@ -59,10 +59,11 @@ def build_network(p: ToyParams):
 def write_checkpoint(root: Path, seed: int = 0) -> None:
     import torch
 
-    torch.manual_seed(seed)
     path = Path(root) / SPEC.files_of(NETWORK)[0].local
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(build_network(TOY).state_dict(), path)
+    with torch.random.fork_rng():  # random weights from ``seed``, leaving the caller's generator alone
+        torch.manual_seed(seed)
+        torch.save(build_network(TOY).state_dict(), path)
 
 
 class ToyPipeline:
