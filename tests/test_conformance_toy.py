@@ -122,3 +122,19 @@ def test_a_component_name_of_its_own_is_offloaded(toy_installed):
     spec = replace(toy_installed.SPEC, components=(replace(net, name="video_model"),))
     plan = plan_memory(spec, 80 * GiB, strategy="offload-all", upsampler=False, guardrail=False)
     assert plan.placement("video_model") == "swap"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "cosmos_cli/generation.py:41-43 GUARDRAIL_LICENSE_WARNING (NVIDIA's licence) is printed by generation.py:256 for "
+    "every backend given --disable-guardrail, even one with no guardrail models of its own"))
+def test_no_nvidia_licence_text_for_another_family(toy_installed, tmp_path):
+    from tests.conftest import make_image, run_cli
+
+    toy_installed.write_checkpoint(tmp_path / "ckpt")
+    image = make_image(tmp_path / "in.png", 16, 16)
+    res = run_cli("generate", "--model", "toy", "--checkpoint-dir", str(tmp_path / "ckpt"), "-i", str(image),
+                  "--prompt", "a ball", "--device", "cpu", "--disable-guardrail", "--video-save-folder",
+                  str(tmp_path / "out"))
+    if res.exit_code != 0:  # not the expected failure: raised as another type, so the xfail does not cover it
+        raise RuntimeError(res.stderr)
+    assert "NVIDIA" not in res.stderr, res.stderr
