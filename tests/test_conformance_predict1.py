@@ -1,0 +1,16 @@
+"""The conformance battery (tests/conformance.py) on Predict1's tiny spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
+from cosmos_plugins.predict1.specs import PREDICT1_TINY
+from tests.conformance import BackendConformance
+
+
+class TestConformancePredict1(BackendConformance):
+    model = PREDICT1_TINY.name
+
+    def write_checkpoint(self, root: Path) -> None:
+        write_checkpoint_folder(root, PREDICT1_TINY, seed=0)

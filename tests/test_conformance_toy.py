@@ -1,0 +1,140 @@
+"""A toy second backend (tests/toy_backend/, its own tiny network) installed through the ``cosmos`` entry-point
+group, running the conformance battery with no edit to cosmos_cli/; and what the core still keeps it from doing."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cosmos_cli.errors import UsageError
+from cosmos_cli.planner import STRATEGIES, plan_memory
+from cosmos_cli.specs import NETWORK
+from tests.conformance import BackendConformance
+
+TOY_DIR = Path(__file__).resolve().parent / "toy_backend"
+
+# Why the toy cannot run the strategies that stream the network's blocks: the planner offers every backend the one
+# global strategy list, and a spec cannot say which strategies (placements) its backend implements.
+NO_STRATEGY_DECLARATION = (
+    "cosmos_cli/planner.py:118 STRATEGIES is one global tuple and plan_memory (planner.py:413) evaluates every "
+    "strategy for every spec; cosmos_cli/specs.py:116 ModelSpec has no field for the strategies a backend "
+    "implements, so `--offload` accepts (and `auto` may pick) a stream/map strategy the toy backend refuses")
+STREAMING = [s.name for s in STRATEGIES if s.placement(NETWORK) in ("stream", "map")]
+
+
+def install(target: Path) -> None:
+    """Install tests/toy_backend into ``target`` as pip would lay it out: the module and a ``.dist-info`` folder whose
+    ``entry_points.txt`` holds the pyproject's ``[project.entry-points.cosmos]`` table (written here rather than by
+    ``pip install``: this environment's setuptools 65 without the ``wheel`` package cannot build a wheel offline, and
+    the file importlib.metadata reads is the same either way)."""
+    import shutil
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest itself depends on tomli there
+        import tomli as tomllib
+
+    project = tomllib.loads((TOY_DIR / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for module in ("cosmos_toy_backend.py",):
+        shutil.copy(TOY_DIR / module, target / module)
+    info = target / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n",
+                                   encoding="utf-8")
+    eps = project["entry-points"]["cosmos"]
+    (info / "entry_points.txt").write_text("[cosmos]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()),
+                                           encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def toy_installed(tmp_path_factory):
+    """The toy backend installed into a folder on sys.path and the registry's entry points loaded afresh: it loads
+    exactly as a third-party package does (``registry.plugin_manager``, the ``cosmos`` group)."""
+    from cosmos_cli import registry
+
+    target = tmp_path_factory.mktemp("toy-site")
+    install(target)
+    sys.path.insert(0, str(target))
+    importlib.invalidate_caches()
+    registry.plugin_manager.cache_clear()
+    try:
+        assert "toy" in registry.load_report().loaded, registry.load_report()
+        yield sys.modules["cosmos_toy_backend"]
+    finally:
+        sys.path.remove(str(target))
+        sys.modules.pop("cosmos_toy_backend", None)
+        registry.plugin_manager.cache_clear()
+
+
+class TestConformanceToy(BackendConformance):
+    model = "Toy-Video2World"
+    # the toy refuses a placement it lacks with a UsageError: the xfail holds only for that failure
+    expected_failures = {f"test_every_strategy_gives_the_resident_output[{s}]": (NO_STRATEGY_DECLARATION, UsageError)
+                         for s in STREAMING}
+
+    def exact(self, plan) -> bool:
+        return True  # its placements only move the weights; the same kernels run under every strategy
+
+    @pytest.fixture(scope="class")
+    def found(self, toy_installed):
+        from cosmos_cli.registry import find_model
+
+        return find_model(self.model)
+
+    def write_checkpoint(self, root: Path) -> None:
+        sys.modules["cosmos_toy_backend"].write_checkpoint(root, seed=0)
+
+
+def test_the_toy_imports_only_the_core_and_torch(toy_installed):
+    """A second family stands on the core's public types alone: no import of the Predict1 plugin."""
+    import ast
+
+    tree = ast.parse(Path(toy_installed.__file__).read_text(encoding="utf-8"))
+    roots = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+             for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    assert roots == {"__future__", "dataclasses", "pathlib", "cosmos_cli", "torch"}, roots
+
+
+GiB = 1 << 30
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "cosmos_cli/specs.py:17 STAGES is Predict1's fixed stage tuple and cosmos_cli/planner.py:307 plans only those "
+    "stages: a component whose stage has another name is left out of every stage peak (predicted peak 0)"))
+def test_a_stage_of_its_own_is_planned(toy_installed):
+    net = toy_installed.SPEC.components[0]
+    spec = replace(toy_installed.SPEC, components=(replace(net, stages=("render",),
+                                                           activation_bytes=(("render", 1000),)),))
+    plan = plan_memory(spec, 80 * GiB, strategy="resident", upsampler=False, guardrail=False)
+    assert plan.predicted_peak_bytes >= net.weight_bytes + 1000
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "cosmos_cli/planner.py:112-149 the strategies' placements name only the core's five component constants "
+    "(cosmos_cli/specs.py:20, Predict1's parts), and Strategy.placement (planner.py:97) leaves any other name on "
+    "the GPU: a component of a name of its own is never offloaded, even under offload-all"))
+def test_a_component_name_of_its_own_is_offloaded(toy_installed):
+    net = toy_installed.SPEC.components[0]
+    spec = replace(toy_installed.SPEC, components=(replace(net, name="video_model"),))
+    plan = plan_memory(spec, 80 * GiB, strategy="offload-all", upsampler=False, guardrail=False)
+    assert plan.placement("video_model") == "swap"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "cosmos_cli/generation.py:41-43 GUARDRAIL_LICENSE_WARNING (NVIDIA's licence) is printed by generation.py:256 for "
+    "every backend given --disable-guardrail, even one with no guardrail models of its own"))
+def test_no_nvidia_licence_text_for_another_family(toy_installed, tmp_path):
+    from tests.conftest import make_image, run_cli
+
+    toy_installed.write_checkpoint(tmp_path / "ckpt")
+    image = make_image(tmp_path / "in.png", 16, 16)
+    res = run_cli("generate", "--model", "toy", "--checkpoint-dir", str(tmp_path / "ckpt"), "-i", str(image),
+                  "--prompt", "a ball", "--device", "cpu", "--disable-guardrail", "--video-save-folder",
+                  str(tmp_path / "out"))
+    if res.exit_code != 0:  # not the expected failure: raised as another type, so the xfail does not cover it
+        raise RuntimeError(res.stderr)
+    assert "NVIDIA" not in res.stderr, res.stderr
