@@ -140,7 +140,7 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) 
     if len(ref.size) != len(ref.stride) or min((*ref.size, *ref.stride, ref.offset), default=0) < 0:
         raise _Malformed(f"tensor view size {ref.size} stride {ref.stride} offset {ref.offset} is not valid")
     if all(ref.size):  # non-empty: the last element it reaches must lie in the storage
-        last = ref.offset + sum((s - 1) * st for s, st in zip(ref.size, ref.stride))
+        last = ref.offset + sum((s - 1) * st for s, st in zip(ref.size, ref.stride, strict=True))
         if last >= storage.numel:
             raise _Malformed(f"a tensor reaches element {last} of a storage of {storage.numel}")
     return ref

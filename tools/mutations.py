@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import re
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from cosmos_cli.errors import ValidationFailed
 from cosmos_cli.batch import prompt_hint, validate_for, validation_notes
+from cosmos_cli.errors import ValidationFailed
 from cosmos_cli.generation import GenerateRequest
 from cosmos_cli.options import DisableUpsamplerOpt, JsonOpt, ModelOpt, NumInputFramesOpt, PromptOpt
 from cosmos_cli.registry import default_model_name, find_model
