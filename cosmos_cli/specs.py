@@ -139,6 +139,9 @@ class ModelSpec:
     # What inputs the model was trained on, in a few words ("photos and videos of real scenes"): shown with the
     # warning when an input is far from the model's size or aspect ("" : nothing to add).
     expects: str = ""
+    # The planner's strategies (cosmos_cli.planner.STRATEGIES, by name) this backend implements: the only ones
+    # `--offload auto` may pick, `memory-plan` lists and an explicit `--offload` accepts (None: every one).
+    strategies: tuple[str, ...] | None = None
     hidden: bool = False  # tiny test configurations: registered but not listed by default
     is_default: bool = False  # the model commands use when --model is not given
 

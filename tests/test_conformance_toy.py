@@ -11,20 +11,11 @@ from pathlib import Path
 import pytest
 
 from cosmos_cli.errors import UsageError
-from cosmos_cli.planner import STRATEGIES, plan_memory
+from cosmos_cli.planner import plan_memory
 from cosmos_cli.specs import NETWORK
 from tests.conformance import BackendConformance
 
 TOY_DIR = Path(__file__).resolve().parent / "toy_backend"
-
-# Why the toy cannot run the strategies that stream the network's blocks: the planner offers every backend the one
-# global strategy list, and a spec cannot say which strategies (placements) its backend implements.
-NO_STRATEGY_DECLARATION = (
-    "cosmos_cli/planner.py:118 STRATEGIES is one global tuple and plan_memory (planner.py:413) evaluates every "
-    "strategy for every spec; cosmos_cli/specs.py:116 ModelSpec has no field for the strategies a backend "
-    "implements, so `--offload` accepts (and `auto` may pick) a stream/map strategy the toy backend refuses")
-STREAMING = [s.name for s in STRATEGIES if s.placement(NETWORK) in ("stream", "map")]
-
 
 def install(target: Path) -> None:
     """Install tests/toy_backend into ``target`` as pip would lay it out: the module and a ``.dist-info`` folder whose
@@ -72,9 +63,6 @@ def toy_installed(tmp_path_factory):
 
 class TestConformanceToy(BackendConformance):
     model = "Toy-Video2World"
-    # the toy refuses a placement it lacks with a UsageError: the xfail holds only for that failure
-    expected_failures = {f"test_every_strategy_gives_the_resident_output[{s}]": (NO_STRATEGY_DECLARATION, UsageError)
-                         for s in STREAMING}
 
     def exact(self, plan) -> bool:
         return True  # its placements only move the weights; the same kernels run under every strategy
@@ -138,3 +126,30 @@ def test_no_nvidia_licence_text_for_another_family(toy_installed, tmp_path):
     if res.exit_code != 0:  # not the expected failure: raised as another type, so the xfail does not cover it
         raise RuntimeError(res.stderr)
     assert "NVIDIA" not in res.stderr, res.stderr
+
+
+def test_auto_picks_only_a_declared_strategy(toy_installed):
+    """The planner (a pure function) offers only the spec's strategies: with every byte to spare, a spec declaring
+    offload-all alone still gets offload-all, and the retry's leaner step stays inside the declared ones."""
+    from cosmos_cli.planner import leaner_strategy
+
+    only = replace(toy_installed.SPEC, strategies=("offload-all",))
+    plan = plan_memory(only, 80 * GiB, upsampler=False, guardrail=False)
+    assert plan.strategy == "offload-all" and [a[0] for a in plan.alternatives] == ["offload-all"]
+    assert leaner_strategy("resident", toy_installed.SPEC) == "offload-all"
+    assert leaner_strategy("offload-all", toy_installed.SPEC) is None
+    assert leaner_strategy("stream", toy_installed.SPEC) is None  # not the toy's: no leaner step of its own
+
+
+def test_an_offload_it_lacks_is_one_line_naming_what_it_has(toy_installed, tmp_path):
+    from tests.conftest import make_image, run_cli
+
+    toy_installed.write_checkpoint(tmp_path / "ckpt")
+    image = make_image(tmp_path / "in.png", 16, 16)
+    for flags in (("--offload", "stream"), ("--offload_prompt_upsampler",)):  # the original's flag means offload-upsampler
+        res = run_cli("generate", "--model", "toy", "--checkpoint-dir", str(tmp_path / "ckpt"), "-i", str(image),
+                      "--prompt", "a ball", "--device", "cpu", "--video-save-folder", str(tmp_path / "out"), *flags)
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert res.exit_code == 1 and "Traceback" not in res.stderr, (flags, res.stderr)
+        assert len(errors) == 1 and "implements resident, offload-all" in errors[0], (flags, res.stderr)
+        assert not (tmp_path / "out" / "output.mp4").exists()
