@@ -36,10 +36,6 @@ from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
 if TYPE_CHECKING:
     from cosmos_cli.backend import Backend, ParallelRun, Pipeline
 
-GUARDRAIL_LICENSE_WARNING = (
-    "warning: the safety guardrails are disabled. The NVIDIA Open Model License ties your rights to use the model "
-    "to keeping its guardrails; you are responsible for what you generate."
-)
 NAME_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,200}$")
 RESIZE_MODES = ("stretch", "crop", "pad")
 
@@ -251,7 +247,8 @@ def checked_model(req: GenerateRequest, progress: Progress) -> tuple[Backend, Mo
     spec = resolve_model(req.model, req.network_dir)
     backend = find_model(spec.name)[0]
     if req.disable_guardrail:
-        progress.warning(GUARDRAIL_LICENSE_WARNING)
+        if spec.guardrail_disabled_warning:  # the backend's licence terms (ModelSpec.guardrail_disabled_warning)
+            progress.warning(f"warning: {spec.guardrail_disabled_warning}")
     elif spec.component(GUARDRAIL) is None:
         progress.warning(f"note: {spec.name} has no guardrail models; the video is not safety-checked")
     if not req.disable_prompt_upsampler and spec.component(UPSAMPLER) is None:

@@ -142,6 +142,9 @@ class ModelSpec:
     # The planner's strategies (cosmos_cli.planner.STRATEGIES, by name) this backend implements: the only ones
     # `--offload auto` may pick, `memory-plan` lists and an explicit `--offload` accepts (None: every one).
     strategies: tuple[str, ...] | None = None
+    # What `generate` and `batch` print (once, on stderr) when --disable-guardrail is given: the terms the model's
+    # licence ties to its guardrails, in the backend's words ("": nothing to say).
+    guardrail_disabled_warning: str = ""
     hidden: bool = False  # tiny test configurations: registered but not listed by default
     is_default: bool = False  # the model commands use when --model is not given
 
