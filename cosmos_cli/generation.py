@@ -28,7 +28,13 @@ from cosmos_cli.fastmode import FastMode, check_fast
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
 from cosmos_cli.launch import launch_env
 from cosmos_cli.limits import check_generation_values
-from cosmos_cli.planner import MemoryPlan, check_strategy, plan_memory, strategies_for, strategy_for_original_flags
+from cosmos_cli.planner import (
+    MemoryPlan,
+    check_strategy,
+    plan_memory,
+    strategies_for,
+    strategy_for_original_flags,
+)
 from cosmos_cli.progress import NullProgress, Progress
 from cosmos_cli.registry import default_model_name, find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec

@@ -48,7 +48,6 @@ from cosmos_cli.errors import MemoryPlanError
 from cosmos_cli.specs import (
     GUARDRAIL,
     NETWORK,
-    STAGES,
     TEXT_ENCODER,
     TOKENIZER,
     UPSAMPLER,
@@ -92,9 +91,12 @@ class Strategy:
     tiled_tokenizer: bool = False
     original_flags: tuple[str, ...] = ()
     lean_network: bool = False
+    # where a component no placement names lives: a backend's own component names (beyond the five above) are
+    # offloaded by the strategies that offload every model (offload-all, the stream ones), resident under the others
+    others: str = "gpu"
 
     def placement(self, component: str) -> str:
-        return dict(self.placements).get(component, "gpu")
+        return dict(self.placements).get(component, self.others)
 
     @property
     def mapped(self) -> bool:
@@ -106,7 +108,9 @@ def _strategy(name, description, *, swap=(), cpu=(), stream=(), mapped=(), cfg_b
               lean=False):
     placements = (tuple((c, "swap") for c in swap) + tuple((c, "cpu") for c in cpu)
                   + tuple((c, "stream") for c in stream) + tuple((c, "map") for c in mapped))
-    return Strategy(name, description, placements, cfg_batched, tiled, tuple(flags), lean)
+    everything = {c for c, _ in placements} >= {_UPS, _GRD, _TXT, _TOK, _NET}  # every core component moved
+    return Strategy(name, description, placements, cfg_batched, tiled, tuple(flags), lean,
+                    others="swap" if everything else "gpu")
 
 
 _UPS, _GRD, _TXT, _TOK, _NET = UPSAMPLER, GUARDRAIL, TEXT_ENCODER, TOKENIZER, NETWORK
@@ -337,7 +341,7 @@ def evaluate(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True, gua
              if not (c.name == UPSAMPLER and not upsampler) and not (c.name == GUARDRAIL and not guardrail)]
     plans = tuple(ComponentPlan(c.name, strategy.placement(c.name), c.weight_bytes, c.stages) for c in comps)
     stage_peaks = []
-    for stage in STAGES:
+    for stage in spec.stage_order():
         users = [c for c in comps if stage in c.stages]
         if not users:
             continue

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cosmos_cli.errors import UsageError
 from cosmos_cli.planner import plan_memory
-from cosmos_cli.specs import NETWORK
 from tests.conformance import BackendConformance
 
 TOY_DIR = Path(__file__).resolve().parent / "toy_backend"
@@ -90,26 +88,32 @@ def test_the_toy_imports_only_the_core_and_torch(toy_installed):
 GiB = 1 << 30
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "cosmos_cli/specs.py:17 STAGES is Predict1's fixed stage tuple and cosmos_cli/planner.py:307 plans only those "
-    "stages: a component whose stage has another name is left out of every stage peak (predicted peak 0)"))
 def test_a_stage_of_its_own_is_planned(toy_installed):
+    """The stages are the spec's (``ModelSpec.stages``, then any other a component names): a stage of another name
+    gets its peak, the weights resident in it plus its activations, in the order the spec runs them."""
     net = toy_installed.SPEC.components[0]
     spec = replace(toy_installed.SPEC, components=(replace(net, stages=("render",),
                                                            activation_bytes=(("render", 1000),)),))
     plan = plan_memory(spec, 80 * GiB, strategy="resident", upsampler=False, guardrail=False)
-    assert plan.predicted_peak_bytes >= net.weight_bytes + 1000
+    assert plan.stage_peaks == (("render", net.weight_bytes + 1000),)
+    assert plan.predicted_peak_bytes == net.weight_bytes + 1000
+    prep = replace(net, name="video_prep", stages=("prepare",), num_params=10, activation_bytes=(("prepare", 7),))
+    two = replace(spec, stages=("prepare", "render"), components=(*spec.components, prep))
+    plan = plan_memory(two, 80 * GiB, strategy="offload-all", upsampler=False, guardrail=False)
+    # offload-all: each on the GPU only in its own stage
+    assert plan.stage_peaks == (("prepare", prep.weight_bytes + 7), ("render", net.weight_bytes + 1000))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "cosmos_cli/planner.py:112-149 the strategies' placements name only the core's five component constants "
-    "(cosmos_cli/specs.py:20, Predict1's parts), and Strategy.placement (planner.py:97) leaves any other name on "
-    "the GPU: a component of a name of its own is never offloaded, even under offload-all"))
 def test_a_component_name_of_its_own_is_offloaded(toy_installed):
+    """A strategy that moves every core component (offload-all, the stream ones) moves a component of a name of
+    the backend's own too (``Strategy.others``); the ones that offload only named models leave it resident."""
     net = toy_installed.SPEC.components[0]
     spec = replace(toy_installed.SPEC, components=(replace(net, name="video_model"),))
     plan = plan_memory(spec, 80 * GiB, strategy="offload-all", upsampler=False, guardrail=False)
     assert plan.placement("video_model") == "swap"
+    plan = plan_memory(replace(spec, strategies=None), 80 * GiB, strategy="offload-tokenizer", upsampler=False,
+                       guardrail=False)
+    assert plan.placement("video_model") == "gpu"
 
 
 def test_no_nvidia_licence_text_for_another_family(toy_installed, tmp_path):

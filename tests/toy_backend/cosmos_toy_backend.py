@@ -34,7 +34,7 @@ SPEC = ModelSpec(
     components=(Component(NETWORK, ("denoise",), num_params=TOY.num_params, dtype="float32",
                           activation_bytes=(("denoise", 4 * TOY.channels * 5 * 16 * 16 * 4),)),),
     num_frames=5, height=16, width=16, fps=8, num_steps=2, input_frames=(1,), default_input_frames=1,
-    strategies=("resident", "offload-all"), hidden=True)  # its placements: gpu, and swap for its one component
+    stages=("denoise",), strategies=("resident", "offload-all"), hidden=True)  # its placements: gpu, and swap for its one component
 
 
 def build_network(p: ToyParams):
