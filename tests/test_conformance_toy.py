@@ -155,3 +155,14 @@ def test_an_offload_it_lacks_is_one_line_naming_what_it_has(toy_installed, tmp_p
         assert res.exit_code == 1 and "Traceback" not in res.stderr, (flags, res.stderr)
         assert len(errors) == 1 and "implements resident, offload-all" in errors[0], (flags, res.stderr)
         assert not (tmp_path / "out" / "output.mp4").exists()
+
+
+def test_a_spec_naming_an_unknown_strategy_is_refused_when_loaded(toy_installed, monkeypatch):
+    """A typo in ``ModelSpec.strategies`` is a malformed plugin, said in one line when the backends load."""
+    from cosmos_cli import registry
+    from cosmos_cli.errors import PluginError
+
+    bad = replace(toy_installed.SPEC, strategies=("resident", "offload-everything"))
+    monkeypatch.setattr(toy_installed.ToyBackend, "models", lambda self: (bad,))
+    with pytest.raises(PluginError, match=r"Toy-Video2World declares unknown memory strategies \['offload-everything'\]"):
+        registry.backends()
