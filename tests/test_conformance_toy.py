@@ -1,5 +1,6 @@
 """A toy second backend (tests/toy_backend/, its own tiny network) installed through the ``cosmos`` entry-point
-group, running the conformance battery with no edit to cosmos_cli/; and what the core still keeps it from doing."""
+group, running the conformance battery with no edit to cosmos_cli/; and the facts it owns through its spec (its
+strategies, its stages, component names of its own, no licence text of NVIDIA's)."""
 
 from __future__ import annotations
 
