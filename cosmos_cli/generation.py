@@ -28,7 +28,13 @@ from cosmos_cli.fastmode import FastMode, check_fast
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
 from cosmos_cli.launch import launch_env
 from cosmos_cli.limits import check_generation_values
-from cosmos_cli.planner import STRATEGY_NAMES, MemoryPlan, plan_memory, strategy_for_original_flags
+from cosmos_cli.planner import (
+    MemoryPlan,
+    check_strategy,
+    plan_memory,
+    strategies_for,
+    strategy_for_original_flags,
+)
 from cosmos_cli.progress import NullProgress, Progress
 from cosmos_cli.registry import default_model_name, find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
@@ -36,10 +42,6 @@ from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
 if TYPE_CHECKING:
     from cosmos_cli.backend import Backend, ParallelRun, Pipeline
 
-GUARDRAIL_LICENSE_WARNING = (
-    "warning: the safety guardrails are disabled. The NVIDIA Open Model License ties your rights to use the model "
-    "to keeping its guardrails; you are responsible for what you generate."
-)
 NAME_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,200}$")
 RESIZE_MODES = ("stretch", "crop", "pad")
 
@@ -189,7 +191,7 @@ def plan_request(spec: ModelSpec, req: GenerateRequest, free_bytes: int | None,
     """The memory plan for ``req`` with ``free_bytes`` of GPU memory free and ``ram_bytes`` of host memory available
     (None: unknown), without raising when nothing fits: what `generate` runs with (:func:`plan_for`) and what
     `cosmos memory-plan` shows."""
-    strategy, asked_by = asked_strategy(req)
+    strategy, asked_by = asked_strategy(req, spec)
     upsampler, guardrail = not req.disable_prompt_upsampler, not req.disable_guardrail
     reserved = find_model(spec.name)[0].fast_mode_bytes(spec, req.fast) if not req.fast.exact else 0
     plan = plan_memory(spec, None if free_bytes is None else max(free_bytes - reserved, 0), strategy=strategy,
@@ -201,8 +203,9 @@ def plan_request(spec: ModelSpec, req: GenerateRequest, free_bytes: int | None,
     return plan
 
 
-def asked_strategy(req: GenerateRequest) -> tuple[str, str | None]:
-    """The strategy ``--offload`` and the original's five flags ask for, and which flags asked (for messages)."""
+def asked_strategy(req: GenerateRequest, spec: ModelSpec | None = None) -> tuple[str, str | None]:
+    """The strategy ``--offload`` and the original's five flags ask for, and which flags asked (for messages); one
+    ``spec``'s backend does not implement is refused in one line naming the ones it does."""
     strategy = req.offload
     from_flags = strategy_for_original_flags(set(req.original_offload_flags))
     asked_by = None
@@ -211,9 +214,7 @@ def asked_strategy(req: GenerateRequest) -> tuple[str, str | None]:
         if strategy not in ("auto", from_flags):
             raise UsageError(f"--offload {strategy} contradicts the original flags {given} (= {from_flags})")
         strategy, asked_by = from_flags, f"what {given} mean{'s' if len(req.original_offload_flags) == 1 else ''}"
-    if strategy != "auto" and strategy not in STRATEGY_NAMES:
-        raise MemoryPlanError(f"unknown memory strategy {strategy!r}",
-                              hint=f"Use auto or one of: {', '.join(STRATEGY_NAMES)}.")
+    check_strategy(spec, strategy)
     return strategy, asked_by
 
 
@@ -222,8 +223,8 @@ def plan_for(spec: ModelSpec, req: GenerateRequest, device: str, run: ParallelRu
     `cosmos memory-plan` shows, :func:`cosmos_cli.gpu.free_bytes`). With ``run`` (several processes), planned for
     the GPU with the least free memory, so that every rank makes the same plan."""
     if device == "cpu":
-        strategy, asked_by = asked_strategy(req)
-        plan = plan_memory(spec, None, strategy="resident", upsampler=not req.disable_prompt_upsampler,
+        strategy, asked_by = asked_strategy(req, spec)
+        plan = plan_memory(spec, None, strategy=strategies_for(spec)[0].name, upsampler=not req.disable_prompt_upsampler,
                            guardrail=not req.disable_guardrail)
         why = (f"; {asked_by.removeprefix('what ')} {strategy}, a placement in GPU memory, not used on the CPU"
                if asked_by else (f"; --offload {strategy} places models in GPU memory, not used on the CPU"
@@ -252,7 +253,8 @@ def checked_model(req: GenerateRequest, progress: Progress) -> tuple[Backend, Mo
     spec = resolve_model(req.model, req.network_dir)
     backend = find_model(spec.name)[0]
     if req.disable_guardrail:
-        progress.warning(GUARDRAIL_LICENSE_WARNING)
+        if spec.guardrail_disabled_warning:  # the backend's licence terms (ModelSpec.guardrail_disabled_warning)
+            progress.warning(f"warning: {spec.guardrail_disabled_warning}")
     elif spec.component(GUARDRAIL) is None:
         progress.warning(f"note: {spec.name} has no guardrail models; the video is not safety-checked")
     if not req.disable_prompt_upsampler and spec.component(UPSAMPLER) is None:

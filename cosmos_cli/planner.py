@@ -48,7 +48,6 @@ from cosmos_cli.errors import MemoryPlanError
 from cosmos_cli.specs import (
     GUARDRAIL,
     NETWORK,
-    STAGES,
     TEXT_ENCODER,
     TOKENIZER,
     UPSAMPLER,
@@ -92,9 +91,12 @@ class Strategy:
     tiled_tokenizer: bool = False
     original_flags: tuple[str, ...] = ()
     lean_network: bool = False
+    # where a component no placement names lives: a backend's own component names (beyond the five above) are
+    # offloaded by the strategies that offload every model (offload-all, the stream ones), resident under the others
+    others: str = "gpu"
 
     def placement(self, component: str) -> str:
-        return dict(self.placements).get(component, "gpu")
+        return dict(self.placements).get(component, self.others)
 
     @property
     def mapped(self) -> bool:
@@ -106,7 +108,9 @@ def _strategy(name, description, *, swap=(), cpu=(), stream=(), mapped=(), cfg_b
               lean=False):
     placements = (tuple((c, "swap") for c in swap) + tuple((c, "cpu") for c in cpu)
                   + tuple((c, "stream") for c in stream) + tuple((c, "map") for c in mapped))
-    return Strategy(name, description, placements, cfg_batched, tiled, tuple(flags), lean)
+    everything = {c for c, _ in placements} >= {_UPS, _GRD, _TXT, _TOK, _NET}  # every core component moved
+    return Strategy(name, description, placements, cfg_batched, tiled, tuple(flags), lean,
+                    others="swap" if everything else "gpu")
 
 
 _UPS, _GRD, _TXT, _TOK, _NET = UPSAMPLER, GUARDRAIL, TEXT_ENCODER, TOKENIZER, NETWORK
@@ -151,12 +155,45 @@ STRATEGIES: tuple[Strategy, ...] = (
 
 STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
 
-def leaner_strategy(name: str) -> str | None:
-    """The next strategy after ``name`` in :data:`STRATEGIES` that needs less GPU memory, of the same kind (pinned
-    or mapped: a pinned strategy's mapped twin needs the same GPU memory; None after the leanest)."""
-    i = STRATEGY_NAMES.index(name)
-    kind = STRATEGIES[i].mapped
-    later = [s.name for s in STRATEGIES[i + 1:] if s.mapped == kind]
+
+def strategies_for(spec: ModelSpec | None) -> tuple[Strategy, ...]:
+    """The strategies ``spec``'s backend implements (``ModelSpec.strategies``), in :data:`STRATEGIES`' order
+    (None, or a spec that does not say: every one)."""
+    if spec is None or spec.strategies is None:
+        return STRATEGIES
+    unknown = sorted(set(spec.strategies) - set(STRATEGY_NAMES))
+    if unknown or not spec.strategies:
+        raise MemoryPlanError(f"{spec.name} declares unknown memory strategies {unknown}" if unknown else
+                              f"{spec.name} declares no memory strategy",
+                              hint=f"A spec's strategies are names from: {', '.join(STRATEGY_NAMES)}.")
+    return tuple(s for s in STRATEGIES if s.name in spec.strategies)
+
+
+def check_strategy(spec: ModelSpec | None, strategy: str) -> None:
+    """Refuse, in one line naming the ones there are, a strategy that is not ``auto`` and not one ``spec``'s
+    backend implements."""
+    if strategy == "auto":
+        return
+    names = [s.name for s in strategies_for(spec)]
+    if strategy in names:
+        return
+    if strategy not in STRATEGY_NAMES:
+        raise MemoryPlanError(f"unknown memory strategy {strategy!r}", hint=f"Use auto or one of: {', '.join(names)}.")
+    raise MemoryPlanError(f"the {spec.backend} backend of {spec.name} does not implement memory strategy {strategy!r}; "
+                          f"it implements {', '.join(names)}", hint="Use --offload auto or one of those.")
+
+
+def leaner_strategy(name: str, spec: ModelSpec | None = None) -> str | None:
+    """The next strategy after ``name`` among those ``spec``'s backend implements (:func:`strategies_for`) that needs
+    less GPU memory, of the same kind (pinned or mapped: a pinned strategy's mapped twin needs the same GPU memory;
+    None after the leanest)."""
+    offered = strategies_for(spec)
+    names = [s.name for s in offered]
+    if name not in names:
+        return None
+    i = names.index(name)
+    kind = offered[i].mapped
+    later = [s.name for s in offered[i + 1:] if s.mapped == kind]
     return later[0] if later else None
 
 
@@ -304,7 +341,7 @@ def evaluate(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True, gua
              if not (c.name == UPSAMPLER and not upsampler) and not (c.name == GUARDRAIL and not guardrail)]
     plans = tuple(ComponentPlan(c.name, strategy.placement(c.name), c.weight_bytes, c.stages) for c in comps)
     stage_peaks = []
-    for stage in STAGES:
+    for stage in spec.stage_order():
         users = [c for c in comps if stage in c.stages]
         if not users:
             continue
@@ -407,12 +444,11 @@ def plan_memory(
     """
     if num_gpus < 1:
         raise MemoryPlanError(f"--num-gpus must be >= 1, got {num_gpus}")
-    if strategy != "auto" and strategy not in STRATEGY_NAMES:
-        raise MemoryPlanError(f"unknown memory strategy {strategy!r}",
-                              hint=f"Use auto or one of: {', '.join(STRATEGY_NAMES)}.")
-    evaluated = [(s, *evaluate(spec, s, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)) for s in STRATEGIES]
+    check_strategy(spec, strategy)
+    offered = strategies_for(spec)
+    evaluated = [(s, *evaluate(spec, s, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)) for s in offered]
     hosts = {s.name: evaluate_host(spec, s, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)
-             for s in STRATEGIES}
+             for s in offered}
     margin = margin_for(vram_bytes) if vram_bytes is not None else 0
     host_margin = host_margin_for(ram_bytes) if ram_bytes is not None else 0
 
@@ -427,7 +463,7 @@ def plan_memory(
 
     alternatives = tuple((s.name, peak, gpu_fits(peak)) for s, peak, _, _ in evaluated)
     host_alternatives = tuple((s.name, hosts[s.name].peak_bytes, hosts[s.name].mapped_bytes, host_fits(s.name))
-                              for s in STRATEGIES)
+                              for s in offered)
     gib = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
 
     def cache_note(s: Strategy) -> str:
@@ -479,7 +515,7 @@ def plan_memory(
         return build(s, peak, comps, stages, "no GPU detected and no --vram given: showing the fastest strategy")
     for s, peak, comps, stages in evaluated:
         if fits(s, peak):
-            before = evaluated[:STRATEGIES.index(s)]
+            before = evaluated[:offered.index(s)]
             gpu_skipped = [f"{e[0].name} {gib(e[1])}" for e in before if not gpu_fits(e[1])]
             host_skipped = [f"{e[0].name} {gib(hosts[e[0].name].peak_bytes)}" for e in before
                             if gpu_fits(e[1]) and host_fits(e[0].name) is False]

@@ -20,6 +20,7 @@ import pluggy
 from cosmos_cli import hookspecs
 from cosmos_cli.backend import Backend
 from cosmos_cli.errors import PluginError, UnknownModelError
+from cosmos_cli.planner import STRATEGY_NAMES
 from cosmos_cli.specs import ModelSpec
 
 ENTRY_POINT_GROUP = "cosmos"
@@ -82,6 +83,11 @@ def backends() -> list[Backend]:
         for spec in b.models():
             if not isinstance(spec, ModelSpec):
                 raise PluginError(f"backend {b.id!r} listed {spec!r}, which is not a ModelSpec")
+            unknown = sorted(set(spec.strategies or ()) - set(STRATEGY_NAMES))
+            if unknown or spec.strategies == ():
+                raise PluginError(f"backend {b.id!r}: {spec.name} declares "
+                                  + (f"unknown memory strategies {unknown}" if unknown else "no memory strategy"),
+                                  hint=f"ModelSpec.strategies names some of: {', '.join(STRATEGY_NAMES)} (None: all).")
             for n in spec.all_names:
                 key = n.lower()
                 if key in names and names[key] != spec.name:

@@ -79,9 +79,9 @@ class JobRunner:
 
     def leaner(self) -> str | None:
         """The next leaner strategy than the loaded one (None after the leanest, or for an unknown name)."""
-        from cosmos_cli.planner import STRATEGY_NAMES, leaner_strategy
+        from cosmos_cli.planner import leaner_strategy
 
-        return leaner_strategy(self.strategy) if self.strategy in STRATEGY_NAMES else None
+        return leaner_strategy(self.strategy, self.spec)  # None for a name the backend does not implement
 
     @property
     def may_retry(self) -> bool:

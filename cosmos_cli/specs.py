@@ -13,7 +13,7 @@ from typing import Any
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "uint8": 1}
 
-# Stages of one Video2World generation, in the order they run.
+# Stages of one Video2World generation, in the order they run: the default of ``ModelSpec.stages``.
 STAGES = ("upsample", "text_guardrail", "encode_text", "encode_video", "denoise", "decode", "video_guardrail")
 
 # Component names the planner knows; a spec lists the ones its model has.
@@ -139,8 +139,24 @@ class ModelSpec:
     # What inputs the model was trained on, in a few words ("photos and videos of real scenes"): shown with the
     # warning when an input is far from the model's size or aspect ("" : nothing to add).
     expects: str = ""
+    # The stages of one generation in the order they run (None: :data:`STAGES`); the planner plans these and then
+    # any other stage a component names, in the order the components name them.
+    stages: tuple[str, ...] | None = None
+    # The planner's strategies (cosmos_cli.planner.STRATEGIES, by name) this backend implements: the only ones
+    # `--offload auto` may pick, `memory-plan` lists and an explicit `--offload` accepts (None: every one).
+    strategies: tuple[str, ...] | None = None
+    # What `generate` and `batch` print (once, on stderr) when --disable-guardrail is given: the terms the model's
+    # licence ties to its guardrails, in the backend's words ("": nothing to say).
+    guardrail_disabled_warning: str = ""
     hidden: bool = False  # tiny test configurations: registered but not listed by default
     is_default: bool = False  # the model commands use when --model is not given
+
+    def stage_order(self) -> tuple[str, ...]:
+        """Every stage the planner plans for this model, in the order they run (:attr:`stages`, then the others)."""
+        order = list(STAGES if self.stages is None else self.stages)
+        for c in self.components:
+            order += [s for s in c.stages if s not in order]
+        return tuple(order)
 
     def files_of(self, component: str) -> tuple[CheckpointFile, ...]:
         return tuple(f for f in self.files if f.component == component)

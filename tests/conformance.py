@@ -9,8 +9,9 @@ file the spec needs, written in the real formats). The battery then runs, throug
   :func:`cosmos_cli.app.main` as a user runs it;
 * checkpoint strictness: a missing and an unexpected key in the network's checkpoint are each refused with one
   error line naming the key;
-* offload-placement equivalence: under every strategy the planner offers, the backend's pipeline gives the
-  resident strategy's frames (the bound of tests/test_offload.py).
+* offload-placement equivalence: under every strategy the spec declares (``ModelSpec.strategies``), the backend's
+  pipeline gives the resident strategy's frames (the bound of tests/test_offload.py); every other strategy is
+  refused by the planner in one line naming the declared ones, and neither ``auto`` nor ``memory-plan`` offers it.
 
 A subclass lists in ``expected_failures`` the battery tests (``"test_name"`` or ``"test_name[param]"``) its backend
 cannot pass because of the core, each with the reason and the exception it then fails with: they run as
@@ -31,7 +32,8 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from cosmos_cli.planner import STRATEGY_NAMES, plan_memory
+from cosmos_cli.errors import MemoryPlanError
+from cosmos_cli.planner import STRATEGY_NAMES, plan_memory, strategies_for
 from cosmos_cli.specs import GUARDRAIL, NETWORK, UPSAMPLER, ModelSpec
 from tests.conftest import make_image, run_cli
 
@@ -147,6 +149,15 @@ class BackendConformance:
         for c in spec.components:
             for stage in c.stages:
                 assert peaks.get(stage, 0) >= c.weight_bytes, (c.name, stage, peaks)
+
+    def test_memory_plan_offers_only_the_declared_strategies(self, spec):
+        names = [s.name for s in strategies_for(spec)]
+        assert spec.strategies is None or names == [n for n in STRATEGY_NAMES if n in spec.strategies]
+        for vram in ("80GB", "1GB", "1MB"):  # the fastest fits, and (for a spec that lists more) leaner ones or none
+            res = run_cli("memory-plan", "--model", self.model, "--vram", vram, "--json")
+            assert res.exit_code in (0, 1), res.stderr
+            plan = res.json()
+            assert [s["name"] for s in plan["strategies"]] == names and plan["strategy"] in names, (vram, plan)
 
     def test_generate_writes_the_video_and_the_prompt(self, spec, ckpt, image, tmp_path):
         from cosmos_cli.media import probe
@@ -266,7 +277,15 @@ class BackendConformance:
         """The bound of tests/test_offload.py: a strategy that runs the resident kernels (:meth:`exact`) only moves
         weights, so the frames are equal bit for bit; one guidance branch at a time or a lean forward changes the
         shapes the kernels see, and fp32 rounding flips a bf16 latent by one ulp here and there, which decodes to
-        pixels a rounding step or two apart (<= 2 of 255)."""
+        pixels a rounding step or two apart (<= 2 of 255). A strategy the spec does not declare is refused by the
+        planner before anything loads, in one line naming the ones it declares."""
+        declared = [s.name for s in strategies_for(found[1])]
+        if strategy not in declared:
+            with pytest.raises(MemoryPlanError) as refused:
+                plan_memory(found[1], 80 << 30, strategy=strategy, upsampler=False, guardrail=False)
+            message = str(refused.value)
+            assert "\n" not in message and strategy in message and all(n in message for n in declared), message
+            return
         frames, plan = self._frames_under(found, ckpt, image, strategy, tmp_path, monkeypatch)
         pixels = int(np.abs(frames.astype(int) - resident_frames.astype(int)).max())
         assert pixels == 0 if self.exact(plan) else pixels <= 2, (strategy, pixels)

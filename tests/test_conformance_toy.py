@@ -1,5 +1,6 @@
 """A toy second backend (tests/toy_backend/, its own tiny network) installed through the ``cosmos`` entry-point
-group, running the conformance battery with no edit to cosmos_cli/; and what the core still keeps it from doing."""
+group, running the conformance battery with no edit to cosmos_cli/; and the facts it owns through its spec (its
+strategies, its stages, component names of its own, no licence text of NVIDIA's)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cosmos_cli.errors import UsageError
-from cosmos_cli.planner import STRATEGIES, plan_memory
-from cosmos_cli.specs import NETWORK
+from cosmos_cli.planner import plan_memory
 from tests.conformance import BackendConformance
 
 TOY_DIR = Path(__file__).resolve().parent / "toy_backend"
-
-# Why the toy cannot run the strategies that stream the network's blocks: the planner offers every backend the one
-# global strategy list, and a spec cannot say which strategies (placements) its backend implements.
-NO_STRATEGY_DECLARATION = (
-    "cosmos_cli/planner.py:118 STRATEGIES is one global tuple and plan_memory (planner.py:413) evaluates every "
-    "strategy for every spec; cosmos_cli/specs.py:116 ModelSpec has no field for the strategies a backend "
-    "implements, so `--offload` accepts (and `auto` may pick) a stream/map strategy the toy backend refuses")
-STREAMING = [s.name for s in STRATEGIES if s.placement(NETWORK) in ("stream", "map")]
-
 
 def install(target: Path) -> None:
     """Install tests/toy_backend into ``target`` as pip would lay it out: the module and a ``.dist-info`` folder whose
@@ -72,9 +62,6 @@ def toy_installed(tmp_path_factory):
 
 class TestConformanceToy(BackendConformance):
     model = "Toy-Video2World"
-    # the toy refuses a placement it lacks with a UsageError: the xfail holds only for that failure
-    expected_failures = {f"test_every_strategy_gives_the_resident_output[{s}]": (NO_STRATEGY_DECLARATION, UsageError)
-                         for s in STREAMING}
 
     def exact(self, plan) -> bool:
         return True  # its placements only move the weights; the same kernels run under every strategy
@@ -102,32 +89,36 @@ def test_the_toy_imports_only_the_core_and_torch(toy_installed):
 GiB = 1 << 30
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "cosmos_cli/specs.py:17 STAGES is Predict1's fixed stage tuple and cosmos_cli/planner.py:307 plans only those "
-    "stages: a component whose stage has another name is left out of every stage peak (predicted peak 0)"))
 def test_a_stage_of_its_own_is_planned(toy_installed):
+    """The stages are the spec's (``ModelSpec.stages``, then any other a component names): a stage of another name
+    gets its peak, the weights resident in it plus its activations, in the order the spec runs them."""
     net = toy_installed.SPEC.components[0]
     spec = replace(toy_installed.SPEC, components=(replace(net, stages=("render",),
                                                            activation_bytes=(("render", 1000),)),))
     plan = plan_memory(spec, 80 * GiB, strategy="resident", upsampler=False, guardrail=False)
-    assert plan.predicted_peak_bytes >= net.weight_bytes + 1000
+    assert plan.stage_peaks == (("render", net.weight_bytes + 1000),)
+    assert plan.predicted_peak_bytes == net.weight_bytes + 1000
+    prep = replace(net, name="video_prep", stages=("prepare",), num_params=10, activation_bytes=(("prepare", 7),))
+    two = replace(spec, stages=("prepare", "render"), components=(*spec.components, prep))
+    plan = plan_memory(two, 80 * GiB, strategy="offload-all", upsampler=False, guardrail=False)
+    # offload-all: each on the GPU only in its own stage
+    assert plan.stage_peaks == (("prepare", prep.weight_bytes + 7), ("render", net.weight_bytes + 1000))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "cosmos_cli/planner.py:112-149 the strategies' placements name only the core's five component constants "
-    "(cosmos_cli/specs.py:20, Predict1's parts), and Strategy.placement (planner.py:97) leaves any other name on "
-    "the GPU: a component of a name of its own is never offloaded, even under offload-all"))
 def test_a_component_name_of_its_own_is_offloaded(toy_installed):
+    """A strategy that moves every core component (offload-all, the stream ones) moves a component of a name of
+    the backend's own too (``Strategy.others``); the ones that offload only named models leave it resident."""
     net = toy_installed.SPEC.components[0]
     spec = replace(toy_installed.SPEC, components=(replace(net, name="video_model"),))
     plan = plan_memory(spec, 80 * GiB, strategy="offload-all", upsampler=False, guardrail=False)
     assert plan.placement("video_model") == "swap"
+    plan = plan_memory(replace(spec, strategies=None), 80 * GiB, strategy="offload-tokenizer", upsampler=False,
+                       guardrail=False)
+    assert plan.placement("video_model") == "gpu"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "cosmos_cli/generation.py:41-43 GUARDRAIL_LICENSE_WARNING (NVIDIA's licence) is printed by generation.py:256 for "
-    "every backend given --disable-guardrail, even one with no guardrail models of its own"))
 def test_no_nvidia_licence_text_for_another_family(toy_installed, tmp_path):
+    """--disable-guardrail prints the warning the spec carries (Predict1's: NVIDIA's licence), none for the toy."""
     from tests.conftest import make_image, run_cli
 
     toy_installed.write_checkpoint(tmp_path / "ckpt")
@@ -135,6 +126,44 @@ def test_no_nvidia_licence_text_for_another_family(toy_installed, tmp_path):
     res = run_cli("generate", "--model", "toy", "--checkpoint-dir", str(tmp_path / "ckpt"), "-i", str(image),
                   "--prompt", "a ball", "--device", "cpu", "--disable-guardrail", "--video-save-folder",
                   str(tmp_path / "out"))
-    if res.exit_code != 0:  # not the expected failure: raised as another type, so the xfail does not cover it
-        raise RuntimeError(res.stderr)
-    assert "NVIDIA" not in res.stderr, res.stderr
+    assert res.exit_code == 0, res.stderr
+    # the licence text is the spec's (ModelSpec.guardrail_disabled_warning): the toy's has none, so no warning at all
+    assert "NVIDIA" not in res.stderr and "warning:" not in res.stderr, res.stderr
+
+
+def test_auto_picks_only_a_declared_strategy(toy_installed):
+    """The planner (a pure function) offers only the spec's strategies: with every byte to spare, a spec declaring
+    offload-all alone still gets offload-all, and the retry's leaner step stays inside the declared ones."""
+    from cosmos_cli.planner import leaner_strategy
+
+    only = replace(toy_installed.SPEC, strategies=("offload-all",))
+    plan = plan_memory(only, 80 * GiB, upsampler=False, guardrail=False)
+    assert plan.strategy == "offload-all" and [a[0] for a in plan.alternatives] == ["offload-all"]
+    assert leaner_strategy("resident", toy_installed.SPEC) == "offload-all"
+    assert leaner_strategy("offload-all", toy_installed.SPEC) is None
+    assert leaner_strategy("stream", toy_installed.SPEC) is None  # not the toy's: no leaner step of its own
+
+
+def test_an_offload_it_lacks_is_one_line_naming_what_it_has(toy_installed, tmp_path):
+    from tests.conftest import make_image, run_cli
+
+    toy_installed.write_checkpoint(tmp_path / "ckpt")
+    image = make_image(tmp_path / "in.png", 16, 16)
+    for flags in (("--offload", "stream"), ("--offload_prompt_upsampler",)):  # the original's flag means offload-upsampler
+        res = run_cli("generate", "--model", "toy", "--checkpoint-dir", str(tmp_path / "ckpt"), "-i", str(image),
+                      "--prompt", "a ball", "--device", "cpu", "--video-save-folder", str(tmp_path / "out"), *flags)
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert res.exit_code == 1 and "Traceback" not in res.stderr, (flags, res.stderr)
+        assert len(errors) == 1 and "implements resident, offload-all" in errors[0], (flags, res.stderr)
+        assert not (tmp_path / "out" / "output.mp4").exists()
+
+
+def test_a_spec_naming_an_unknown_strategy_is_refused_when_loaded(toy_installed, monkeypatch):
+    """A typo in ``ModelSpec.strategies`` is a malformed plugin, said in one line when the backends load."""
+    from cosmos_cli import registry
+    from cosmos_cli.errors import PluginError
+
+    bad = replace(toy_installed.SPEC, strategies=("resident", "offload-everything"))
+    monkeypatch.setattr(toy_installed.ToyBackend, "models", lambda self: (bad,))
+    with pytest.raises(PluginError, match=r"Toy-Video2World declares unknown memory strategies \['offload-everything'\]"):
+        registry.backends()

@@ -228,6 +228,13 @@ DIT_14B = DiTParams(model_channels=5120, num_blocks=36, num_heads=40,
 T5_11B = T5Params()
 TOKENIZER_720P = TokenizerParams()
 
+# Printed by `generate` and `batch` under --disable-guardrail (ModelSpec.guardrail_disabled_warning), for every model
+# of this backend: the NVIDIA Open Model License's terms on the guardrails.
+GUARDRAIL_DISABLED_WARNING = (
+    "the safety guardrails are disabled. The NVIDIA Open Model License ties your rights to use the model to keeping "
+    "its guardrails; you are responsible for what you generate."
+)
+
 _LATENT = (16, 88, 160)  # latent T, H, W of the default job (121 x 704 x 1280)
 
 PREDICT1_7B = ModelSpec(
@@ -244,6 +251,7 @@ PREDICT1_7B = ModelSpec(
                            PIXTRAL_12B_PARAMS, GUARDRAIL_PARAMS),
     step_flops=_step_flops(DIT_7B, _LATENT, T5_11B.max_length),
     expects="real-world video (driving, robotics, people, nature) at 1280x704, about 16:9",
+    guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
 )
 
 PREDICT1_14B = replace(
@@ -290,6 +298,7 @@ PREDICT1_TINY = ModelSpec(
     num_frames=17,
     height=32,
     width=32,
+    guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
 )
 
 
@@ -335,6 +344,7 @@ PREDICT1_DEMO = ModelSpec(
     step_flops=_step_flops(DIT_DEMO, (5, 16, 16), T5_DEMO.max_length),
     expects="a square 128x128 picture of one ball or box on a plain floor (the procedural clips it was trained on); "
             "a photo or film of a real scene gives blobs",
+    guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
 )
 
 # Every model of this backend, keyed by its name, in the order `cosmos backends` lists them.

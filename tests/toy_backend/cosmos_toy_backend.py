@@ -1,7 +1,7 @@
 """A toy second model family: its own tiny video network, one spec, strict loading; nothing of Predict1.
 
 It implements the ``gpu`` and ``swap`` placements of the planner and refuses the others (streaming blocks is
-more than a toy should hold). Importing it imports no torch.
+more than a toy should hold); its spec names the two strategies that use them, so the planner offers no other. Importing it imports no torch.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ SPEC = ModelSpec(
     network=TOY, files=(CheckpointFile(NETWORK, "", "model.pt", "Toy-Video2World/model.pt"),),
     components=(Component(NETWORK, ("denoise",), num_params=TOY.num_params, dtype="float32",
                           activation_bytes=(("denoise", 4 * TOY.channels * 5 * 16 * 16 * 4),)),),
-    num_frames=5, height=16, width=16, fps=8, num_steps=2, input_frames=(1,), default_input_frames=1, hidden=True)
+    num_frames=5, height=16, width=16, fps=8, num_steps=2, input_frames=(1,), default_input_frames=1,
+    stages=("denoise",), strategies=("resident", "offload-all"), hidden=True)  # its placements: gpu, and swap for its one component
 
 
 def build_network(p: ToyParams):
