@@ -367,11 +367,12 @@ def test_missing_guardrail_and_upsampler_files_are_found_before_t5_loads(cli, tm
     """A 7B folder whose network, tokenizer and T5 files exist (empty: loading any of them would fail otherwise)
     but without the upsampler and the guardrail: one error lists what is missing, and nothing was loaded."""
     from cosmos_cli.specs import NETWORK, TEXT_ENCODER, TOKENIZER
-    from cosmos_plugins.predict1 import text_encoder, tokenizer
+    from cosmos_plugins.predict1 import text_encoder
     from cosmos_plugins.predict1.specs import PREDICT1_7B
+    from cosmos_plugins.predict1.tokenizer import loading
 
     monkeypatch.setattr(text_encoder.T5TextEncoder, "load", lambda *a, **k: pytest.fail("T5 was loaded"))
-    monkeypatch.setattr(tokenizer, "load_tokenizer", lambda *a, **k: pytest.fail("the tokenizer was loaded"))
+    monkeypatch.setattr(loading, "load_tokenizer", lambda *a, **k: pytest.fail("the tokenizer was loaded"))
     root = tmp_path / "ckpt"
     for f in PREDICT1_7B.files:
         if f.component in (NETWORK, TOKENIZER, TEXT_ENCODER):

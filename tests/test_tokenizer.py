@@ -25,7 +25,6 @@ from cosmos_plugins.predict1.tokenizer import (
     TokenizerParams,
     Unpatcher3d,
     VideoTokenizer,
-    as_tokenizer_params,
     load_tokenizer,
     num_params,
     randomize_,
@@ -129,9 +128,9 @@ def test_full_size_layout_is_the_released_one():
     assert num_params(FULL) == 105_653_696 == sum(t.numel() for t in ref.parameters())
 
 
-def test_params_validation_and_spec_conversion():
-    spec_params = cosmos_plugins.predict1.params.TokenizerParams()
-    assert as_tokenizer_params(spec_params) == FULL
+def test_params_validation():
+    # one class: the model specs' torch-free TokenizerParams is the one the modules take
+    assert TokenizerParams is cosmos_plugins.predict1.params.TokenizerParams
     assert FULL.latent_chunk_duration == 16 and FULL.latent_frames(121) == 16 and FULL.pixel_frames(16) == 121
     assert FULL.latent_frames(242) == 32 and FULL.pixel_frames(32) == 242 and FULL.latent_frames(9) == 2
     assert FULL.down_plan == ((True, True), (False, False)) and FULL.up_plan == ((False, False), (True, True))

@@ -28,13 +28,12 @@ from cosmos_plugins.predict1.tokenizer import (
     ENCODER_FILE,
     MEAN_STD_FILE,
     VideoTokenizer,
-    as_tokenizer_params,
     load_tokenizer,
     trace_shape,
 )
 from tests.conftest import make_image
 
-TINY = as_tokenizer_params(PREDICT1_TINY.tokenizer)
+TINY = PREDICT1_TINY.tokenizer
 
 
 def assert_same_state(ours: dict[str, Tensor], ref: dict[str, Tensor]) -> None:

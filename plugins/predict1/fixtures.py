@@ -27,7 +27,7 @@ def write_checkpoint_folder(root: Path, spec: ModelSpec, *, seed: int = 0, words
     """Write every file ``spec`` needs under ``root`` with random weights; returns ``root``."""
     from .checkpoint import write_random_checkpoint
     from .text_encoder import write_t5_checkpoint
-    from .tokenizer import write_tokenizer_checkpoint
+    from .tokenizer.fixtures import write_tokenizer_checkpoint
 
     root = Path(root)
     net_file = root / spec.files_of(NETWORK)[0].local

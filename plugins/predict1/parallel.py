@@ -221,9 +221,7 @@ def choose_layout(world_size: int, params: DiTParams, latent_shape: tuple[int, i
 
 def latent_shape_of(spec) -> tuple[int, int, int]:
     """The latent (T, H, W) of a model spec's default job (16, 88, 160 for 121 x 704 x 1280)."""
-    from .tokenizer import as_tokenizer_params
-
-    tok = as_tokenizer_params(spec.tokenizer)
+    tok = spec.tokenizer
     return (tok.latent_frames(spec.num_frames), spec.height // tok.spatial_compression,
             spec.width // tok.spatial_compression)
 

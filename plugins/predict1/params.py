@@ -7,6 +7,7 @@ new configuration needs no hand-written sizes. Parameter counts are checked agai
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # Calibration constants of the activation formulas, measured on the GPU machine (benchmarks/bench_memory.py,
@@ -192,9 +193,20 @@ def tokenizer_activation_bytes(frames: int, height: int, width: int, tiled: bool
     return int(pixels * (whole + part * share))
 
 
+RGB = 3
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
 @dataclass(frozen=True)
 class TokenizerParams:
-    """The causal continuous video tokenizer (defaults: Cosmos-Tokenize1-CV8x8x8-720p)."""
+    """The causal continuous video tokenizer (defaults: Cosmos-Tokenize1-CV8x8x8-720p), validated.
+
+    ``resolution`` is a nominal image size: together with ``attn_resolutions`` it only decides which levels have
+    attention (at the defaults, none but the middle block).
+    """
 
     channels: int = 128
     channels_mult: tuple[int, ...] = (2, 4, 4)
@@ -207,3 +219,98 @@ class TokenizerParams:
     spatial_compression: int = 8
     temporal_compression: int = 8
     pixel_chunk_duration: int = 121
+
+    def __post_init__(self):
+        for name in ("channels", "num_res_blocks", "resolution", "patch_size", "z_channels", "latent_channels",
+                     "spatial_compression", "temporal_compression", "pixel_chunk_duration"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TokenizerParams.{name} must be positive, got {getattr(self, name)}")
+        if not self.channels_mult or min(self.channels_mult) < 1:
+            raise ValueError(f"TokenizerParams.channels_mult must be non-empty and positive, got {self.channels_mult}")
+        for name in ("patch_size", "spatial_compression", "temporal_compression"):
+            if not _is_power_of_two(getattr(self, name)):
+                raise ValueError(f"TokenizerParams.{name} must be a power of two, got {getattr(self, name)}")
+        for name, downs in (("spatial", self.num_spatial_downs), ("temporal", self.num_temporal_downs)):
+            if not 0 <= downs <= self.num_levels - 1:
+                raise ValueError(f"{name} compression {getattr(self, name + '_compression')} needs {downs} "
+                                 f"down-samplings after the x{self.patch_size} patching; "
+                                 f"{self.num_levels} levels allow 0..{self.num_levels - 1}")
+        ups = self.up_plan
+        if (sum(s for s, _ in ups), sum(t for _, t in ups)) != (self.num_spatial_downs, self.num_temporal_downs):
+            raise ValueError(f"the decoder of this configuration would not invert the encoder's down-sampling "
+                             f"(spatial {self.num_spatial_downs}, temporal {self.num_temporal_downs})")
+        if (self.pixel_chunk_duration - 1) % self.temporal_compression:
+            raise ValueError(f"pixel_chunk_duration {self.pixel_chunk_duration} is not 1 + a multiple of "
+                             f"temporal_compression {self.temporal_compression}")
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.channels_mult)
+
+    @property
+    def num_spatial_downs(self) -> int:
+        return int(math.log2(self.spatial_compression)) - int(math.log2(self.patch_size))
+
+    @property
+    def num_temporal_downs(self) -> int:
+        return int(math.log2(self.temporal_compression)) - int(math.log2(self.patch_size))
+
+    @property
+    def patch_channels(self) -> int:
+        """Channels after the 3D patching: RGB x patch_size**3."""
+        return RGB * self.patch_size**3
+
+    @property
+    def down_plan(self) -> tuple[tuple[bool, bool], ...]:
+        """(spatial, temporal) down-sampling at the end of encoder level i, for i < num_levels - 1."""
+        return tuple((i < self.num_spatial_downs, i < self.num_temporal_downs) for i in range(self.num_levels - 1))
+
+    @property
+    def up_plan(self) -> tuple[tuple[bool, bool], ...]:
+        """(spatial, temporal) up-sampling after the r-th decoder level run (r = num_levels - 1 - level index),
+        for r < num_levels - 1, with the original's non-legacy placement: the first level run never
+        up-samples in time, so that time and space are up-sampled together as late as possible."""
+        ns, nt = self.num_spatial_downs, self.num_temporal_downs
+        plan = []
+        for r in range(self.num_levels - 1):
+            temporal = 0 < r < nt + 1
+            plan.append((temporal or (r < ns and ns > nt), temporal))
+        return tuple(plan)
+
+    @property
+    def latent_chunk_duration(self) -> int:
+        """Latent frames of one pixel chunk: 16 for 121 frames."""
+        return (self.pixel_chunk_duration - 1) // self.temporal_compression + 1
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames of ``num_frames`` pixel frames (1 + 8k, or a multiple of the chunk)."""
+        return sum(latent for _, latent in pixel_chunks(self, num_frames))
+
+    def pixel_frames(self, num_latent_frames: int) -> int:
+        """Pixel frames decoded from ``num_latent_frames`` latent frames."""
+        return sum((n - 1) * self.temporal_compression + 1 for n in latent_chunks(self, num_latent_frames))
+
+
+def pixel_chunks(p: TokenizerParams, num_frames: int) -> list[tuple[int, int]]:
+    """(pixel frames, latent frames) of each chunk the encoder runs on, in order.
+
+    Multiples of ``pixel_chunk_duration`` are cut into chunks, as the original does (121 -> 16 each); any other
+    1 + 8k frames up to one chunk are encoded as one causal sequence."""
+    tc, chunk = p.temporal_compression, p.pixel_chunk_duration
+    if num_frames >= chunk and num_frames % chunk == 0:
+        return [(chunk, p.latent_chunk_duration)] * (num_frames // chunk)
+    if num_frames < 1 or (num_frames - 1) % tc or num_frames > chunk:
+        raise ValueError(f"the tokenizer encodes 1 + {tc}k frames up to {chunk}, or a multiple of {chunk}; "
+                         f"got {num_frames}")
+    return [(num_frames, (num_frames - 1) // tc + 1)]
+
+
+def latent_chunks(p: TokenizerParams, num_latent_frames: int) -> list[int]:
+    """Latent frames of each chunk the decoder runs on: the inverse of :func:`pixel_chunks`."""
+    chunk = p.latent_chunk_duration
+    if num_latent_frames >= chunk and num_latent_frames % chunk == 0:
+        return [chunk] * (num_latent_frames // chunk)
+    if not 1 <= num_latent_frames <= chunk:
+        raise ValueError(f"the tokenizer decodes 1..{chunk} latent frames, or a multiple of {chunk}; "
+                         f"got {num_latent_frames}")
+    return [num_latent_frames]

@@ -203,7 +203,7 @@ class Predict1Pipeline:
         ``compile``: the speed options (:mod:`cosmos_cli.fastmode`, :mod:`.fast`)."""
         from .checkpoint import load_network
         from .text_encoder import T5TextEncoder
-        from .tokenizer import load_tokenizer
+        from .tokenizer.loading import load_tokenizer
 
         if numerics not in NUMERICS:
             raise GenerationError(f"--numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")

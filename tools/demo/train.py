@@ -254,15 +254,9 @@ def write_text_encoder(folder: Path, seed: int) -> None:
 def write_tokenizer(folder: Path, tok, mean: torch.Tensor, std: torch.Tensor) -> None:
     """``encoder.jit``/``decoder.jit`` (TorchScript traces laid out as the released files, weights in bf16, the
     Haar constants in fp32) and ``mean_std.pt`` (flat channel-major mean and std, C x L values)."""
-    from cosmos_plugins.predict1.tokenizer import (
-        DECODER_FILE,
-        ENCODER_FILE,
-        MEAN_STD_FILE,
-        _DecoderJit,
-        _EncoderJit,
-        _HaarBase,
-        trace_shape,
-    )
+    from cosmos_plugins.predict1.tokenizer import DECODER_FILE, ENCODER_FILE, MEAN_STD_FILE, trace_shape
+    from cosmos_plugins.predict1.tokenizer.fixtures import _DecoderJit, _EncoderJit
+    from cosmos_plugins.predict1.tokenizer.modules import _HaarBase
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = copy.deepcopy(tok).cpu().to(torch.bfloat16).eval()
