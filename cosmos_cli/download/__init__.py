@@ -27,11 +27,12 @@ length, and every path we write is resolved and must stay inside the checkpoint 
 (:func:`check_listing_name`, :func:`check_commit`, :func:`check_inside`). A listing that breaks any of these
 stops the plan with one line before anything is written.
 
-The parts: :mod:`~cosmos_cli.download.errors` (the error classes), :mod:`~cosmos_cli.download.hub` (the Hub
-client and the listing checks), :mod:`~cosmos_cli.download.plan` (choosing models and files, the plan, the dry-run
-report), :mod:`~cosmos_cli.download.cache` (where files and their records live on disk),
-:mod:`~cosmos_cli.download.fetch`, :mod:`~cosmos_cli.download.verify` (hashing), :mod:`~cosmos_cli.download.bars`
-(progress bars) and :mod:`~cosmos_cli.download.conversions`. This module re-exports the public names.
+The parts: :mod:`~cosmos_cli.download.errors` (the error classes), :mod:`~cosmos_cli.download.hub` (the
+Hub client and the listing checks), :mod:`~cosmos_cli.download.plan` (choosing models and files, the plan,
+the dry-run report), :mod:`~cosmos_cli.download.cache` (where files and their records live on disk),
+:mod:`~cosmos_cli.download.fetch`, :mod:`~cosmos_cli.download.verify` (hashing),
+:mod:`~cosmos_cli.download.bars` (progress bars) and :mod:`~cosmos_cli.download.conversions`. This module
+re-exports the public names.
 """
 
 from cosmos_cli.download.conversions import CONVERSIONS, Conversion
@@ -69,10 +70,10 @@ from cosmos_cli.download.plan import (
 from cosmos_cli.download.verify import CHUNK, VerifyReport, hash_file, verify
 
 __all__ = [
-    "CHUNK", "CONVERSIONS", "DONE", "MISSING", "MODEL_TYPES", "PARTIAL", "PRESENT", "ChecksumError", "Conversion",
-    "ConversionPlan", "DiskSpaceError", "DownloadError", "DownloadPlan", "DownloadReport", "GatedRepoAccessError",
-    "HubAuthError", "HubUnreachableError", "PlannedFile", "RemoteMissingError", "RepoPlan", "UnsafeListingError",
-    "VerifyFailed", "VerifyReport", "check_commit", "check_inside", "check_listing_name", "download", "format_plan",
-    "free_bytes", "hash_file", "human_bytes", "hub_endpoint", "hub_files", "plan_download", "resolve_models",
-    "select_files", "verify",
+    "CHUNK", "CONVERSIONS", "DONE", "MISSING", "MODEL_TYPES", "PARTIAL", "PRESENT", "ChecksumError",
+    "Conversion", "ConversionPlan", "DiskSpaceError", "DownloadError", "DownloadPlan", "DownloadReport",
+    "GatedRepoAccessError", "HubAuthError", "HubUnreachableError", "PlannedFile", "RemoteMissingError",
+    "RepoPlan", "UnsafeListingError", "VerifyFailed", "VerifyReport", "check_commit", "check_inside",
+    "check_listing_name", "download", "format_plan", "free_bytes", "hash_file", "human_bytes", "hub_endpoint",
+    "hub_files", "plan_download", "resolve_models", "select_files", "verify",
 ]

@@ -1,4 +1,4 @@
-"""Conversions a spec entry names (``CheckpointFile.convert``): fetched files turned into the ones loaders read."""
+"""Conversions a spec entry names (``CheckpointFile.convert``): fetched files made into those loaders read."""
 
 from __future__ import annotations
 

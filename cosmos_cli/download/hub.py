@@ -1,4 +1,4 @@
-"""The Hub client (each call's errors as one-line CosmosErrors) and what its untrusted listings must satisfy."""
+"""The Hub client (each call's errors as one-line CosmosErrors) and the checks its untrusted listings pass."""
 
 from __future__ import annotations
 

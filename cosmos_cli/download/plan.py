@@ -1,4 +1,4 @@
-"""Which files to have and in what state they are: the models chosen, the Hub's listing, the disk; the dry-run report."""
+"""Which files to have and their state: the models chosen, the Hub's listing, the disk; the dry-run report."""
 
 from __future__ import annotations
 
