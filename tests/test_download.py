@@ -16,6 +16,9 @@ import cosmos_cli.app
 from cosmos_cli import download as dl
 from cosmos_cli.backend import Backend
 from cosmos_cli.commands import download as download_cmd
+from cosmos_cli.download import bars
+from cosmos_cli.download import plan as plan_mod
+from cosmos_cli.errors import CheckpointError, UsageError
 from cosmos_cli.hookspecs import hookimpl
 from cosmos_cli.registry import plugin_manager
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, CheckpointFile
@@ -365,7 +368,7 @@ def test_ctrl_c_keeps_the_partial_file(hub, models, tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(dl._FileBar, "update", interrupt_later)
+        m.setattr(bars._FileBar, "update", interrupt_later)
         dl.download(plan, progress=False)
     partial = next((ck / M7 / ".cache").rglob("*.incomplete"))
     assert partial.stat().st_size >= 48 * KiB
@@ -464,7 +467,7 @@ def test_no_network_and_offline_mode(cosmos, hub, tmp_path, monkeypatch):
 
 
 def test_dry_run_lists_repositories_files_sizes_total_and_free_disk(cosmos, hub, tmp_path, monkeypatch):
-    monkeypatch.setattr(dl, "free_bytes", lambda path: 123_456_789_000)  # the real value moves under other writers
+    monkeypatch.setattr(plan_mod, "free_bytes", lambda path: 123_456_789_000)  # the real value moves under other writers
     ck = tmp_path / "ck"
     r = cosmos("download", "fh7b", "--dry-run", "--checkpoint-dir", str(ck))
     assert r.exit_code == 0, r.stderr
@@ -487,7 +490,7 @@ def test_dry_run_lists_repositories_files_sizes_total_and_free_disk(cosmos, hub,
 
 
 def test_a_disk_too_small_is_refused_before_starting(cosmos, hub, tmp_path, monkeypatch):
-    monkeypatch.setattr(dl, "free_bytes", lambda path: 100 * KiB)
+    monkeypatch.setattr(plan_mod, "free_bytes", lambda path: 100 * KiB)
     ck = tmp_path / "ck"
     r = cosmos("download", "fh7b", "--checkpoint-dir", str(ck))
     assert r.exit_code == 1
@@ -511,7 +514,7 @@ def test_a_disk_that_fills_up_midway_keeps_the_partial_file(hub, models, tmp_pat
             raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as m, pytest.raises(dl.DiskSpaceError, match="the disk is full") as exc:
-        m.setattr(dl._FileBar, "update", fill_up)
+        m.setattr(bars._FileBar, "update", fill_up)
         dl.download(dl.plan_download(files, ck), progress=False)
     assert "resumes" in exc.value.hint
     assert next((ck / M7 / ".cache").rglob("*.incomplete")).stat().st_size > 0
@@ -642,9 +645,9 @@ def test_model_names_and_the_original_spellings(models):
     assert [s.name for s in dl.resolve_models(["fh7b", "FakeHub-14B"])] == ["FakeHub-7B", "FakeHub-14B"]
     assert [s.name for s in dl.resolve_models(["fh7b,fh14b", "Video2World"])] == ["FakeHub-7B", "FakeHub-14B"]
     assert [s.name for s in dl.resolve_models(["fh7b"], ["Video2World"])] == ["FakeHub-7B"]
-    with pytest.raises(dl.UsageError, match="Text2World"):
+    with pytest.raises(UsageError, match="Text2World"):
         dl.resolve_models(["fh7b"], ["Text2World"])
-    with pytest.raises(dl.UsageError, match="Text2World"):
+    with pytest.raises(UsageError, match="Text2World"):
         dl.resolve_models(["fh7b", "Text2World"])
     assert [s.name for s in dl.resolve_models(["7B"])] == [p1.PREDICT1_7B.name]
 
@@ -839,7 +842,7 @@ def test_pixtral_on_main_today_is_refused_by_the_conversion_and_the_pin_converts
     original key set."""
     px = [f for f in dl.select_files([models.specs[0]]) if f.repo == "mistralai/Pixtral-12B-2409"]
     on_main = [replace(f, revision="main") for f in px]
-    with pytest.raises(dl.CheckpointError, match="max_position_embeddings"):
+    with pytest.raises(CheckpointError, match="max_position_embeddings"):
         dl.download(dl.plan_download(on_main, tmp_path / "main"), progress=False)
     dl.download(dl.plan_download(px, tmp_path / "pinned"), progress=False)
     assert json.loads((tmp_path / "pinned/Pixtral-12B/config.json").read_text())["ffn_hidden_size"] == 16
