@@ -40,7 +40,9 @@ The package
 -----------
 ``plan`` (the request, validation, one job per line, the resume decisions), ``sidecar`` (what is at an output
 path, committing one), ``item`` (running one line on a loaded pipeline), ``display`` (the events and their display),
-``report`` (the records, the outcome, the coordinator), ``runners`` (the run modes and :func:`run_batch`).
+``report`` (the records, the outcome, the coordinator), ``runners`` (the run modes and :func:`run_batch`);
+``command`` (a batch run for a command: display, summary, exit code), ``shard`` (``--shard I/N``,
+``--merge-reports``), ``stream`` (the streaming driver), ``ray_executor`` (``--executor ray``).
 """
 
 from cosmos_cli.batch.display import BatchDisplay, EventProgress

@@ -34,9 +34,9 @@ class BatchRequest:
     fail_fast: bool = False
     gpus: int = 1
     report_path: Path | None = None
-    shard: tuple[int, int] | None = None  # --shard I/N: see cosmos_cli.batch_shard
-    executor: str = "local"  # or "ray": see cosmos_cli.batch_ray
-    ray: Any = None  # cosmos_cli.batch_ray.RayOptions with --executor ray
+    shard: tuple[int, int] | None = None  # --shard I/N: see cosmos_cli.batch.shard
+    executor: str = "local"  # or "ray": see cosmos_cli.batch.ray_executor
+    ray: Any = None  # cosmos_cli.batch.ray_executor.RayOptions with --executor ray
 
 
 @dataclass(frozen=True)

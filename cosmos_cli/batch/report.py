@@ -183,7 +183,7 @@ def report_path_for(req: BatchRequest) -> Path:
     if req.report_path is not None:
         return Path(req.report_path)
     if req.shard is not None:
-        from cosmos_cli.batch_shard import shard_report_name
+        from cosmos_cli.batch.shard import shard_report_name
 
         return Path(req.defaults.output_dir) / shard_report_name(req.shard)
     return Path(req.defaults.output_dir) / REPORT_NAME

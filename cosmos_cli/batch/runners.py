@@ -77,7 +77,7 @@ def _run_batch(req: BatchRequest, display: BatchDisplay | None) -> BatchOutcome:
     if req.shard is not None and (dist is not None or d.num_gpus > 1):
         raise UsageError("--shard under torchrun: the ranks already share the lines", hint="Drop --shard.")
     if req.executor == "ray":
-        from cosmos_cli.batch_ray import check_ray_request
+        from cosmos_cli.batch.ray_executor import check_ray_request
 
         check_ray_request(req, dist)
     log = BatchDisplay("off") if dist is not None and dist[0] != 0 else display
@@ -87,7 +87,7 @@ def _run_batch(req: BatchRequest, display: BatchDisplay | None) -> BatchOutcome:
 
     def take_folder() -> None:  # the file is valid: lock the output folder (rank 0 of torchrun) before touching it
         if primary and req.shard is not None:
-            from cosmos_cli.batch_shard import lock_shard
+            from cosmos_cli.batch.shard import lock_shard
 
             locks.extend(lock_shard(Path(d.output_dir), req.shard))
         elif primary:
@@ -96,8 +96,8 @@ def _run_batch(req: BatchRequest, display: BatchDisplay | None) -> BatchOutcome:
             check_report_path(report_path_for(req), Path(req.file))
 
     try:
-        if req.executor == "ray":  # validates and plans as it goes, streaming (see cosmos_cli.batch_stream)
-            from cosmos_cli.batch_ray import run_on_ray
+        if req.executor == "ray":  # validates and plans as it goes, streaming (see cosmos_cli.batch.stream)
+            from cosmos_cli.batch.ray_executor import run_on_ray
 
             return run_on_ray(req, spec, display, req.ray, take_folder)
         try:

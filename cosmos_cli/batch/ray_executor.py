@@ -131,12 +131,12 @@ class BatchActor:
 
 def run_on_ray(req, spec, display, options: RayOptions, take_folder):
     """Validate (streaming), lock the folder (``take_folder``), then plan and run the lines on Ray actors a window
-    at a time, the records spooled to disk and the report written from them (see :mod:`cosmos_cli.batch_stream`)."""
+    at a time, the records spooled to disk and the report written from them (see :mod:`cosmos_cli.batch.stream`)."""
     from cosmos_cli.batch.display import EventProgress
     from cosmos_cli.batch.item import one_line
     from cosmos_cli.batch.report import report_path_for
     from cosmos_cli.batch.sidecar import existing_output, remove_leftovers
-    from cosmos_cli.batch_stream import RecordSpool, StreamCoordinator, index_batch, stream_plan
+    from cosmos_cli.batch.stream import RecordSpool, StreamCoordinator, index_batch, stream_plan
     from cosmos_cli.generation import RESIZE_MODES
     from cosmos_cli.outputs import check_folder
     from cosmos_cli.signals import Terminated
@@ -151,7 +151,7 @@ def run_on_ray(req, spec, display, options: RayOptions, take_folder):
     try:
         index = index_batch(req, spec, progress)
     except KeyboardInterrupt as exc:  # nothing generated yet: no report, but the same exit code as later
-        from cosmos_cli.batch_stream import StreamOutcome
+        from cosmos_cli.batch.stream import StreamOutcome
 
         return StreamOutcome(Path(req.file), Path(d.output_dir), report_path_for(req), spec.name, 0,
                              {}, [], interrupted=True, terminated=isinstance(exc, Terminated))
