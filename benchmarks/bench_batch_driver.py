@@ -1,6 +1,6 @@
 """Memory of the `cosmos batch --executor ray` driver for a batch of N lines (default 1,000,000), no model needed.
 
-The streaming driver (cosmos_cli/batch_stream.py) is run as the Ray driver runs it, without the actors:
+The streaming driver (cosmos_cli/batch/stream.py) is run as the Ray driver runs it, without the actors:
 
 1. ``index``: the whole file validated in one pass (``index_batch``), what the driver then holds for the run;
 2. ``run``: every line planned a window at a time (``stream_plan``: the resume decisions of a local batch) and
@@ -57,7 +57,7 @@ def request(jsonl: Path, out: Path):
 
 def streamed(jsonl: Path, out: Path) -> dict:
     from cosmos_cli.batch import BatchDisplay, BatchItem, ItemRecord
-    from cosmos_cli.batch_stream import RecordSpool, StreamCoordinator, index_batch, stream_plan
+    from cosmos_cli.batch.stream import RecordSpool, StreamCoordinator, index_batch, stream_plan
     from cosmos_cli.progress import QuietProgress
     from cosmos_cli.registry import find_model
 

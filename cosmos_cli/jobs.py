@@ -376,7 +376,7 @@ def check_lines(
                     issues.append(ValidationIssue(lineno, "visual_input", info.message))
                 elif frames_ok and info.num_frames < n_frames and ("num_input_frames" in obj or info.kind != "image"):
                     # (an image under the command line's --num-input-frames N uses its one frame: see
-                    # cosmos_cli.batch.frames_for_line; a line's own "num_input_frames" is taken at its word)
+                    # cosmos_cli.batch.plan.frames_for_line; a line's own "num_input_frames" is taken at its word)
                     what = "an image has 1 frame" if info.kind == "image" else f"the video has {info.num_frames} frames"
                     issues.append(ValidationIssue(lineno, "visual_input", f"{vi}: needs {n_frames} input frames but {what}"))
         yield lineno, obj, resolved, issues, line_text if issues else ""

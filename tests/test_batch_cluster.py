@@ -125,7 +125,7 @@ def test_a_full_run_after_the_shards_reports_every_line(sharded, ckpt, cli, tmp_
 
 
 def test_shard_locks_let_shards_share_a_folder_but_not_with_a_full_batch(tmp_path):
-    from cosmos_cli.batch_shard import lock_shard
+    from cosmos_cli.batch.shard import lock_shard
     from cosmos_cli.outputs import FolderBusy, lock_folder
 
     a = lock_shard(tmp_path, (0, 2))
@@ -169,7 +169,7 @@ def test_the_streamed_plan_decides_as_the_local_plan(ckpt, images, tmp_path, mon
     validation is failed, not run."""
     from dataclasses import replace
 
-    import cosmos_cli.batch_stream as bs
+    import cosmos_cli.batch.stream as bs
     from cosmos_cli.batch import BatchItem, BatchRequest, plan_batch
     from cosmos_cli.generation import GenerateRequest
     from cosmos_cli.progress import QuietProgress
@@ -341,7 +341,7 @@ def test_ray_driver_sigterm_stops_cleanly_and_the_report_says_so(ckpt, images, t
 def test_a_killed_drivers_record_spool_is_removed_by_the_next_run_on_its_host(tmp_path):
     import socket
 
-    from cosmos_cli.batch_stream import RecordSpool
+    from cosmos_cli.batch.stream import RecordSpool
 
     host = socket.gethostname().replace(".", "_").replace("/", "_")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

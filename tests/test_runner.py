@@ -40,7 +40,7 @@ class OomPipeline:
 @pytest.fixture
 def oom(fake_backend, monkeypatch, tmp_path):
     """A fake model on a (pretended) GPU with 80 GiB free: the planner's choice there is resident."""
-    import cosmos_cli.batch as B
+    import cosmos_cli.batch.runners as B
     import cosmos_cli.generation as G
 
     log: list[tuple[str, str]] = []

@@ -11,7 +11,7 @@ import typer
 from cosmos_cli import cluster_options as c
 from cosmos_cli import options as o
 from cosmos_cli.batch import BatchRequest
-from cosmos_cli.batch_run import run_and_print
+from cosmos_cli.batch.command import run_and_print
 from cosmos_cli.errors import GenerationError, UsageError
 from cosmos_cli.fastmode import parse_fast
 from cosmos_cli.generation import GenerateRequest
@@ -77,8 +77,8 @@ def batch(
         return merge_and_print(file, output_dir, report, as_json)
     if executor not in ("local", "ray"):
         raise UsageError(f"--executor {executor}: expected local or ray")
-    from cosmos_cli.batch_ray import RayOptions
-    from cosmos_cli.batch_shard import parse_shard
+    from cosmos_cli.batch.ray_executor import RayOptions
+    from cosmos_cli.batch.shard import parse_shard
 
     flags = o.original_offload_flags(offload_diffusion_transformer, offload_tokenizer, offload_text_encoder_model,
                                      offload_prompt_upsampler, offload_guardrail_models)
@@ -98,7 +98,7 @@ def batch(
 
 def merge_and_print(file: Path, output_dir: Path, report: Path | None, as_json: bool) -> None:
     """--merge-reports: the shard reports combined into one; the summary on stdout; exit 1 if lines lack output."""
-    from cosmos_cli.batch_shard import merge_reports
+    from cosmos_cli.batch.shard import merge_reports
 
     merged = merge_reports(file, output_dir, report)
     summary = {k: v for k, v in merged.items() if k != "items"}

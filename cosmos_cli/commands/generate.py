@@ -8,7 +8,7 @@ import typer
 
 from cosmos_cli import options as o
 from cosmos_cli.batch import BatchRequest
-from cosmos_cli.batch_run import run_and_print as run_batch_and_print
+from cosmos_cli.batch.command import run_and_print as run_batch_and_print
 from cosmos_cli.errors import UsageError
 from cosmos_cli.fastmode import parse_fast
 from cosmos_cli.generation import GenerateRequest, resolve_model

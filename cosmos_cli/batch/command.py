@@ -10,7 +10,9 @@ import json
 
 import typer
 
-from cosmos_cli.batch import BatchDisplay, BatchRequest, run_batch
+from cosmos_cli.batch.display import BatchDisplay
+from cosmos_cli.batch.plan import BatchRequest
+from cosmos_cli.batch.runners import run_batch
 from cosmos_cli.errors import GenerationError
 from cosmos_cli.launch import is_primary
 from cosmos_cli.progress import stderr_is_interactive

@@ -4,7 +4,7 @@ The driver (this process) validates and plans exactly as a local batch (:func:`c
 same resume decisions, the folder lock, the same report through :class:`~cosmos_cli.batch.Coordinator`); then:
 
 * one long-lived Ray actor per model copy (:class:`BatchActor`, ``num_gpus=1``, or ``num_cpus=1`` with
-  ``--device cpu``) loads the pipeline once, and runs :func:`cosmos_cli.batch.run_item` for each line it is given:
+  ``--device cpu``) loads the pipeline once, and runs :func:`cosmos_cli.batch.item.run_item` for each line it is given:
   the same staging files, atomic commit and sidecar as a local batch, written into the output folder, which must
   therefore be one shared filesystem seen at the same path by every node;
 * the lines go to free actors through Ray's own :class:`ray.util.ActorPool` (``submit`` while it ``has_free``,
@@ -121,7 +121,7 @@ class BatchActor:
         self.where = f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, item):
-        from cosmos_cli.batch import run_item
+        from cosmos_cli.batch.item import run_item
         from cosmos_cli.progress import QuietProgress
 
         rec = run_item(self.runner, item, QuietProgress(), self.device)
@@ -131,9 +131,12 @@ class BatchActor:
 
 def run_on_ray(req, spec, display, options: RayOptions, take_folder):
     """Validate (streaming), lock the folder (``take_folder``), then plan and run the lines on Ray actors a window
-    at a time, the records spooled to disk and the report written from them (see :mod:`cosmos_cli.batch_stream`)."""
-    from cosmos_cli.batch import EventProgress, existing_output, one_line, remove_leftovers, report_path_for
-    from cosmos_cli.batch_stream import RecordSpool, StreamCoordinator, index_batch, stream_plan
+    at a time, the records spooled to disk and the report written from them (see :mod:`cosmos_cli.batch.stream`)."""
+    from cosmos_cli.batch.display import EventProgress
+    from cosmos_cli.batch.item import one_line
+    from cosmos_cli.batch.report import report_path_for
+    from cosmos_cli.batch.sidecar import existing_output, remove_leftovers
+    from cosmos_cli.batch.stream import RecordSpool, StreamCoordinator, index_batch, stream_plan
     from cosmos_cli.generation import RESIZE_MODES
     from cosmos_cli.outputs import check_folder
     from cosmos_cli.signals import Terminated
@@ -148,7 +151,7 @@ def run_on_ray(req, spec, display, options: RayOptions, take_folder):
     try:
         index = index_batch(req, spec, progress)
     except KeyboardInterrupt as exc:  # nothing generated yet: no report, but the same exit code as later
-        from cosmos_cli.batch_stream import StreamOutcome
+        from cosmos_cli.batch.stream import StreamOutcome
 
         return StreamOutcome(Path(req.file), Path(d.output_dir), report_path_for(req), spec.name, 0,
                              {}, [], interrupted=True, terminated=isinstance(exc, Terminated))
@@ -204,7 +207,7 @@ def run_on_ray(req, spec, display, options: RayOptions, take_folder):
         display.close()
         for item in busy.values():  # in flight when the batch stopped: finished, or its leftovers removed
             if existing_output(item)[0] == "complete":
-                from cosmos_cli.batch import ItemRecord
+                from cosmos_cli.batch.report import ItemRecord
 
                 spool.add(ItemRecord(item.line, item.job.name, "ok", "finished as the batch stopped",
                                      input=item.data, visual_input=str(item.job.visual_input),
@@ -244,7 +247,7 @@ def _sigterm_noted(got: list[int]):
 
 def _first_item(source, coord):
     """Feed the decided lines to ``coord`` until the first line to generate (None: nothing to generate)."""
-    from cosmos_cli.batch import BatchItem
+    from cosmos_cli.batch.plan import BatchItem
 
     for x in source:
         if isinstance(x, BatchItem):
@@ -260,7 +263,8 @@ def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
     from ray.exceptions import RayActorError
     from ray.util import ActorPool
 
-    from cosmos_cli.batch import _failed, remove_leftovers
+    from cosmos_cli.batch.runners import _failed
+    from cosmos_cli.batch.sidecar import remove_leftovers
 
     pool = ActorPool(actors)
     slot_of = {a: i for i, a in enumerate(actors)}

@@ -84,7 +84,7 @@ class LineIndex:
 def index_batch(req, spec, progress) -> LineIndex:
     """Validate the whole file in one streaming pass (the checks of ``cosmos validate``, see
     :func:`cosmos_cli.batch.validate_for`); raise :class:`ValidationFailed` as a local batch does."""
-    from cosmos_cli.batch import frames_for_line, image_lines_note, prompt_hint, validation_args
+    from cosmos_cli.batch.plan import frames_for_line, image_lines_note, prompt_hint, validation_args
     from cosmos_cli.errors import ValidationFailed
     from cosmos_cli.jobs import RAW_TEXT_SHOWN, ValidationReport, check_lines
 
@@ -137,7 +137,8 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 def stream_plan(req, spec, index: LineIndex, progress, shard: tuple[int, int]) -> Iterator[Any]:
     """The shard's lines in line order, planned a window at a time: a :class:`~cosmos_cli.batch.BatchItem` to run,
     or the :class:`~cosmos_cli.batch.ItemRecord` of a line already decided (invalid, complete, conflicting)."""
-    from cosmos_cli.batch import ItemRecord, plan_batch, raw_line
+    from cosmos_cli.batch.plan import plan_batch, raw_line
+    from cosmos_cli.batch.report import ItemRecord
     from cosmos_cli.jobs import BatchLine, ValidationReport, default_name, parse_json_line, resolve_input
 
     rank, world = shard
@@ -185,7 +186,7 @@ def stream_plan(req, spec, index: LineIndex, progress, shard: tuple[int, int]) -
 
 
 def hidden_leftovers(folder: Path) -> set[str]:
-    """The staging and temporary files in ``folder`` (one listing), for :func:`cosmos_cli.batch.remove_leftovers`."""
+    """The staging and temporary files in ``folder`` (one listing), for :func:`cosmos_cli.batch.sidecar.remove_leftovers`."""
     try:
         return {e.name for e in os.scandir(folder)
                 if e.name.startswith(".") and e.name.endswith((".pending", ".partial"))}
@@ -306,7 +307,7 @@ def report_due(last_write_s: float, last_duration_s: float, every_s: float) -> b
 
 def _not_run_items(index: LineIndex):
     """``line -> (name, input, visual_input)`` of lines read again from the file, for lines without a record."""
-    from cosmos_cli.batch import raw_line
+    from cosmos_cli.batch.plan import raw_line
     from cosmos_cli.jobs import default_name, parse_json_line, resolve_input
 
     raws = _raw_lines(index.path)
@@ -387,7 +388,7 @@ class StreamCoordinator:
 
     def decided(self, rec) -> None:
         """A line the plan decided (skipped, invalid, conflicting): counted, shown only when it failed."""
-        from cosmos_cli.batch import REPORT_EVERY_S
+        from cosmos_cli.batch.report import REPORT_EVERY_S
 
         self.spool.add(rec)
         if rec.has_output:
@@ -402,7 +403,7 @@ class StreamCoordinator:
             self.write_report()
 
     def on_event(self, event) -> None:
-        from cosmos_cli.batch import REPORT_EVERY_S
+        from cosmos_cli.batch.report import REPORT_EVERY_S
 
         self.display.handle(event)
         if event[0] == "record":

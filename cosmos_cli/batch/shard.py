@@ -94,7 +94,7 @@ class _KeepFile:
 
 def merge_reports(batch_file: Path, output_dir: Path, report_path: Path | None = None) -> dict[str, Any]:
     """Combine the shard reports in ``output_dir`` into one batch report; returns it (already written)."""
-    from cosmos_cli.batch import REPORT_NAME, STATUSES
+    from cosmos_cli.batch.report import REPORT_NAME, STATUSES
     from cosmos_cli.jobs import read_batch_lines
     from cosmos_cli.media import write_text
     from cosmos_cli.outputs import REPORT_MARKER, check_report_path
