@@ -28,7 +28,9 @@ def test_35_sigmas_match_spec_table():
     assert sig.dtype == torch.float32 and sig.shape == (36,)
     assert sig[-1].item() == 0.0
     for i, sigma, cn in TABLE:
+        # the spec's table has 5 significant figures (half a unit: 1e-5 relative; fp32 adds 6e-8)
         assert sig[i].item() == pytest.approx(sigma, rel=2e-5), i
+        # c_noise = log(sigma)/4 printed to 7 decimals: the sigma's 1e-5 relative becomes 2.5e-6 absolute
         assert S.c_noise(sig[i]).item() == pytest.approx(cn, rel=2e-4, abs=2e-6), i
 
 
@@ -73,6 +75,7 @@ def test_oracle_denoiser_recovers_target(numerics):
     out = S.sample(_oracle(target), noise=S.initial_noise(shape, seed=3, device="cpu"), condition_latent=cond,
                    num_condition_frames=0, augment=torch.zeros(shape), num_steps=12, guidance=7.0, numerics=numerics)
     assert out.dtype == torch.bfloat16
+    # an exact oracle: only the bf16 state remains, 2^-8 relative of |target| <= ~2 (0.008) plus its flips per step
     assert torch.allclose(out.float(), target, atol=0.02)
 
 
@@ -100,12 +103,14 @@ def test_condition_frames_pinned_until_released(numerics):
             S.karras_sigmas = sig_sched
     assert [s.index for s in seen] == list(range(8))
     if numerics == "fp32":
+        # pinned exactly in fp32; the returned bf16 latent rounds |latent| <= ~2 by 2^-8 relative (<= 0.008)
         assert torch.allclose(out[:, :, :2].float(), latent[:, :, :2], atol=0.02)
     else:
         # the original's latent / c_out - c_skip * x: x0 = latent + c_skip (1 - c_out) x_in at the last step
         s = 0.01
         x_in = latent * S.c_in(S.AUGMENT_SIGMA) / S.c_in(s)
         expected = latent + S.c_skip(s) * (1 - S.c_out(s)) * x_in
+        # bf16 throughout the original's substitution: several 2^-8 roundings of values up to ~2 per step
         assert torch.allclose(out[:, :, :2].float(), expected[:, :, :2], atol=0.05)
         assert not torch.allclose(out[:, :, :2].float(), latent[:, :, :2], atol=0.1)
     assert not torch.allclose(out[:, :, 2:].float(), latent[:, :, 2:], atol=0.5)
