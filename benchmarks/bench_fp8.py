@@ -34,6 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 from cosmos_plugins.predict1 import fast as F  # noqa: E402
 from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_network import timed  # noqa: E402
+
 TOKENS = 16 * (88 // 2) * (160 // 2)  # latent 16x88x160, patch 2x2 -> 56,320
 TEXT_TOKENS = 512
 BRANCHES = 2
@@ -46,26 +49,6 @@ def linears(p) -> list[tuple[str, int, int, int, int]]:
     m, mt = BRANCHES * TOKENS, BRANCHES * TEXT_TOKENS
     return [("attn q/k/v/out (6)", m, d, d, 6), ("cross k/v, text (2)", mt, c, d, 2),
             ("mlp in", m, d, hidden, 1), ("mlp out", m, hidden, d, 1)]
-
-
-def timed(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    if not torch.cuda.is_available():  # --smoke on a CPU: host clock
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        return (time.perf_counter() - t0) / repeats
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

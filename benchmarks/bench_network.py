@@ -17,6 +17,7 @@ import json
 import math
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -42,8 +43,14 @@ def forward_flops(p: DiTParams, batch: int = 1) -> float:
 
 
 def timed(fn, warmup: int = 1, repeats: int = 3) -> float:
+    """Median seconds of ``fn`` by CUDA events (the host clock's mean on a machine without CUDA: --smoke runs)."""
     for _ in range(warmup):
         fn()
+    if not torch.cuda.is_available():
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
