@@ -151,36 +151,38 @@ def load_network(path: Path, params: DiTParams, *, device: torch.device | str, d
     return model.eval().requires_grad_(False)
 
 
-def random_state_dict(params: DiTParams, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+def random_state_dict(params: DiTParams, seed: int = 0, dtype: torch.dtype = torch.float32,
+                      device: torch.device | str = "cpu") -> dict[str, Tensor]:
     """Random weights in the released file's key format: ``net.``-prefixed keys, ``net.pos_embedder.seq`` and the
     three ``logvar.*`` keys. Linear weights have std 1/sqrt(fan_in) and RMSNorm gains are about 1, so a tiny
-    network's output has unit-order variance."""
+    network's output has unit-order variance. ``device``: where the numbers are drawn (a GPU draws a 7B network's
+    in seconds; the tensors returned are on the CPU either way, and differ from the CPU's draw)."""
     with torch.device("meta"):
         model = VideoExtendGeneralDIT(params)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     state: dict[str, Tensor] = {}
     for name, ref in model.state_dict().items():
-        noise = torch.randn(ref.shape, generator=gen)
+        noise = torch.randn(ref.shape, generator=gen, device=device)
         if name == "affline_norm.weight" or name.endswith((".to_q.1.weight", ".to_k.1.weight")):
             value = 1.0 + 0.1 * noise
         elif name.startswith("extra_pos_embedder."):
             value = noise
         else:
             value = noise / ref.shape[-1] ** 0.5
-        state[PREFIX + name] = value.to(dtype)
+        state[PREFIX + name] = value.to("cpu", dtype)
     state["net.pos_embedder.seq"] = torch.arange(max(params.pos_lens), dtype=torch.float32)
-    state["logvar.0.freqs"] = torch.randn(128, generator=gen)
-    state["logvar.0.phases"] = torch.rand(128, generator=gen)
-    state["logvar.1.weight"] = torch.randn(1, 128, generator=gen) / 128**0.5
+    state["logvar.0.freqs"] = torch.randn(128, generator=gen, device=device).cpu()
+    state["logvar.0.phases"] = torch.rand(128, generator=gen, device=device).cpu()
+    state["logvar.1.weight"] = torch.randn(1, 128, generator=gen, device=device).cpu() / 128**0.5
     return state
 
 
 def write_random_checkpoint(path: Path, params: DiTParams, seed: int = 0, dtype: torch.dtype = torch.float32,
-                            wrapper: str | None = None) -> dict[str, Tensor]:
+                            wrapper: str | None = None, device: torch.device | str = "cpu") -> dict[str, Tensor]:
     """Write :func:`random_state_dict` to ``path`` (``torch.save``, or safetensors for ``.safetensors``);
     ``wrapper`` = ``"model"`` or ``"state_dict"`` nests it under that key. Returns the state dict written."""
     path = Path(path)
-    state = random_state_dict(params, seed, dtype)
+    state = random_state_dict(params, seed, dtype, device)
     if path.suffix == ".safetensors":
         if wrapper is not None:
             raise ValueError("a safetensors file cannot have a wrapper key")

@@ -23,8 +23,9 @@ DEFAULT_WORDS = (
 
 
 def write_checkpoint_folder(root: Path, spec: ModelSpec, *, seed: int = 0, words=DEFAULT_WORDS,
-                            network_dtype: torch.dtype = torch.float32) -> Path:
-    """Write every file ``spec`` needs under ``root`` with random weights; returns ``root``."""
+                            network_dtype: torch.dtype = torch.float32, device: str = "cpu") -> Path:
+    """Write every file ``spec`` needs under ``root`` with random weights; returns ``root``. ``device``: where the
+    network's and the text encoder's random numbers are drawn (a GPU makes full-size folders in seconds)."""
     from .checkpoint import write_random_checkpoint
     from .text_encoder import write_t5_checkpoint
     from .tokenizer.fixtures import write_tokenizer_checkpoint
@@ -32,10 +33,11 @@ def write_checkpoint_folder(root: Path, spec: ModelSpec, *, seed: int = 0, words
     root = Path(root)
     net_file = root / spec.files_of(NETWORK)[0].local
     net_file.parent.mkdir(parents=True, exist_ok=True)
-    write_random_checkpoint(net_file, spec.network, seed=seed, dtype=network_dtype)
+    write_random_checkpoint(net_file, spec.network, seed=seed, dtype=network_dtype, device=device)
     tok_dir = (root / spec.files_of(TOKENIZER)[0].local).parent
     tok_dir.mkdir(parents=True, exist_ok=True)
     write_tokenizer_checkpoint(tok_dir, spec.tokenizer, seed=seed + 1)
     t5_dir = (root / spec.files_of(TEXT_ENCODER)[0].local).parent
-    write_t5_checkpoint(t5_dir, spec.text_encoder, list(words), seed=seed + 2)
+    write_t5_checkpoint(t5_dir, spec.text_encoder, list(words), seed=seed + 2, device=device,
+                        return_encoder=False)
     return root

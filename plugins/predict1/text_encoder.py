@@ -109,10 +109,12 @@ def build_word_tokenizer(words: list[str]):
     return T5TokenizerFast(vocab=list(pieces.items()), extra_ids=0)
 
 
-def write_t5_checkpoint(folder: Path, params, words: list[str], seed: int = 0):
+def write_t5_checkpoint(folder: Path, params, words: list[str], seed: int = 0, device: str = "cpu",
+                        return_encoder: bool = True):
     """Write a T5 folder in the layout of ``google-t5/t5-11b``: ``config.json``, a ``pytorch_model.bin`` holding a
     whole encoder-decoder's state dict (as the released file, of which the encoder part is read) and the
-    tokenizer files. Random weights. Returns the encoder part as a T5EncoderModel."""
+    tokenizer files. Random weights, initialised on ``device`` (a GPU initialises a T5-11B-sized model in
+    seconds). Returns the encoder part as a T5EncoderModel on the CPU (None unless ``return_encoder``)."""
     from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
 
     tokenizer = build_word_tokenizer(words)
@@ -122,12 +124,17 @@ def write_t5_checkpoint(folder: Path, params, words: list[str], seed: int = 0):
                       feed_forward_proj="gated-gelu" if params.gated else "relu", pad_token_id=0, eos_token_id=1,
                       decoder_start_token_id=0, architectures=["T5ForConditionalGeneration"])
     torch.manual_seed(seed)
-    full = T5ForConditionalGeneration(config).eval()
+    with torch.device(device):
+        full = T5ForConditionalGeneration(config).eval()
+    state = {k: v.cpu() for k, v in full.state_dict().items()}
+    del full
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(folder)
-    torch.save(full.state_dict(), folder / "pytorch_model.bin")
+    torch.save(state, folder / "pytorch_model.bin")
     tokenizer.save_pretrained(folder)
+    if not return_encoder:
+        return None
     encoder = T5EncoderModel(config).eval()
-    encoder.load_state_dict({k: v for k, v in full.state_dict().items() if k in encoder.state_dict()})
+    encoder.load_state_dict({k: v for k, v in state.items() if k in encoder.state_dict()})
     return encoder
