@@ -13,7 +13,7 @@ uses it:
   pinned host buffer; a few device slots hold the block being computed and the next ones, which a side CUDA
   stream copies in while the current block computes (CUDA events order the copies against the compute). The
   rest of the network (embedders, final layer) is on the device for the stage. Block hooks drive it, so the
-  network's own ``forward`` streams unchanged; :func:`lean_forward` drives it too.
+  network's own ``forward`` streams unchanged; :class:`LeanBlocks` drives it too.
 * ``map`` (:class:`~.mapped.MappedStreamed`, the diffusion network): streamed as under ``stream``, from the
   memory-mapped checkpoint file through a small pinned staging ring filled by a side thread (no host copy).
 
@@ -26,7 +26,8 @@ pinned allocator rounds each allocation up to a power of two, 28% more for the 1
 Without a GPU the host copies are ordinary memory, and every placement still runs its real code path with the
 CPU as the compute device (the tests do that).
 
-:func:`lean_forward` is the network's forward with bounded activations: the MLP and the cross-attention run over
+:class:`LeanBlocks` is the network's block runner with bounded activations (``net(..., runner=LeanBlocks())``,
+or :func:`lean_forward`): the MLP and the cross-attention run over
 chunks of tokens (both are per token), and the self-attention computes keys and values once, then the queries,
 attention and output projection chunk by chunk, adding the result into the residual in place. Same function,
 same operations per token; about a third of the peak activation of the plain forward.
@@ -47,7 +48,7 @@ from . import network as _network
 
 PLACEMENTS = ("gpu", "swap", "cpu", "stream", "map")
 STREAM_SLOTS = 3  # device slots when streaming: the block computing and two being copied ahead
-LEAN_CHUNK_TOKENS = 8192  # tokens per chunk in lean_forward
+LEAN_CHUNK_TOKENS = 8192  # tokens per chunk in LeanBlocks
 _PACKAGE = __name__.split(".")[0]
 
 
@@ -416,7 +417,7 @@ class Streamed(Placed):
 
     @contextmanager
     def block(self, i: int) -> Iterator[None]:
-        """Around one block's computation (for a forward that drives the blocks itself: :func:`lean_forward`)."""
+        """Around one block's computation (for a forward that drives the blocks itself: :class:`LeanBlocks`)."""
         self.before_block(i)
         try:
             yield
@@ -526,55 +527,48 @@ def lean_block(block: nn.Module, x: Tensor, emb: Tensor, adaln_lora_3d: Tensor, 
     return x
 
 
-def lean_forward(net: nn.Module, x: Tensor, timesteps: Tensor, crossattn_emb: Tensor, fps,
-                 condition_video_input_mask: Tensor, padding_mask: Tensor | None = None, tables=None, *,
-                 streamer: Streamed | None = None, chunk: int = LEAN_CHUNK_TOKENS,
-                 cache: _network.BlockCache | None = None) -> Tensor:
-    """The network's forward (same arguments and result as ``VideoExtendGeneralDIT.forward``) with bounded
-    activations (module doc); ``streamer`` brings each block's weights in around its computation; ``cache`` as
-    the network's forward takes it."""
-    p = net.params
-    dtype = net.x_embedder.proj[1].weight.dtype
-    B, _, T, H, W = x.shape
-    if tables is None:
-        tables = net.prepare(T, H, W, fps, device=x.device, dtype=dtype)
-    Tp, Hp, Wp = net._grid(T, H, W)
-    x = torch.cat([x.to(dtype), condition_video_input_mask.to(dtype).expand(B, 1, T, H, W)], dim=1)
-    if p.concat_padding_mask:
-        pm = (x.new_zeros(B, 1, H, W) if padding_mask is None else
-              F.interpolate(padding_mask.to(dtype), size=(H, W), mode="nearest").expand(B, 1, H, W))
-        x = torch.cat([x, pm.unsqueeze(2).expand(B, 1, T, H, W)], dim=1)  # (B, C+2, T, H, W)
-    x = net.x_embedder(x).flatten(1, 3).contiguous()  # (B, S, D), ours to update in place
-    s = net.t_embedder[0](timesteps.reshape(-1).expand(B)).to(dtype)  # (B, D)
-    adaln_lora_3d = net.t_embedder[1](s)  # (B, 3D)
-    emb = net.affline_norm(s)
-    crossattn_emb = crossattn_emb.to(dtype)
-    blocks = list(net.blocks.values())
+class LeanBlocks:
+    """The network's block runner (``network.BlockRunner``) with bounded activations (module doc): each block by
+    :func:`lean_block`, updating x in place, and the final layer over chunks of tokens. ``streamer`` brings each
+    block's weights in around its computation (the block's module hooks do not fire: its sub-blocks are called
+    directly). No token shard: its chunked self-attention sees every token."""
 
-    def run_blocks(x: Tensor, start: int, stop: int) -> Tensor:
-        for i in range(start, stop):
-            with streamer.block(i) if streamer is not None else nullcontext():
-                x = lean_block(blocks[i], x, emb, adaln_lora_3d, crossattn_emb, tables.rope, tables.extra_pos, chunk)
+    def __init__(self, streamer: Streamed | None = None, chunk: int = LEAN_CHUNK_TOKENS):
+        self.streamer, self.chunk = streamer, chunk
+
+    def run(self, blocks: Sequence[nn.Module], x: Tensor, start: int, stop: int,
+            inputs: _network.BlockInputs) -> Tensor:
+        if inputs.self_attention is not None:
+            raise ValueError("the memory-lean forward has no token shard (its chunked attention sees all the tokens)")
+        i, streamer = inputs, self.streamer
+        x = x.contiguous()  # ours to update in place
+        for k in range(start, stop):
+            with streamer.block(k) if streamer is not None else nullcontext():
+                x = lean_block(blocks[k], x, i.emb, i.adaln_lora_3d, i.crossattn_emb, i.rope, i.extra_pos, self.chunk)
         return x
 
-    x = run_blocks(x, 0, len(blocks)) if cache is None else cache(x, run_blocks).contiguous()
-    out = torch.cat([net.final_layer(x[:, a:b], emb, adaln_lora_3d) for a, b in _spans(x.shape[1], chunk)], dim=1)
-    del x
-    ps, pt = p.patch_spatial, p.patch_temporal
-    out = out.reshape(B, Tp, Hp, Wp, ps, ps, pt, p.out_channels)  # features channel-minor: (p1, p2, t, C)
-    out = out.permute(0, 7, 1, 6, 2, 4, 3, 5)  # (B, C, T', pt, H', p1, W', p2)
-    return out.reshape(B, p.out_channels, T, H, W)
+    def final(self, layer: nn.Module, x: Tensor, inputs: _network.BlockInputs) -> Tensor:
+        x = x.contiguous()
+        return torch.cat([layer(x[:, a:b], inputs.emb, inputs.adaln_lora_3d) for a, b in _spans(x.shape[1], self.chunk)],
+                         dim=1)  # (B, S, pt*ps*ps*C)
+
+
+def lean_forward(net: nn.Module, *args, streamer: Streamed | None = None, chunk: int = LEAN_CHUNK_TOKENS,
+                 **kwargs) -> Tensor:
+    """The network's forward (same arguments and result as ``VideoExtendGeneralDIT.forward``, ``cache``
+    included) with the :class:`LeanBlocks` runner."""
+    return net(*args, runner=LeanBlocks(streamer, chunk), **kwargs)
 
 
 def network_forward(placed: Placed, lean: bool, chunk: int = LEAN_CHUNK_TOKENS) -> Callable[..., Tensor]:
-    """The forward the denoising stage calls: the network's own, or :func:`lean_forward` (driving the
+    """The forward the denoising stage calls: the network's own, or with the :class:`LeanBlocks` runner (driving the
     streamer itself when the network is streamed)."""
     net = placed.obj
     if not lean:
         return net
-    streamer = placed if isinstance(placed, Streamed) else None
+    runner = LeanBlocks(placed if isinstance(placed, Streamed) else None, chunk)
 
     def forward(*args, **kwargs) -> Tensor:
-        return lean_forward(net, *args, streamer=streamer, chunk=chunk, **kwargs)
+        return net(*args, runner=runner, **kwargs)
 
     return forward
