@@ -35,8 +35,9 @@ pipeline refuses a lean plan (``stream-lean``) under context parallelism, naming
 
 From the command line: ``--num-gpus N`` (``cosmos_cli.generation.start_parallel`` calls the backend's
 ``start_parallel``: the layout checks, then :func:`init_distributed`), ``--cp-scheme`` (else ``COSMOS_CP_SCHEME``),
-``Predict1Pipeline.load(parallel=...)`` (only the network on ranks > 0) and ``Predict1Pipeline.generate``, which
-calls :func:`generate_parallel`. A :class:`DistContext` is what the core sees as its ``ParallelRun``.
+``Predict1Pipeline.load(parallel=...)`` (only the network on ranks > 0) and ``Predict1Pipeline.generate``: one
+executor for one process and N, its stages shared through the run (``DistContext.share``) and its denoising
+forwards sharded by :func:`.branches.branch_model_fn` with this module's :class:`ContextParallel`. A :class:`DistContext` is what the core sees as its ``ParallelRun``.
 
 Failures: a rank count that does not divide the work, a launch without torchrun, or a missing NCCL are clear
 errors before anything loads. Every process group has a timeout. A collective that fails (a rank died: its
@@ -49,11 +50,9 @@ from __future__ import annotations
 
 import datetime
 import os
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -264,6 +263,10 @@ class DistContext:
 
     def close(self, ok: bool = True) -> None:
         shutdown(self, ok=ok)
+
+    def gather_ints(self, value: int) -> list[int]:
+        """Every rank's ``value``, in rank order, on every rank (e.g. each GPU's memory peak)."""
+        return _gather_ints(self, value)
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -661,7 +664,7 @@ class ContextParallel:
             return None
         return SequenceShard(self.ctx, self.group, self.group_ranks, self.layout.attention, tokens)
 
-    def _exchange_branches(self, f: Tensor) -> tuple[Tensor, Tensor]:
+    def exchange_branches(self, f: Tensor) -> tuple[Tensor, Tensor]:
         """Every rank's branch output -> (F_cond, F_uncond) on every rank."""
         f = f.contiguous()
         parts = [torch.empty_like(f) for _ in range(self.ctx.world_size)]
@@ -671,117 +674,14 @@ class ContextParallel:
 
     def model_fn(self, net, text_emb: Tensor, fps, mask: Tensor, tables: _network.PosTables, *,
                  cfg_batched: bool = True) -> S.ModelFn:
-        """The sampler's ``model_fn(x_scaled, t) -> (F_cond, F_uncond)`` with the network split over the ranks.
+        """The sampler's ``model_fn(x_scaled, t) -> (F_cond, F_uncond)`` with the network split over the ranks:
+        the pipeline's own (:func:`.branches.branch_model_fn`, as ``Predict1Pipeline.denoise`` builds it) with
+        ``net``'s forward. ``text_emb`` is (2, M, C) (prompt, negative prompt) in the network's dtype, ``mask``
+        the (1, 1, T, H, W) condition mask, ``tables`` from ``net.prepare``. Every rank gets the same full
+        outputs."""
+        from .branches import branch_model_fn
 
-        Same arguments as the single-GPU closure in the pipeline's denoise stage: ``text_emb`` is (2, M, C)
-        (prompt, negative prompt) in the network's dtype, ``mask`` the (1, 1, T, H, W) condition mask, ``tables``
-        from ``net.prepare``. Every rank gets the same full outputs.
-        """
-        T, H, W = tables.shape
-        p = net.params
-        shard = self.shard(dit_tokens(p, T, H, W))
-        if self.layout.branch_groups == 2:
-            emb = text_emb[self.branch:self.branch + 1]
-
-            def fn(x_scaled: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-                return self._exchange_branches(net(x_scaled, t, emb, fps, mask, tables=tables, shard=shard))
-            return fn
-
-        def fn(x_scaled: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-            if cfg_batched:
-                out = net(torch.cat([x_scaled, x_scaled]), t.expand(2), text_emb, fps, mask, tables=tables,
-                          shard=shard)
-                return out[:1], out[1:]
-            return (net(x_scaled, t, text_emb[:1], fps, mask, tables=tables, shard=shard),
-                    net(x_scaled, t, text_emb[1:], fps, mask, tables=tables, shard=shard))
-        return fn
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The pipeline's stages under context parallelism
-
-
-def run_denoise_parallel(cp: ContextParallel, network, job, condition_latent: Tensor, num_condition_frames: int,
-                         text_emb: Tensor, progress=None, *, numerics: str, cfg_batched: bool,
-                         device: torch.device) -> Tensor:
-    """The pipeline's denoise stage on every rank: same inputs as ``Predict1Pipeline.denoise`` plus the
-    pipeline's settings; ``network`` is the module or the pipeline's ``Placed`` wrapper. Returns the full
-    clean latent (the same on every rank). ``progress`` (rank 0's) may be None."""
-    B, _, T, H, W = condition_latent.shape
-    active = network.active() if hasattr(network, "active") else nullcontext(network)
-    with active as net:
-        dtype = net.x_embedder.proj[1].weight.dtype
-        tables = net.prepare(T, H, W, float(job.fps), device=device, dtype=dtype)
-        mask = torch.zeros(1, 1, T, H, W, dtype=dtype, device=device)
-        mask[:, :, :num_condition_frames] = 1
-        model_fn = cp.model_fn(net, text_emb.to(device, dtype), job.fps, mask, tables, cfg_batched=cfg_batched)
-        advance = progress.steps(job.num_steps, "denoising") if progress is not None else (lambda n=1: None)
-        try:
-            return S.sample(
-                model_fn,
-                noise=S.initial_noise(condition_latent.shape, seed=job.seed, device=device),
-                condition_latent=condition_latent.to(device),
-                num_condition_frames=num_condition_frames,
-                augment=S.augment_noise(condition_latent.shape, seed=job.seed, device=device),
-                num_steps=job.num_steps,
-                guidance=job.guidance,
-                numerics=numerics,
-                on_step=lambda info: advance(),
-            )
-        finally:
-            if progress is not None:
-                progress.done_steps()
-
-
-def generate_parallel(pipe, cp: ContextParallel, job, progress, *, video_path: Path,
-                      prompt_path: Path | None = None):
-    """``Predict1Pipeline.generate`` on every rank of a context-parallel run.
-
-    Rank 0 runs the upsampler, the text guardrail and both encoders and broadcasts the condition latent, the
-    text embeddings and the final prompt; every rank denoises; rank 0 decodes, runs the video guardrail and
-    writes the files, and shares the outcome so every rank returns the same status. On ranks > 0 the pipeline
-    needs only its network (the other components may be None) and ``progress`` should be a NullProgress.
-
-    Returns the :class:`GenerationResult` (paths only on rank 0). Timings and per-stage peaks (this GPU's, as
-    the pipeline records them) cover the stages this rank ran; ``stage_peak_bytes["denoise_gpu<r>"]`` holds every
-    GPU's denoising peak, and ``peak_memory_bytes`` the largest peak of any stage on any GPU.
-    """
-    from cosmos_cli.jobs import GenerationResult
-
-    device = cp.ctx.device
-    cuda = device.type == "cuda"
-    timings: dict[str, float] = {}
-    peaks: dict[str, int] = {}
-
-    @contextmanager
-    def timed(name: str, label: str | None = None):
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        with progress.stage(label) if label and cp.is_main else nullcontext():
-            t0 = time.perf_counter()
-            yield
-            if cuda:
-                torch.cuda.synchronize(device)
-            timings[name] = time.perf_counter() - t0
-        if cuda:
-            peaks[name] = torch.cuda.max_memory_allocated(device)
-
-    with torch.inference_mode():
-        status, message, prompt, inputs = from_rank0(cp.ctx, lambda: pipe.prepare(job, timed), "encoding the inputs")
-        if status == "ok":
-            condition_latent, n_cond, text_emb = inputs
-            with timed("denoise"):  # the sampler shows its own step bar on rank 0
-                latent = run_denoise_parallel(cp, pipe.network, job, condition_latent, n_cond, text_emb,
-                                              progress if cp.is_main else None, numerics=pipe.numerics,
-                                              cfg_batched=pipe.plan.cfg_batched, device=device)
-            for r, b in enumerate(_gather_ints(cp.ctx, peaks.get("denoise", 0))):
-                peaks[f"denoise_gpu{r}"] = b
-            status, message = from_rank0(cp.ctx, lambda: pipe.finish(job, latent, prompt, timed, video_path=video_path,
-                                                                      prompt_path=prompt_path), "decoding and writing")
-    written = cp.is_main and status == "ok"
-    overall = max(peaks.values()) if cuda and peaks else None
-    return GenerationResult(video_path if written else None, prompt_path if written else None, prompt, status,
-                            message, timings, overall, peaks)
+        return branch_model_fn(net, text_emb, fps, mask, tables, cfg_batched=cfg_batched, cp=self)
 
 
 def _gather_ints(ctx: DistContext, value: int) -> list[int]:
@@ -794,7 +694,6 @@ def _gather_ints(ctx: DistContext, value: int) -> list[int]:
 
 __all__ = [
     "ATTENTIONS", "SCHEMES", "ContextParallel", "DistContext", "FollowerExit", "Layout", "ParallelError",
-    "SequenceShard", "agree_min", "attention_with_lse", "choose_layout", "from_rank0", "generate_parallel",
-    "init_distributed", "latent_shape_of", "merge_partial", "quiet_on_this_rank", "run_denoise_parallel",
-    "shutdown", "valid_world_sizes",
+    "SequenceShard", "agree_min", "attention_with_lse", "choose_layout", "from_rank0",
+    "init_distributed", "latent_shape_of", "merge_partial", "quiet_on_this_rank", "shutdown", "valid_world_sizes",
 ]
