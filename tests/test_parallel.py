@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from cosmos_cli.errors import CosmosError, InputError, MissingDependencyError, UsageError
 from cosmos_plugins.predict1 import parallel as P
+from cosmos_torch.seqattn import _attention_with_lse_math
 from cosmos_plugins.predict1.params import DiTParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -582,7 +583,7 @@ def test_partial_attention_merges_to_full_attention():
     for ks, vs in zip(k.split(4, dim=2), v.split(4, dim=2), strict=True):  # three uneven key blocks
         out, lse = P.merge_partial(out, lse, *P.attention_with_lse(q, ks, vs))
     assert torch.allclose(out, full, atol=1e-6)
-    o_math, lse_math = P._attention_with_lse_math(q, k, v, chunk=3)
+    o_math, lse_math = _attention_with_lse_math(q, k, v, chunk=3)
     o_fused, lse_fused = P.attention_with_lse(q, k, v)
     assert torch.allclose(o_math, full, atol=1e-6) and torch.allclose(lse_math, lse_fused, atol=1e-5)
 
