@@ -21,6 +21,7 @@ from cosmos_cli.errors import UsageError
 
 from .dist import DistContext, _collective
 
+
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
     """softmax(q k^T / sqrt(hd)) v and its log-sum-exp: (B, H, Sq, hd), (B, H, Sq) fp32.
 

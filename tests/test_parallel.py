@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from cosmos_cli.errors import CosmosError, InputError, MissingDependencyError, UsageError
 from cosmos_plugins.predict1 import parallel as P
-from cosmos_torch.seqattn import _attention_with_lse_math
 from cosmos_plugins.predict1.params import DiTParams
+from cosmos_torch.seqattn import _attention_with_lse_math
 
 REPO = Path(__file__).resolve().parents[1]
 # 4 heads (Ulysses over 2 or 4 ranks), head dim 16. h and w extrapolation differ to catch an axis mix-up.

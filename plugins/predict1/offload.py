@@ -44,8 +44,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosmos_torch.placement import (
-    STREAM_SLOTS, OnHost, Placed, Resident, Streamed, Swapped, TensorGroup, _collect, _cuda_host_register,
-    _cuda_host_unregister, _set_wrapper_device, host_buffer, park, parked_groups, torch_modules,
+    STREAM_SLOTS,
+    OnHost,
+    Placed,
+    Resident,
+    Streamed,
+    Swapped,
+    TensorGroup,
+    _collect,
+    _cuda_host_register,
+    _cuda_host_unregister,
+    _set_wrapper_device,
+    host_buffer,
+    park,
+    parked_groups,
+    torch_modules,
 )
 
 from . import network as _network

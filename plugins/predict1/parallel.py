@@ -64,15 +64,33 @@ from torch import Tensor
 
 from cosmos_cli.errors import UsageError
 from cosmos_torch.dist import (
-    DEFAULT_STEP_TIMEOUT_S, DEFAULT_WAIT_TIMEOUT_S, STEP_TIMEOUT_ENV, WAIT_TIMEOUT_ENV, DistContext, FollowerExit,
-    ParallelError, _collective, agree_min, from_rank0, init_distributed, quiet_on_this_rank, shutdown,
+    DEFAULT_STEP_TIMEOUT_S,
+    DEFAULT_WAIT_TIMEOUT_S,
+    STEP_TIMEOUT_ENV,
+    WAIT_TIMEOUT_ENV,
+    DistContext,
+    FollowerExit,
+    ParallelError,
+    _collective,
+    agree_min,
+    from_rank0,
+    init_distributed,
+    quiet_on_this_rank,
+    shutdown,
 )
 from cosmos_torch.seqattn import SequenceShard, attention_with_lse, merge_partial
 
 from . import network as _network
 from . import sampler as S
 from .parallel_layout import (
-    ATTENTION_ENV, ATTENTIONS, SCHEME_ENV, SCHEMES, Layout, choose_layout, latent_shape_of, valid_world_sizes,
+    ATTENTION_ENV,
+    ATTENTIONS,
+    SCHEME_ENV,
+    SCHEMES,
+    Layout,
+    choose_layout,
+    latent_shape_of,
+    valid_world_sizes,
 )
 from .params import DiTParams
 

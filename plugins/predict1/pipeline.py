@@ -436,7 +436,8 @@ class Predict1Pipeline:
         return GenerationResult(video_path if written else None, prompt_path if written else None, prompt, status,
                                 message, timings, overall, peaks, notes=tuple(self.notes))
 
-    # The stages before and after denoising (under context parallelism rank 0 runs them alone, see generate). ``timed(name, label)`` is the caller's context manager that times a stage.
+    # The stages before and after denoising (under context parallelism rank 0 runs them alone, see generate).
+    # ``timed(name, label)`` is the caller's context manager that times a stage.
 
     def prepare(self, job: GenerationJob, timed) -> tuple[str, str, str, tuple | None]:
         """Upsample and check the prompt, encode the input frames and the prompts: ``(status, message, prompt,
