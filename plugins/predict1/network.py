@@ -25,7 +25,10 @@ The RoPE table and the learnable position embedding depend only on (T, H, W, fps
 reuses them for every denoising step.
 
 ``blocks`` is iterated in order in a plain loop, and each block takes everything it needs as arguments, so a
-memory engine can move the blocks on and off the GPU one at a time.
+memory engine can move the blocks on and off the GPU one at a time. How the blocks and the final layer are
+computed is a :class:`BlockRunner` (``forward(..., runner=...)``: :class:`PlainBlocks` by default, the
+memory-lean ``offload.LeanBlocks``), and which blocks run a ``cache(x, run_blocks)`` hook (the step cache): the
+embedders before and the unpatchify after exist once, here.
 
 Sequence parallelism (several processes computing one forward) enters through one argument,
 ``forward(..., shard=...)`` (a :class:`TokenShard`): the blocks then run on a contiguous range of tokens with a
