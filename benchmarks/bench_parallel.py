@@ -12,7 +12,7 @@ Network mode (default), for each of 7B and 14B at the default job (latent 16x88x
 * which scheme was faster, and whether it is the one ``choose_layout`` picks by default.
 
 Generate mode (``--generate``): one full-size generation with random weights through the multi-GPU generation
-path (``parallel.generate_parallel``: rank 0 encodes, both GPUs denoise, rank 0 decodes and writes), a few
+path (``Predict1Pipeline.generate`` with a ContextParallel: rank 0 encodes, both GPUs denoise, rank 0 decodes and writes), a few
 steps; checks that it completes and wrote exactly one video, and reports each GPU's peak memory. The same path
 runs from the command line as ``torchrun --nproc_per_node=2 --no-python cosmos generate ... --num-gpus 2``
 (tests/test_parallel_cli.py runs that on the CPU with gloo).
@@ -202,7 +202,7 @@ def run_model(label: str, p: DiTParams, ctx: P.DistContext, args) -> dict:
 
 
 def run_generate(label: str, ctx: P.DistContext, args) -> dict:
-    """One generation at full size with random weights through generate_parallel."""
+    """One generation at full size with random weights through the pipeline's generate (split over the ranks)."""
     from bench_generate import random_t5, random_tokenizer
 
     from cosmos_cli.jobs import GenerationJob
@@ -220,8 +220,8 @@ def run_generate(label: str, ctx: P.DistContext, args) -> dict:
     text_encoder = tokenizer = None
     if ctx.rank == 0:  # only rank 0 encodes and decodes
         text_encoder, tokenizer = random_t5(spec, dev), random_tokenizer(spec, dev)
-    pipe = Predict1Pipeline(spec, plan, ctx.device, network, tokenizer, text_encoder, numerics="fp32")
     cp = P.ContextParallel.create(ctx, spec.network, P.latent_shape_of(spec), cfg_batched=plan.cfg_batched)
+    pipe = Predict1Pipeline(spec, plan, ctx.device, network, tokenizer, text_encoder, numerics="fp32", cp=cp)
 
     def make_input():
         work = Path(tempfile.mkdtemp(prefix="cosmos-parallel-"))
@@ -234,8 +234,8 @@ def run_generate(label: str, ctx: P.DistContext, args) -> dict:
     job = GenerationJob(visual_input=work / "input.mp4", prompt="a robot arm picks up a red cup from the table",
                         num_steps=args.steps, num_input_frames=9)
     t0 = time.perf_counter()
-    result = P.generate_parallel(pipe, cp, job, NullProgress(), video_path=work / "out" / "out.mp4",
-                                 prompt_path=work / "out" / "out.txt")
+    result = pipe.generate(job, NullProgress(), video_path=work / "out" / "out.mp4",
+                           prompt_path=work / "out" / "out.txt")
     seconds = time.perf_counter() - t0
     dist.barrier()
     report = {"model": spec.name, "strategy": plan.strategy, "layout": cp.layout.reason, "steps": args.steps,

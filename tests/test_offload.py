@@ -231,9 +231,14 @@ def test_torch_modules_finds_wrapped_models():
         def __init__(self):
             self.net = nn.Linear(2, 2)
 
-    Helper.__module__ = O.__name__  # a helper object of this package
-    wrapper = type("Wrapper", (), {})()
-    wrapper.model, wrapper.helper, wrapper.name = nn.Linear(3, 3), Helper(), "x"
+    class Outside:  # an object of another package: not searched
+        def __init__(self):
+            self.net = nn.Linear(4, 4)
+
+    Helper.__module__ = O.__name__  # a helper object of the wrapper's own package
+    Outside.__module__ = "elsewhere.module"
+    wrapper = type("Wrapper", (), {"__module__": O.__name__})()
+    wrapper.model, wrapper.helper, wrapper.other, wrapper.name = nn.Linear(3, 3), Helper(), Outside(), "x"
     found = O.torch_modules(wrapper)
     assert wrapper.model in found and wrapper.helper.net in found and len(found) == 2
 

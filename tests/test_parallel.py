@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from cosmos_cli.errors import CosmosError, InputError, MissingDependencyError, UsageError
 from cosmos_plugins.predict1 import parallel as P
 from cosmos_plugins.predict1.params import DiTParams
+from cosmos_torch.seqattn import _attention_with_lse_math
 
 REPO = Path(__file__).resolve().parents[1]
 # 4 heads (Ulysses over 2 or 4 ranks), head dim 16. h and w extrapolation differ to catch an axis mix-up.
@@ -114,8 +115,11 @@ def _worker_network(ctx, work: Path) -> None:
             tables = net.prepare(*latent, 24.0)
             with torch.inference_mode():
                 for batched in ((True, False) if scheme == "sequence" else (True,)):
-                    f_c, f_u = cp.model_fn(net, emb, 24.0, mask, tables, cfg_batched=batched)(x, t)
-                    torch.save({"f_c": f_c, "f_u": f_u, "layout": cp.layout.reason},
+                    fn = cp.model_fn(net, emb, 24.0, mask, tables, cfg_batched=batched)
+                    f_c, f_u = fn(x, t)
+                    f_cond, none = fn(x, t, uncond=False)  # an unguided step (guidance truncation)
+                    assert none is None
+                    torch.save({"f_c": f_c, "f_u": f_u, "f_cond": f_cond, "layout": cp.layout.reason},
                                work / f"net-{scheme}-{attention}-{name}-{int(batched)}-rank{ctx.rank}.pt")
     # the same under the memory engine's placements: blocks streamed through slots, the whole network swapped
     x, t, emb, mask = net_inputs(LATENTS["flat"])
@@ -154,8 +158,9 @@ def _worker_video(ctx, work: Path) -> None:
                                                        cfg_batched=pipe.plan.cfg_batched, scheme=scheme)
         sink: dict = {}
         spy_decode(pipe, sink)
-        result = P.generate_parallel(pipe, schemes[scheme], job, NullProgress(), video_path=out / f"{job.name}.mp4",
-                                     prompt_path=out / f"{job.name}.txt")
+        pipe.cp = schemes[scheme]  # the pipeline's one executor, its stages shared through the run
+        result = pipe.generate(job, NullProgress(), video_path=out / f"{job.name}.mp4",
+                               prompt_path=out / f"{job.name}.txt")
         torch.save({"status": result.status, "video_path": result.video_path, "layout": schemes[scheme].layout,
                     **sink}, work / f"video-{ctx.world_size}-{job.name}-rank{ctx.rank}.pt")
         # the next job gets a freshly loaded network, streamed block by block: nothing distributed lives in it
@@ -405,6 +410,7 @@ def test_network_output_matches_one_process(run, work):
                     # layer, typically sqrt(K) * 2^-24 = 7e-7; a wrong merge or split is off by order one.
                     assert rel_err(got["f_c"], ref_c) < 1e-5, what
                     assert rel_err(got["f_u"], ref_u) < 1e-5, what
+                    assert rel_err(got["f_cond"], ref_c) < 1e-5, what  # the prompt's branch alone, every group
     # under block streaming and swapping (the memory engine's placements) too
     x, t, emb, mask = net_inputs(LATENTS["flat"])
     with torch.inference_mode():
@@ -549,6 +555,26 @@ def test_only_rank0_prints_shared_errors(monkeypatch):
     assert not P.quiet_on_this_rank(UsageError("bad flag"))
 
 
+def test_the_step_cache_is_refused_under_context_parallelism():
+    """Each rank would decide on its own tokens whether to skip the blocks: refused before any forward."""
+    from types import SimpleNamespace
+
+    from cosmos_cli.errors import GenerationError
+    from cosmos_cli.fastmode import FastMode
+    from cosmos_cli.jobs import GenerationJob
+    from cosmos_cli.planner import plan_memory
+    from cosmos_cli.progress import NullProgress
+    from cosmos_plugins.predict1.pipeline import Predict1Pipeline
+    from cosmos_plugins.predict1.specs import PREDICT1_TINY
+
+    plan = plan_memory(PREDICT1_TINY, None, strategy="resident", upsampler=False, guardrail=False)
+    pipe = Predict1Pipeline(PREDICT1_TINY, plan, torch.device("cpu"), None, None, None, cp=SimpleNamespace(),
+                            fast=FastMode(step_cache=0.1))
+    job = GenerationJob(visual_input=Path("in.png"), prompt="x", num_steps=2)
+    with pytest.raises(GenerationError, match="step-cache is not available under context parallelism"):
+        pipe.denoise(job, torch.zeros(1, 4, 2, 4, 4), 1, torch.zeros(2, 3, 8), NullProgress())
+
+
 def test_partial_attention_merges_to_full_attention():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 10, 16, generator=g) for _ in range(3))
@@ -557,7 +583,7 @@ def test_partial_attention_merges_to_full_attention():
     for ks, vs in zip(k.split(4, dim=2), v.split(4, dim=2), strict=True):  # three uneven key blocks
         out, lse = P.merge_partial(out, lse, *P.attention_with_lse(q, ks, vs))
     assert torch.allclose(out, full, atol=1e-6)
-    o_math, lse_math = P._attention_with_lse_math(q, k, v, chunk=3)
+    o_math, lse_math = _attention_with_lse_math(q, k, v, chunk=3)
     o_fused, lse_fused = P.attention_with_lse(q, k, v)
     assert torch.allclose(o_math, full, atol=1e-6) and torch.allclose(lse_math, lse_fused, atol=1e-5)
 

@@ -1,8 +1,8 @@
 """The ``map`` placement: a module's blocks streamed from the memory-mapped checkpoint file, no host copy made.
 
-:class:`~.offload.Streamed` keeps every block in pinned host memory: the 14B network's 26.6 GiB, more than a desktop
+:class:`cosmos_torch.placement.Streamed` keeps every block in pinned host memory: the 14B network's 26.6 GiB, more than a desktop
 can spare next to T5. :class:`MappedStreamed` streams the same blocks through the same device slots and the same
-schedule (its subclass: every caller of a streamer drives it alike, :func:`~.offload.lean_forward` included), but
+schedule (its subclass: every caller of a streamer drives it alike, :class:`~.offload.LeanBlocks` included), but
 the source of each block is the tensors the loader left in the module: ``torch.load(mmap=True, weights_only=True)``
 tensors mapped from ``model.pt`` (:func:`~.checkpoint.load_network` with ``map_blocks=True`` leaves the blocks so,
 in the file's dtype). Their pages are page cache, which the kernel may drop and read again.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .offload import (
+from cosmos_torch.placement import (
     STREAM_SLOTS,
     Placed,
     Streamed,

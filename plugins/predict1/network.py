@@ -25,7 +25,10 @@ The RoPE table and the learnable position embedding depend only on (T, H, W, fps
 reuses them for every denoising step.
 
 ``blocks`` is iterated in order in a plain loop, and each block takes everything it needs as arguments, so a
-memory engine can move the blocks on and off the GPU one at a time.
+memory engine can move the blocks on and off the GPU one at a time. How the blocks and the final layer are
+computed is a :class:`BlockRunner` (``forward(..., runner=...)``: :class:`PlainBlocks` by default, the
+memory-lean ``offload.LeanBlocks``), and which blocks run a ``cache(x, run_blocks)`` hook (the step cache): the
+embedders before and the unpatchify after exist once, here.
 
 Sequence parallelism (several processes computing one forward) enters through one argument,
 ``forward(..., shard=...)`` (a :class:`TokenShard`): the blocks then run on a contiguous range of tokens with a
@@ -36,7 +39,7 @@ distributed state, so it can be moved, streamed or rebuilt freely between calls.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,6 +115,50 @@ AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 # cache(x, run_blocks) -> x after every block, where run_blocks(x, start, stop) runs blocks start..stop-1.
 BlockCache = Callable[[Tensor, Callable[[Tensor, int, int], Tensor]], Tensor]
+
+
+@dataclass(frozen=True)
+class BlockInputs:
+    """What every block of one forward takes besides x: emb (B, D), adaln_lora_3d (B, 3D), crossattn_emb
+    (B, M, C), rope 2 x (S, 1, hd/2), extra_pos (1, S, D) (S: this process's tokens), and the distributed
+    self-attention of a token shard (None: the local attention)."""
+
+    emb: Tensor
+    adaln_lora_3d: Tensor
+    crossattn_emb: Tensor
+    rope: tuple[Tensor, Tensor]
+    extra_pos: Tensor
+    self_attention: AttentionFn | None = None
+
+
+class BlockRunner(Protocol):
+    """How a forward computes its transformer blocks and final layer (``forward(..., runner=...)``): the
+    network's prologue (embedders) and epilogue (gather, unpatchify) stay in :meth:`VideoExtendGeneralDIT.forward`.
+    :class:`PlainBlocks` calls each block; the memory-lean runner (``offload.LeanBlocks``) chunks the tokens."""
+
+    def run(self, blocks: Sequence[nn.Module], x: Tensor, start: int, stop: int, inputs: BlockInputs) -> Tensor:
+        """x (B, S, D) after blocks ``start .. stop - 1``."""
+        ...
+
+    def final(self, layer: nn.Module, x: Tensor, inputs: BlockInputs) -> Tensor:
+        """The final layer: (B, S, D) -> (B, S, pt*ps*ps*C)."""
+        ...
+
+
+class PlainBlocks:
+    """Every block called as a module, in order (its hooks fire: the memory engine streams through them)."""
+
+    def run(self, blocks: Sequence[nn.Module], x: Tensor, start: int, stop: int, inputs: BlockInputs) -> Tensor:
+        i = inputs
+        for block in blocks[start:stop]:
+            x = block(x, i.emb, i.adaln_lora_3d, i.crossattn_emb, i.rope, i.extra_pos, i.self_attention)
+        return x
+
+    def final(self, layer: nn.Module, x: Tensor, inputs: BlockInputs) -> Tensor:
+        return layer(x, inputs.emb, inputs.adaln_lora_3d)
+
+
+PLAIN_BLOCKS = PlainBlocks()
 
 
 class TokenShard(Protocol):
@@ -432,7 +479,7 @@ class VideoExtendGeneralDIT(nn.Module):
     def forward(self, x: Tensor, timesteps: Tensor, crossattn_emb: Tensor, fps: Tensor | float | None,
                 condition_video_input_mask: Tensor, padding_mask: Tensor | None = None,
                 tables: PosTables | None = None, shard: TokenShard | None = None,
-                cache: BlockCache | None = None) -> Tensor:
+                cache: BlockCache | None = None, runner: BlockRunner | None = None) -> Tensor:
         """Raw network output F.
 
         Args:
@@ -449,6 +496,8 @@ class VideoExtendGeneralDIT(nn.Module):
             cache: step caching (:class:`~.fast.StepCache`): ``cache(x, run_blocks)`` returns x after every block,
                 running some of them with ``run_blocks(x, start, stop)`` and reusing earlier work for the rest.
                 None: every block runs.
+            runner: how the blocks and the final layer are computed (a :class:`BlockRunner`; the memory-lean
+                one chunks the tokens); None: :class:`PlainBlocks`.
         Returns:
             (B, out_channels, T, H, W) in the weights' dtype.
         """
@@ -475,23 +524,23 @@ class VideoExtendGeneralDIT(nn.Module):
         emb = self.affline_norm(s)  # (B, D)
         crossattn_emb = crossattn_emb.to(dtype)
 
-        rope, extra_pos, sharded = tables.rope, tables.extra_pos, {}
+        rope, extra_pos, self_attention = tables.rope, tables.extra_pos, None
         if shard is not None:  # this process's tokens only
             if not 0 <= shard.start < shard.stop <= x.shape[1]:
                 raise ValueError(f"token shard {shard.start}:{shard.stop} is outside the {x.shape[1]} tokens")
             part = slice(shard.start, shard.stop)
             x, extra_pos, rope = x[:, part], extra_pos[:, part], (rope[0][part], rope[1][part])  # (B, S/N, D)
-            sharded = {"self_attention": shard.self_attention}
+            self_attention = shard.self_attention
+        inputs = BlockInputs(emb, adaln_lora_3d, crossattn_emb, rope, extra_pos, self_attention)
+        runner = PLAIN_BLOCKS if runner is None else runner
         blocks = list(self.blocks.values())
 
         def run_blocks(x: Tensor, start: int, stop: int) -> Tensor:
-            for block in blocks[start:stop]:
-                x = block(x, emb, adaln_lora_3d, crossattn_emb, rope, extra_pos, **sharded)
-            return x
+            return runner.run(blocks, x, start, stop, inputs)
 
         x = run_blocks(x, 0, len(blocks)) if cache is None else cache(x, run_blocks)  # (B, S, D)
 
-        x = self.final_layer(x, emb, adaln_lora_3d)  # (B, S, ps*ps*pt*C)
+        x = runner.final(self.final_layer, x, inputs)  # (B, S, ps*ps*pt*C)
         if shard is not None:
             x = shard.gather(x)  # (B, S/N, ps*ps*pt*C) -> (B, S, ps*ps*pt*C)
         ps, pt = p.patch_spatial, p.patch_temporal

@@ -7,8 +7,9 @@ computed on the CPU, or the network's blocks streamed), and generates one job at
     input frames -> tokenizer encode -> T5 encode -> sampler (network, both guidance branches) -> decode -> mp4
 
 Loaded with ``parallel`` (a :class:`~.parallel.DistContext`: torchrun, ``--num-gpus N``), every rank holds the
-network and rank 0 the other models too; each ``generate`` is then split over the ranks as
-:func:`.parallel.generate_parallel` says, and only rank 0 writes.
+network and rank 0 the other models too; each ``generate`` is then split over the ranks (rank 0 prepares and
+finishes, every rank denoises with the same code, each forward sharded as the layout says), and only rank 0
+writes.
 """
 
 from __future__ import annotations
@@ -313,37 +314,32 @@ class Predict1Pipeline:
 
     def denoise(self, job: GenerationJob, condition_latent: torch.Tensor, num_condition_frames: int,
                 text_emb: torch.Tensor, progress: Progress) -> torch.Tensor:
+        """The sampler over the network: in this process, or on every rank of ``self.cp`` alike (same code: the
+        context-parallel run only shards each forward, see :mod:`.branches`); the clean latent, the same on
+        every rank."""
+        from .branches import branch_model_fn
+
         B, _, T, H, W = condition_latent.shape
+        fast = self.fast
+        if self.cp is not None and fast.step_cache is not None:  # (the CLI refuses --fast with --num-gpus first)
+            raise GenerationError("--fast step-cache is not available under context parallelism: each rank would "
+                                  "decide on its own tokens whether to skip", hint="Run the step cache on one GPU.")
         with self.network.active() as net:
             forward = network_forward(self.network, self.plan.lean_network)
             dtype = net.x_embedder.proj[1].weight.dtype
             tables = net.prepare(T, H, W, float(job.fps), device=self.device, dtype=dtype)
             mask = torch.zeros(1, 1, T, H, W, dtype=dtype, device=self.device)
             mask[:, :, :num_condition_frames] = 1
-            emb = text_emb.to(dtype)
-            fast = self.fast
             cache = None if fast.step_cache is None else StepCache(fast.step_cache, job.num_steps, len(net.blocks))
-            branch_forwards = [0]
-
-            def run(x_scaled, t, rows, *branches):  # rows of emb: (prompt, negative prompt)
-                branch_forwards[0] += len(branches)
-                extra = {} if cache is None else {"cache": cache.for_branches(*branches)}
-                return forward(x_scaled, t, emb[rows], job.fps, mask, tables=tables, **extra)
-
-            def model_fn(x_scaled, t, uncond=True):
-                if not uncond:  # guidance truncation: the prompt's branch alone
-                    return run(x_scaled, t, slice(0, 1), "cond"), None
-                if self.plan.cfg_batched:
-                    out = run(torch.cat([x_scaled, x_scaled]), t.expand(2), slice(0, 2), "cond", "uncond")
-                    return out[:1], out[1:]
-                return run(x_scaled, t, slice(0, 1), "cond"), run(x_scaled, t, slice(1, 2), "uncond")
-
+            counts = [0]
+            model_fn = branch_model_fn(forward, text_emb.to(self.device, dtype), job.fps, mask, tables,
+                                       cfg_batched=self.plan.cfg_batched, cp=self.cp, cache=cache, counts=counts)
             advance = progress.steps(job.num_steps, "denoising")
             try:
                 latent = S.sample(
                     model_fn,
                     noise=S.initial_noise(condition_latent.shape, seed=job.seed, device=self.device),
-                    condition_latent=condition_latent,
+                    condition_latent=condition_latent.to(self.device),
                     num_condition_frames=num_condition_frames,
                     augment=S.augment_noise(condition_latent.shape, seed=job.seed, device=self.device),
                     num_steps=job.num_steps,
@@ -354,7 +350,7 @@ class Predict1Pipeline:
                 )
             finally:
                 progress.done_steps()
-            n = branch_forwards[0]
+            n = counts[0]
             self.denoise_stats = {"branch_forwards": n, **(cache.stats() if cache is not None else {
                 "full_forwards": n, "cached_forwards": 0, "blocks_run": n * len(net.blocks)})}
         return latent
@@ -383,10 +379,17 @@ class Predict1Pipeline:
 
     def generate(self, job: GenerationJob, progress: Progress, *, video_path: Path, prompt_path: Path | None = None
                  ) -> GenerationResult:
-        if self.cp is not None:  # every rank calls this alike; rank 0 writes
-            from .parallel import generate_parallel
+        """One job: prepare (upsample, check, encode), denoise, finish (decode, check, write).
 
-            return generate_parallel(self, self.cp, job, progress, video_path=video_path, prompt_path=prompt_path)
+        Under context parallelism (``self.cp``) every rank calls this alike: rank 0 runs ``prepare`` and
+        ``finish`` alone and shares their results (``DistContext.share``: the condition latent, the text
+        embeddings, the prompt, the outcome), every rank denoises, only rank 0 writes and shows progress (ranks
+        > 0 need only their network). Timings and per-stage peaks cover the stages this rank ran; under context
+        parallelism ``stage_peak_bytes["denoise_gpu<r>"]`` holds every GPU's denoising peak, and
+        ``peak_memory_bytes`` is the largest peak of any stage on any GPU."""
+        cp = self.cp
+        main = cp is None or cp.is_main
+        shown = progress if main else NullProgress()
         timings: dict[str, float] = {}
         peaks: dict[str, int] = {}
         cuda = self.device.type == "cuda"
@@ -394,13 +397,16 @@ class Predict1Pipeline:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.stage_reserved_bytes = {}
 
+        def share(fn, what: str):
+            return fn() if cp is None else cp.ctx.share(fn, what)
+
         @contextmanager
         def timed(name: str, label: str | None):
             """Time a stage and, on a GPU, record its own peak of allocated memory (label None: no spinner)."""
             overall = torch.cuda.max_memory_allocated(self.device) if cuda else 0
             if cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
-            with progress.stage(label) if label else nullcontext():
+            with shown.stage(label) if label else nullcontext():
                 t0 = time.perf_counter()
                 yield
                 if cuda:
@@ -412,22 +418,26 @@ class Predict1Pipeline:
                 self.stage_reserved_bytes[name] = torch.cuda.max_memory_reserved(self.device)
 
         with torch.inference_mode():
-            status, message, prompt, inputs = self.prepare(job, timed)
+            status, message, prompt, inputs = share(lambda: self.prepare(job, timed), "encoding the inputs")
             self._frames = None
             for note in self.notes:
-                progress.warning(f"note: {note}")
+                shown.warning(f"note: {note}")
             if status == "ok":
                 condition_latent, n_cond, text_emb = inputs
                 with timed("denoise", None):  # the sampler shows its own step bar
-                    latent = self.denoise(job, condition_latent, n_cond, text_emb, progress)
-                status, message = self.finish(job, latent, prompt, timed, video_path=video_path,
-                                              prompt_path=prompt_path)
-        written = status == "ok"
+                    latent = self.denoise(job, condition_latent, n_cond, text_emb, shown)
+                if cp is not None:
+                    for r, b in enumerate(cp.ctx.gather_ints(peaks.get("denoise", 0))):
+                        peaks[f"denoise_gpu{r}"] = b
+                status, message = share(lambda: self.finish(job, latent, prompt, timed, video_path=video_path,
+                                                            prompt_path=prompt_path), "decoding and writing")
+        written = main and status == "ok"
+        overall = max(peaks.values()) if cuda and peaks else None
         return GenerationResult(video_path if written else None, prompt_path if written else None, prompt, status,
-                                message, timings, peaks.get("overall"), peaks, notes=tuple(self.notes))
+                                message, timings, overall, peaks, notes=tuple(self.notes))
 
-    # The stages before and after denoising, shared with the multi-GPU path (`parallel.generate_parallel`, where
-    # rank 0 runs them alone). ``timed(name, label)`` is the caller's context manager that times a stage.
+    # The stages before and after denoising (under context parallelism rank 0 runs them alone, see generate).
+    # ``timed(name, label)`` is the caller's context manager that times a stage.
 
     def prepare(self, job: GenerationJob, timed) -> tuple[str, str, str, tuple | None]:
         """Upsample and check the prompt, encode the input frames and the prompts: ``(status, message, prompt,
