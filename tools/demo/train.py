@@ -74,9 +74,8 @@ if str(REPO) not in sys.path:  # tools/ is not an installed package
 from cosmos_cli.specs import NETWORK, TEXT_ENCODER, TOKENIZER  # noqa: E402
 from cosmos_plugins.predict1 import sampler as S  # noqa: E402
 from cosmos_plugins.predict1.fixtures import DEFAULT_WORDS  # noqa: E402
-from cosmos_plugins.predict1.specs import DEFAULT_NEGATIVE_PROMPT  # noqa: E402
 from cosmos_plugins.predict1.network import PosTables, VideoExtendGeneralDIT  # noqa: E402
-from cosmos_plugins.predict1.specs import PREDICT1_DEMO  # noqa: E402
+from cosmos_plugins.predict1.specs import DEFAULT_NEGATIVE_PROMPT, PREDICT1_DEMO  # noqa: E402
 from tools.demo.scenes import (  # noqa: E402
     BACKGROUNDS,
     FPS,
