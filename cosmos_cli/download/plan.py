@@ -129,8 +129,9 @@ def resolve_models(names: Sequence[str], model_types: Sequence[str] = ()) -> lis
     """Specs for model names/aliases; the original's ``--model_types`` values are accepted where they fit.
 
     Names may be comma-separated. A type (as a name or a --model_types value) that a registered model answers to
-    (``Video2World`` for Predict1) selects nothing more; the other types the specs name are refused. Without a name it is a usage error that lists the models the Hub has
-    files for (the default model may well be one that ships with cosmos).
+    (``Video2World`` for Predict1) selects nothing more; the other types the specs name are refused. Without a
+    name it is a usage error that lists the models the Hub has files for (the default model may well be one that
+    ships with cosmos).
     """
     wanted: list[str] = []
     types = list(model_types)
