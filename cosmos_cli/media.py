@@ -450,8 +450,8 @@ def frames_to_tensor(
     The resize is computed in float32 and the result cast to ``dtype`` (default float32). With
     ``dtype=torch.bfloat16`` this reproduces the original bit for bit: it held the frames as bf16, but
     torchvision's resize casts a bf16 tensor to float32, interpolates and casts back (and the normalised
-    values are exact in bf16 with Predict1's normalisation). Frames whose size already matches are not resampled. Frames are processed
-    one at a time, so a 4K input never needs a full-video float copy.
+    values are exact in bf16 with Predict1's normalisation). Frames whose size already matches are not
+    resampled. Frames are processed one at a time, so a 4K input never needs a full-video float copy.
     """
     import torch
     import torch.nn.functional as F

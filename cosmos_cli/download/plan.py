@@ -35,6 +35,7 @@ def _model_types() -> tuple[tuple[str, ...], tuple[str, ...]]:
                                  (r.lower() for r in runs)))
     return runs, others
 
+
 # States of a planned file on disk.
 DONE = "done"  # in place and recorded as checked (our metadata or huggingface_hub's)
 PRESENT = "present"  # in place but never checked here: hashed before it is trusted
