@@ -152,7 +152,7 @@ def measure(name: str, encoders: dict, prompts: list, labels: list, device: torc
 
 
 def demo_encoders(device: torch.device, fp64: bool):
-    from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
+    from cosmos_plugins.predict1.specs import DEFAULT_NEGATIVE_PROMPT
     from cosmos_plugins.predict1.text_encoder import T5TextEncoder
 
     folder = ROOT / "assets" / "demo" / "t5-demo"

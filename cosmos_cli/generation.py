@@ -25,7 +25,7 @@ from cosmos_cli.errors import (
     UsageError,
 )
 from cosmos_cli.fastmode import FastMode, check_fast
-from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
+from cosmos_cli.jobs import GenerationJob, GenerationResult
 from cosmos_cli.launch import launch_env
 from cosmos_cli.limits import check_generation_values
 from cosmos_cli.planner import (
@@ -36,7 +36,7 @@ from cosmos_cli.planner import (
     strategy_for_original_flags,
 )
 from cosmos_cli.progress import NullProgress, Progress
-from cosmos_cli.registry import default_model_name, find_model
+from cosmos_cli.registry import default_model_name, find_model, find_model_for_folder
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class GenerateRequest:
     model: str | None = None
     checkpoint_dir: Path = Path("checkpoints")
     network_dir: str | None = None
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    negative_prompt: str | None = None  # None: the model's (ModelSpec.default_negative_prompt)
     num_input_frames: int | None = None
     seed: int = 1
     num_steps: int | None = None
@@ -81,10 +81,7 @@ def resolve_model(model: str | None, network_dir: str | None) -> ModelSpec:
     if model:
         return find_model(model)[1]
     if network_dir:
-        name = Path(network_dir).name
-        for suffix in ("_post-trained", "-post-trained"):
-            name = name.removesuffix(suffix)
-        return find_model(name)[1]
+        return find_model_for_folder(Path(network_dir).name)[1]
     return find_model(default_model_name())[1]
 
 
@@ -163,7 +160,7 @@ def make_job(req: GenerateRequest, spec: ModelSpec, name: str) -> GenerationJob:
     return GenerationJob(
         visual_input=Path(req.input_path).resolve(),
         prompt=prompt,
-        negative_prompt=req.negative_prompt,
+        negative_prompt=spec.default_negative_prompt if req.negative_prompt is None else req.negative_prompt,
         seed=req.seed,
         num_input_frames=n_frames,
         guidance=spec.guidance if req.guidance is None else req.guidance,

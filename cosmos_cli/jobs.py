@@ -24,26 +24,18 @@ from cosmos_cli.limits import MAX_BATCH_FILE_BYTES, MAX_LINE_BYTES
 
 SCHEMA_FILE = "batch_job.schema.json"
 
-# The original's default negative prompt (cosmos-predict1 inference_utils), used verbatim.
-DEFAULT_NEGATIVE_PROMPT = (
-    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
-    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, "
-    "underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky "
-    "movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, "
-    "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
-    "Overall, the video is of poor quality."
-)
-
 RAW_TEXT_SHOWN = 2000  # characters of an invalid line kept for the batch report
 
 
 @dataclass(frozen=True)
 class GenerationJob:
-    """One fully resolved generation: every value set, paths absolute."""
+    """One fully resolved generation: every value set, paths absolute. ``negative_prompt`` None (only where a job is
+    built by hand; :func:`cosmos_cli.generation.make_job` always sets it) is the model's
+    ``ModelSpec.default_negative_prompt``."""
 
     visual_input: Path
     prompt: str | None
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    negative_prompt: str | None = None
     seed: int = 1
     num_input_frames: int = 1
     guidance: float = 7.0

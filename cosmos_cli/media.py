@@ -18,8 +18,8 @@ What the original Cosmos-Predict1 does, and where we differ (spec 1.2 step 5, 1.
   through the same imageio-ffmpeg pipe), one frame per decoded picture (``-fps_mode passthrough``: no
   frame is duplicated or dropped to force a constant rate). Only the last ``N`` frames are kept while
   streaming; the original decoded and resized the whole video.
-* **Normalisation** is the original's ``x / 128 - 1`` (range ``[-1, 0.9921875]``), then a bicubic
-  antialiased resize, see :func:`frames_to_tensor`.
+* **Normalisation** is the model spec's ``x * scale + offset`` (Predict1's: the original's ``x / 128 - 1``,
+  range ``[-1, 0.9921875]``), then a bicubic antialiased resize, see :func:`frames_to_tensor`.
 * **Saving** is H.264 / yuv420p / ``+faststart`` MP4 through ``imageio_ffmpeg.write_frames``, written to a
   temporary file beside the target and renamed into place, see :func:`write_video`.
 
@@ -45,6 +45,7 @@ import numpy as np
 
 from cosmos_cli.errors import GenerationError, InputError
 from cosmos_cli.limits import MAX_INPUT_PIXELS
+from cosmos_cli.specs import PixelNormalisation
 
 if TYPE_CHECKING:
     import torch
@@ -427,11 +428,13 @@ def frames_to_tensor(
     width: int,
     resize: Literal["stretch", "crop", "pad"] = "stretch",
     dtype: torch.dtype | None = None,
+    normalisation: PixelNormalisation = PixelNormalisation(),
 ) -> torch.Tensor:
     """uint8 RGB frames ``[N, H, W, 3]`` to a model input ``[1, 3, N, height, width]`` in ``dtype``.
 
-    Pixels are normalised exactly as the original, ``x / 128 - 1`` (so black is ``-1.0`` and white
-    ``0.9921875``), then resized with ``torch.nn.functional.interpolate(mode="bicubic", antialias=True,
+    Pixels are normalised as the model's spec says (``ModelSpec.input_normalisation``: ``x * scale + offset``;
+    the default maps [0, 255] onto [-1, 1]; Predict1's is the original's ``x / 128 - 1``, so black is ``-1.0``
+    and white ``0.9921875``), then resized with ``torch.nn.functional.interpolate(mode="bicubic", antialias=True,
     align_corners=False)``, which is what torchvision's tensor ``resize(..., BICUBIC, antialias=True)``
     calls. Values are not clamped afterwards (bicubic can overshoot slightly), as in the original.
 
@@ -442,13 +445,13 @@ def frames_to_tensor(
     * ``"crop"``: scale so the frame covers ``(height, width)`` with its aspect ratio kept, then cut the
       centre.
     * ``"pad"``: scale so the frame fits inside ``(height, width)`` with its aspect ratio kept, then
-      centre it on black (``-1.0``).
+      centre it on black (``normalisation.offset``).
 
     The resize is computed in float32 and the result cast to ``dtype`` (default float32). With
     ``dtype=torch.bfloat16`` this reproduces the original bit for bit: it held the frames as bf16, but
     torchvision's resize casts a bf16 tensor to float32, interpolates and casts back (and the normalised
-    values are exact in bf16). Frames whose size already matches are not resampled. Frames are processed
-    one at a time, so a 4K input never needs a full-video float copy.
+    values are exact in bf16 with Predict1's normalisation). Frames whose size already matches are not
+    resampled. Frames are processed one at a time, so a 4K input never needs a full-video float copy.
     """
     import torch
     import torch.nn.functional as F
@@ -481,14 +484,14 @@ def frames_to_tensor(
 
     for i in range(n):
         x = torch.from_numpy(frames[i].astype(np.float32)).permute(2, 0, 1)[None]  # (1, 3, h, w)
-        x = x / 128.0 - 1.0
+        x = x * normalisation.scale + normalisation.offset
         if (h, w) != inner:
             x = F.interpolate(x, size=inner, mode="bicubic", antialias=True, align_corners=False)
         if resize == "crop":
             top, left = (inner[0] - height) // 2, (inner[1] - width) // 2
             x = x[:, :, top : top + height, left : left + width]
         elif resize == "pad":
-            canvas = torch.full((1, 3, height, width), -1.0)
+            canvas = torch.full((1, 3, height, width), normalisation.offset)
             top, left = (height - inner[0]) // 2, (width - inner[1]) // 2
             canvas[:, :, top : top + inner[0], left : left + inner[1]] = x
             x = canvas

@@ -114,6 +114,15 @@ def find_model(name: str) -> tuple[Backend, ModelSpec]:
     )
 
 
+def find_model_for_folder(folder_name: str) -> tuple[Backend, ModelSpec]:
+    """The model a --diffusion_transformer_dir folder names: the folder's name without the suffixes the specs
+    declare (``ModelSpec.network_dir_suffixes``, Predict1's ``_post-trained`` folders), dropped in that order."""
+    name = folder_name
+    for suffix in dict.fromkeys(x for _, s in all_models(include_hidden=True) for x in s.network_dir_suffixes):
+        name = name.removesuffix(suffix)
+    return find_model(name)
+
+
 def default_model_name() -> str:
     """The model commands use without --model: the spec a backend marks default, else the first listed."""
     pairs = all_models()

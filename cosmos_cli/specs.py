@@ -8,7 +8,9 @@ Variants are made with :func:`dataclasses.replace`, never by mutating or branchi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "uint8": 1}
@@ -49,7 +51,7 @@ class CheckpointFile:
       ``<local>/models--<org>--<name>/snapshots/<commit>/<filename>``. Such an entry is skipped when another
       entry's files already fill that cache folder (a model repository that ships it).
 
-    ``convert`` names a conversion (``cosmos_cli.download.CONVERSIONS``): the remote file is fetched into the
+    ``convert`` names a conversion (a :class:`Conversion` of a registered spec's ``conversions``): the remote file is fetched into the
     staging folder ``<repository name>/`` (the original's ``Pixtral-12B-2409/``), the conversion writes
     ``local`` from all the files of its group, and the staging folder is removed afterwards.
     ``revision`` is the branch, tag or commit to fetch.
@@ -63,6 +65,28 @@ class CheckpointFile:
     revision: str = "main"
     hf_cache: bool = False
     convert: str | None = None
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A conversion that checkpoint entries name (:attr:`CheckpointFile.convert`), provided by the backend's spec.
+
+    ``run(inputs, outputs)``: remote name -> fetched file, and output local path -> its absolute path.
+    ``check(outputs)`` returns (output, problem) for a converted folder that is damaged."""
+
+    name: str
+    run: Callable[[dict[str, Path], dict[str, Path]], None]
+    check: Callable[[dict[str, Path]], list[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class PixelNormalisation:
+    """How uint8 input pixels ``x`` become the values the model reads: ``x * scale + offset`` (black is ``offset``).
+
+    The default maps [0, 255] onto [-1, 1]."""
+
+    scale: float = 1 / 127.5
+    offset: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +172,20 @@ class ModelSpec:
     # What `generate` and `batch` print (once, on stderr) when --disable-guardrail is given: the terms the model's
     # licence ties to its guardrails, in the backend's words ("": nothing to say).
     guardrail_disabled_warning: str = ""
+    # -- model facts the core applies without knowing the model --
+    # The negative prompt when neither --negative-prompt nor a batch line gives one ("": none).
+    default_negative_prompt: str = ""
+    # How `media.frames_to_tensor` normalises the input frames for this model.
+    input_normalisation: PixelNormalisation = PixelNormalisation()
+    # Suffixes of a --diffusion_transformer_dir folder name that still name this model (the original's
+    # ``<model>_post-trained`` folders); dropped in this order.
+    network_dir_suffixes: tuple[str, ...] = ()
+    # The original download script's --model_types value this model answers to ("": none), and the other values
+    # that script knows, which `cosmos download` refuses by name.
+    model_type: str = ""
+    other_model_types: tuple[str, ...] = ()
+    # The conversions its checkpoint entries name (CheckpointFile.convert).
+    conversions: tuple[Conversion, ...] = ()
     hidden: bool = False  # tiny test configurations: registered but not listed by default
     is_default: bool = False  # the model commands use when --model is not given
 

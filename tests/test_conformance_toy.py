@@ -167,3 +167,20 @@ def test_a_spec_naming_an_unknown_strategy_is_refused_when_loaded(toy_installed,
     monkeypatch.setattr(toy_installed.ToyBackend, "models", lambda self: (bad,))
     with pytest.raises(PluginError, match=r"Toy-Video2World declares unknown memory strategies \['offload-everything'\]"):
         registry.backends()
+
+
+def test_its_own_normalisation_and_no_negative_prompt(toy_installed, tmp_path):
+    """The model facts are the spec's: the toy reads its frames in [-1, 1] (white 1.0, where Predict1's
+    ``x / 128 - 1`` gives 0.9921875) and, declaring no negative prompt, gets none."""
+    import torch
+
+    from cosmos_cli.generation import GenerateRequest, make_job
+    from cosmos_cli.media import frames_to_tensor, read_frames
+    from tests.conftest import make_image
+
+    spec = toy_installed.SPEC
+    image = make_image(tmp_path / "in.png", 16, 16, value=255)  # black top half, white bottom half
+    assert make_job(GenerateRequest(image, "a ball", model="toy"), spec, "out").negative_prompt == ""
+    pixels = frames_to_tensor(read_frames(image, 1), spec.height, spec.width, normalisation=spec.input_normalisation)
+    assert torch.all(pixels[..., :8, :] == -1.0)
+    assert torch.allclose(pixels[..., 8:, :], torch.ones(()), rtol=0, atol=1e-6)

@@ -15,7 +15,6 @@ from cosmos_cli.batch.command import run_and_print
 from cosmos_cli.errors import GenerationError, UsageError
 from cosmos_cli.fastmode import parse_fast
 from cosmos_cli.generation import GenerateRequest
-from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
 
 
 def batch(
@@ -84,7 +83,7 @@ def batch(
                                      offload_prompt_upsampler, offload_guardrail_models)
     defaults = GenerateRequest(
         input_path=file, prompt=prompt, model=model, checkpoint_dir=checkpoint_dir, network_dir=network_dir,
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
+        negative_prompt=negative_prompt,
         num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
         output_dir=output_dir, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
         disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload,

@@ -13,7 +13,6 @@ from cosmos_cli.errors import UsageError
 from cosmos_cli.fastmode import parse_fast
 from cosmos_cli.generation import GenerateRequest, resolve_model
 from cosmos_cli.generation import generate as run_generate
-from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
 from cosmos_cli.launch import is_primary
 from cosmos_cli.progress import NotesDropped, NullProgress, QuietProgress, RichProgress
 
@@ -74,7 +73,7 @@ def generate(
                                      offload_prompt_upsampler, offload_guardrail_models)
     request = GenerateRequest(
         input_path=input_path or batch_input_path, prompt=prompt, model=model, checkpoint_dir=checkpoint_dir, network_dir=network_dir,
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
+        negative_prompt=negative_prompt,
         num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
         output_dir=output_dir, name=name, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
         disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload, original_offload_flags=flags,

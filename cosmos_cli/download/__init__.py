@@ -35,7 +35,7 @@ the dry-run report), :mod:`~cosmos_cli.download.cache` (where files and their re
 re-exports the public names.
 """
 
-from cosmos_cli.download.conversions import CONVERSIONS, Conversion
+from cosmos_cli.download.conversions import CONVERSIONS, registered_conversions
 from cosmos_cli.download.errors import (
     ChecksumError,
     DiskSpaceError,
@@ -52,7 +52,6 @@ from cosmos_cli.download.hub import check_commit, check_inside, check_listing_na
 from cosmos_cli.download.plan import (
     DONE,
     MISSING,
-    MODEL_TYPES,
     PARTIAL,
     PRESENT,
     ConversionPlan,
@@ -68,12 +67,13 @@ from cosmos_cli.download.plan import (
     select_files,
 )
 from cosmos_cli.download.verify import CHUNK, VerifyReport, hash_file, verify
+from cosmos_cli.specs import Conversion
 
 __all__ = [
-    "CHUNK", "CONVERSIONS", "DONE", "MISSING", "MODEL_TYPES", "PARTIAL", "PRESENT", "ChecksumError",
+    "CHUNK", "CONVERSIONS", "DONE", "MISSING", "PARTIAL", "PRESENT", "ChecksumError",
     "Conversion", "ConversionPlan", "DiskSpaceError", "DownloadError", "DownloadPlan", "DownloadReport",
     "GatedRepoAccessError", "HubAuthError", "HubUnreachableError", "PlannedFile", "RemoteMissingError",
     "RepoPlan", "UnsafeListingError", "VerifyFailed", "VerifyReport", "check_commit", "check_inside",
     "check_listing_name", "download", "format_plan", "free_bytes", "hash_file", "human_bytes", "hub_endpoint",
-    "hub_files", "plan_download", "resolve_models", "select_files", "verify",
+    "hub_files", "plan_download", "registered_conversions", "resolve_models", "select_files", "verify",
 ]

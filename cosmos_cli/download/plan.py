@@ -25,8 +25,16 @@ from cosmos_cli.errors import CheckpointError, CosmosError, UsageError
 from cosmos_cli.registry import all_models, find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, CheckpointFile, ModelSpec
 
-MODEL_TYPES = ("Video2World",)  # the original script's --model_types values that we run
-_OTHER_TYPES = ("text2world", "text2world-sample-av-multiview", "video2world-sample-av-multiview")
+
+def _model_types() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The original script's --model_types values the registered models answer to (``ModelSpec.model_type``),
+    and the other values their specs name (``ModelSpec.other_model_types``), refused by name."""
+    pairs = all_models(include_hidden=True)
+    runs = tuple(dict.fromkeys(s.model_type for _, s in pairs if s.model_type))
+    others = tuple(dict.fromkeys(t for _, s in pairs for t in s.other_model_types if t.lower() not in
+                                 (r.lower() for r in runs)))
+    return runs, others
+
 
 # States of a planned file on disk.
 DONE = "done"  # in place and recorded as checked (our metadata or huggingface_hub's)
@@ -121,22 +129,25 @@ class DownloadPlan:
 def resolve_models(names: Sequence[str], model_types: Sequence[str] = ()) -> list[ModelSpec]:
     """Specs for model names/aliases; the original's ``--model_types`` values are accepted where they fit.
 
-    Names may be comma-separated. ``Video2World`` (as a name or a type) is what every cosmos model is; the
-    original's other types are refused. Without a name it is a usage error that lists the models the Hub has
-    files for (the default model may well be one that ships with cosmos).
+    Names may be comma-separated. A type (as a name or a --model_types value) that a registered model answers to
+    (``Video2World`` for Predict1) selects nothing more; the other types the specs name are refused. Without a
+    name it is a usage error that lists the models the Hub has files for (the default model may well be one that
+    ships with cosmos).
     """
     wanted: list[str] = []
     types = list(model_types)
+    runs, others = _model_types()
+    known = {t.lower() for t in (*runs, *others)}
     for item in names:
         for name in (p.strip() for p in item.split(",")):
             if not name:
                 continue
-            low = name.lower()
-            (types if low in _OTHER_TYPES or low in (t.lower() for t in MODEL_TYPES) else wanted).append(name)
+            (types if name.lower() in known else wanted).append(name)
     for t in types:
-        if t.lower() not in (m.lower() for m in MODEL_TYPES):
-            raise UsageError(f"model type {t!r} is not supported: cosmos runs Video2World models",
-                             hint="Leave --model_types out, or pass --model_types Video2World.")
+        if t.lower() not in (m.lower() for m in runs):
+            raise UsageError(f"model type {t!r} is not supported: cosmos runs {' and '.join(runs) or 'no typed'} "
+                             "models", hint="Leave --model_types out" + (f", or pass --model_types {runs[0]}."
+                                                                           if runs else "."))
     if not wanted:
         raise UsageError("name the model(s) to download", hint=_models_hint())
     specs: list[ModelSpec] = []

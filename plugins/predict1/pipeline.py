@@ -24,7 +24,7 @@ import torch
 
 from cosmos_cli.errors import CheckpointError, GenerationError
 from cosmos_cli.fastmode import FastMode
-from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob, GenerationResult
+from cosmos_cli.jobs import GenerationJob, GenerationResult
 from cosmos_cli.planner import MemoryPlan
 from cosmos_cli.progress import NullProgress, Progress
 from cosmos_cli.specs import GUARDRAIL, NETWORK, TEXT_ENCODER, TOKENIZER, UPSAMPLER, ModelSpec
@@ -287,7 +287,8 @@ class Predict1Pipeline:
         frames = self.input_frames(job)
         self._frames = None
         pixels = frames_to_tensor(frames, spec.height, spec.width, resize=job.resize,
-                                  dtype=torch.bfloat16 if self.numerics == "original" else torch.float32)
+                                  dtype=torch.bfloat16 if self.numerics == "original" else torch.float32,
+                                  normalisation=spec.input_normalisation)
         pad = spec.num_frames - pixels.shape[2]
         if pad < 0:
             raise GenerationError(f"{job.visual_input}: {pixels.shape[2]} input frames, the model takes at most "
@@ -299,10 +300,12 @@ class Predict1Pipeline:
         return latent.to(torch.bfloat16), latent_condition_frames(job.num_input_frames,
                                                                    spec.tokenizer.temporal_compression)
 
-    def encode_text(self, prompt: str, negative_prompt: str) -> torch.Tensor:
+    def encode_text(self, prompt: str, negative_prompt: str | None) -> torch.Tensor:
+        if negative_prompt is None:
+            negative_prompt = self.spec.default_negative_prompt
         with self.text_encoder.active() as te:
             limit = getattr(te, "max_length", None)
-            checked = [("prompt", prompt)] + ([] if negative_prompt == DEFAULT_NEGATIVE_PROMPT else
+            checked = [("prompt", prompt)] + ([] if negative_prompt == self.spec.default_negative_prompt else
                                               [("negative prompt", negative_prompt)])  # (the default: by design)
             for what, text in checked:
                 n = te.token_count(text) if hasattr(te, "token_count") else 0

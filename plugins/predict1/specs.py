@@ -19,6 +19,7 @@ from cosmos_cli.specs import (
     CheckpointFile,
     Component,
     ModelSpec,
+    PixelNormalisation,
 )
 
 from .params import (
@@ -35,6 +36,7 @@ from .params import (
     t5_params,
     tokenizer_activation_bytes,
 )
+from .pixtral_convert import PIXTRAL_12B
 
 BACKEND_ID = "predict1"
 
@@ -215,8 +217,8 @@ def _files(model_dir: str, md5: str | None) -> tuple[CheckpointFile, ...]:
         CheckpointFile(TEXT_ENCODER, T5_REPO, "tokenizer.json", f"{T5_DIR}/tokenizer.json", revision=T5_REVISION),
         *guardrail_files(),
         CheckpointFile(UPSAMPLER, PIXTRAL_REPO, "consolidated.safetensors", f"{UPSAMPLER_DIR}/model.pt",
-                       convert="pixtral-12b", revision=PIXTRAL_REVISION),
-        CheckpointFile(UPSAMPLER, PIXTRAL_REPO, "params.json", f"{UPSAMPLER_DIR}/config.json", convert="pixtral-12b",
+                       convert=PIXTRAL_12B.name, revision=PIXTRAL_REVISION),
+        CheckpointFile(UPSAMPLER, PIXTRAL_REPO, "params.json", f"{UPSAMPLER_DIR}/config.json", convert=PIXTRAL_12B.name,
                        revision=PIXTRAL_REVISION),
         CheckpointFile(UPSAMPLER, PIXTRAL_PROCESSOR_REPO, "*.json", PIXTRAL_PROCESSOR_DIR),
     )
@@ -233,6 +235,27 @@ TOKENIZER_720P = TokenizerParams()
 GUARDRAIL_DISABLED_WARNING = (
     "the safety guardrails are disabled. The NVIDIA Open Model License ties your rights to use the model to keeping "
     "its guardrails; you are responsible for what you generate."
+)
+
+# The original's default negative prompt (cosmos-predict1 inference_utils), used verbatim.
+DEFAULT_NEGATIVE_PROMPT = (
+    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
+    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, "
+    "underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky "
+    "movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, "
+    "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
+    "Overall, the video is of poor quality."
+)
+# What every model of this backend tells the core (ModelSpec's "model facts"): the negative prompt, the original's
+# x / 128 - 1 pixel normalisation (black -1.0, white 0.9921875), its post-trained folder names, its download
+# script's model types and the Pixtral-12B conversion of the upsampler's files.
+MODEL_FACTS = dict(
+    default_negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+    input_normalisation=PixelNormalisation(scale=1 / 128, offset=-1.0),
+    network_dir_suffixes=("_post-trained", "-post-trained"),
+    model_type="Video2World",
+    other_model_types=("Text2World", "Text2World-Sample-AV-Multiview", "Video2World-Sample-AV-Multiview"),
+    conversions=(PIXTRAL_12B,),
 )
 
 _LATENT = (16, 88, 160)  # latent T, H, W of the default job (121 x 704 x 1280)
@@ -252,6 +275,7 @@ PREDICT1_7B = ModelSpec(
     step_flops=_step_flops(DIT_7B, _LATENT, T5_11B.max_length),
     expects="real-world video (driving, robotics, people, nature) at 1280x704, about 16:9",
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
+    **MODEL_FACTS,
 )
 
 PREDICT1_14B = replace(
@@ -299,6 +323,7 @@ PREDICT1_TINY = ModelSpec(
     height=32,
     width=32,
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
+    **MODEL_FACTS,
 )
 
 
@@ -345,6 +370,7 @@ PREDICT1_DEMO = ModelSpec(
     expects="a square 128x128 picture of one ball or box on a plain floor (the procedural clips it was trained on); "
             "a photo or film of a real scene gives blobs",
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
+    **MODEL_FACTS,
 )
 
 # Every model of this backend, keyed by its name, in the order `cosmos backends` lists them.

@@ -24,7 +24,8 @@ Expected folder: ``<checkpoint_dir>/Pixtral-12B/`` in either of two layouts.
    ``model.pt`` holds Mistral's own key names; :func:`convert_original_state_dict` maps them to the
    `transformers` names and permutes the query/key rows from Mistral's interleaved rotary layout to the
    half-split one. ``vision_encoder`` names a known ViT (:data:`VISION_ENCODERS`) or is a dict of
-   :class:`PixtralVisionParams` fields (small test models).
+   :class:`PixtralVisionParams` fields (small test models); both, and the config's keys, are
+   :mod:`.pixtral_convert`'s, which writes that folder.
 
 Behaviour follows the original (spec section 8): the input image (or the last video frame, chosen by the
 caller) is shrunk so that its longer side is at most 1024 px, the dialog is ``<s>[INST][IMG]\\n<instruction>[/INST]``
@@ -40,13 +41,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cosmos_cli.errors import CheckpointError, GenerationError, InputError
+
+from .pixtral_convert import CONFIG_KEYS, VISION_ENCODERS, PixtralVisionParams
 
 INSTRUCTION = (
     "Your task is to transform a given prompt into a refined and concise video description, no more than 150 words.\n"
@@ -63,31 +65,11 @@ PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_conf
 PROCESSOR_DIR = "mistral-community/pixtral-12b"  # relative to the checkpoint folder
 
 
-@dataclass(frozen=True)
-class PixtralVisionParams:
-    """The Pixtral vision encoder (defaults: the 400M ViT of Pixtral-12B, asserted by the original's converter)."""
-
-    hidden_size: int = 1024
-    intermediate_size: int = 4096
-    num_hidden_layers: int = 24
-    num_attention_heads: int = 16
-    num_channels: int = 3
-    image_size: int = 1024
-    patch_size: int = 16
-    rope_theta: float = 10000.0
-    image_token_id: int = 10
-
-
-VISION_ENCODERS = {"pixtral-12b-vit": PixtralVisionParams()}
-
-
 def _original_config_to_llava(cfg: dict):
     """A ``LlavaConfig`` from the original's ``config.json`` (its LLM keys plus a named or explicit ViT)."""
     from transformers import LlavaConfig, MistralConfig, PixtralVisionConfig
 
-    required = ("dim", "n_layers", "head_dim", "ffn_hidden_size", "n_heads", "n_kv_heads", "rope_theta", "norm_eps",
-                "vocab_size", "vision_encoder")
-    missing = [k for k in required if k not in cfg]
+    missing = [k for k in CONFIG_KEYS if k not in cfg]
     if missing:
         raise CheckpointError(f"Pixtral config.json lacks {', '.join(missing)}",
                               hint="Expected the config.json that the original download script writes next to model.pt.")

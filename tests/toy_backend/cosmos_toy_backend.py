@@ -13,7 +13,7 @@ from cosmos_cli.backend import Backend
 from cosmos_cli.errors import CheckpointError, UsageError
 from cosmos_cli.hookspecs import hookimpl
 from cosmos_cli.jobs import GenerationResult
-from cosmos_cli.specs import NETWORK, CheckpointFile, Component, ModelSpec
+from cosmos_cli.specs import NETWORK, CheckpointFile, Component, ModelSpec, PixelNormalisation
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ SPEC = ModelSpec(
     components=(Component(NETWORK, ("denoise",), num_params=TOY.num_params, dtype="float32",
                           activation_bytes=(("denoise", 4 * TOY.channels * 5 * 16 * 16 * 4),)),),
     num_frames=5, height=16, width=16, fps=8, num_steps=2, input_frames=(1,), default_input_frames=1,
-    stages=("denoise",), strategies=("resident", "offload-all"), hidden=True)  # its placements: gpu, and swap for its one component
+    stages=("denoise",), strategies=("resident", "offload-all"), hidden=True,  # its placements: gpu, and swap for its one component
+    input_normalisation=PixelNormalisation(scale=2 / 255, offset=-1.0))  # [0, 255] onto [-1, 1]; no negative prompt
 
 
 def build_network(p: ToyParams):
@@ -93,7 +94,8 @@ class ToyPipeline:
 
         s = self.spec
         with torch.inference_mode():
-            cond = frames_to_tensor(read_frames(job.visual_input, job.num_input_frames), s.height, s.width)
+            cond = frames_to_tensor(read_frames(job.visual_input, job.num_input_frames), s.height, s.width,
+                                    normalisation=s.input_normalisation)
             x = cond[:, :, -1:].repeat(1, 1, s.num_frames, 1, 1).to(self.device)  # (1, 3, T, H, W)
             x = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(job.seed)).to(self.device)
             tokens = torch.tensor([list((job.prompt or "").encode()[:64] or b" ")], device=self.device)

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # tools/ is not an installed package
     sys.path.insert(0, str(REPO))
 
-from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT, GenerationJob  # noqa: E402
+from cosmos_cli.jobs import GenerationJob  # noqa: E402
 from cosmos_cli.media import frames_to_tensor  # noqa: E402
 from cosmos_cli.planner import plan_memory  # noqa: E402
 from cosmos_cli.progress import NullProgress  # noqa: E402
@@ -75,7 +75,7 @@ def flip_direction(caption: str) -> str:
 
 @torch.inference_mode()
 def generate(pipe: Predict1Pipeline, input_frames: np.ndarray, prompt: str, *, num_steps: int = 35,
-             guidance: float | None = None, seed: int = 1, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+             guidance: float | None = None, seed: int = 1, negative_prompt: str | None = None,
              condition_frames: int | None = None) -> np.ndarray:
     """The pipeline's video (T, H, W, 3) uint8 for ``input_frames`` (n, H, W, 3) uint8 and ``prompt``.
 
@@ -85,11 +85,13 @@ def generate(pipe: Predict1Pipeline, input_frames: np.ndarray, prompt: str, *, n
     conditioning; for tests).
     """
     spec = pipe.spec
+    negative_prompt = spec.default_negative_prompt if negative_prompt is None else negative_prompt
     n = len(input_frames)
     job = GenerationJob(visual_input=Path("<memory>"), prompt=prompt, negative_prompt=negative_prompt, seed=seed,
                         num_input_frames=n, guidance=spec.guidance if guidance is None else guidance,
                         num_steps=num_steps, fps=spec.fps)
-    pixels = frames_to_tensor(np.ascontiguousarray(input_frames), spec.height, spec.width, resize=job.resize)
+    pixels = frames_to_tensor(np.ascontiguousarray(input_frames), spec.height, spec.width, resize=job.resize,
+                             normalisation=spec.input_normalisation)
     pixels = torch.nn.functional.pad(pixels, (0, 0, 0, 0, 0, spec.num_frames - n))
     with pipe.tokenizer.active() as tok:
         dtype = next(tok.parameters()).dtype

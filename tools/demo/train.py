@@ -71,12 +71,11 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # tools/ is not an installed package
     sys.path.insert(0, str(REPO))
 
-from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT  # noqa: E402
 from cosmos_cli.specs import NETWORK, TEXT_ENCODER, TOKENIZER  # noqa: E402
 from cosmos_plugins.predict1 import sampler as S  # noqa: E402
 from cosmos_plugins.predict1.fixtures import DEFAULT_WORDS  # noqa: E402
 from cosmos_plugins.predict1.network import PosTables, VideoExtendGeneralDIT  # noqa: E402
-from cosmos_plugins.predict1.specs import PREDICT1_DEMO  # noqa: E402
+from cosmos_plugins.predict1.specs import DEFAULT_NEGATIVE_PROMPT, PREDICT1_DEMO  # noqa: E402
 from tools.demo.scenes import (  # noqa: E402
     BACKGROUNDS,
     FPS,
@@ -153,8 +152,8 @@ def caption_words() -> list[str]:
 
 
 def pixels(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) -> (B, 3, T, H, W) float32 ``x / 128 - 1``, the normalisation of
-    :func:`cosmos_cli.media.frames_to_tensor` (and of the original)."""
+    """uint8 (B, T, H, W, 3) -> (B, 3, T, H, W) float32 ``x / 128 - 1``, the Predict1 specs' normalisation
+    (``ModelSpec.input_normalisation``, applied by :func:`cosmos_cli.media.frames_to_tensor`; the original's)."""
     return frames.permute(0, 4, 1, 2, 3).float() / 128.0 - 1.0
 
 
