@@ -35,6 +35,7 @@ from .params import (
     t5_params,
     tokenizer_activation_bytes,
 )
+from .strategies import PLAN_FLAGS, STRATEGIES
 
 BACKEND_ID = "predict1"
 
@@ -252,6 +253,8 @@ PREDICT1_7B = ModelSpec(
     step_flops=_step_flops(DIT_7B, _LATENT, T5_11B.max_length),
     expects="real-world video (driving, robotics, people, nature) at 1280x704, about 16:9",
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
+    strategies=STRATEGIES,
+    plan_flags=PLAN_FLAGS,
 )
 
 PREDICT1_14B = replace(
@@ -299,6 +302,8 @@ PREDICT1_TINY = ModelSpec(
     height=32,
     width=32,
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
+    strategies=STRATEGIES,
+    plan_flags=PLAN_FLAGS,
 )
 
 
@@ -345,6 +350,8 @@ PREDICT1_DEMO = ModelSpec(
     expects="a square 128x128 picture of one ball or box on a plain floor (the procedural clips it was trained on); "
             "a photo or film of a real scene gives blobs",
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
+    strategies=STRATEGIES,
+    plan_flags=PLAN_FLAGS,
 )
 
 # Every model of this backend, keyed by its name, in the order `cosmos backends` lists them.
