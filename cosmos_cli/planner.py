@@ -99,7 +99,7 @@ def check_strategy(spec: ModelSpec, strategy: str) -> None:
         return
     names = ", ".join(s.name for s in strategies_for(spec))
     raise MemoryPlanError(f"unknown memory strategy {strategy!r}: the {spec.backend} backend of {spec.name} "
-                          f"implements {names}", hint="Use --offload auto or one of those.")
+                          f"implements {names}", hint=f"Use --offload auto or one of: {names}.")
 
 
 def leaner_strategy(name: str, spec: ModelSpec) -> str | None:

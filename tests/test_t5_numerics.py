@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from cosmos_cli.jobs import DEFAULT_NEGATIVE_PROMPT
-from cosmos_cli.planner import STRATEGIES, STREAM_BLOCKS_IN_FLIGHT, plan_memory
+from cosmos_cli.planner import STREAM_BLOCKS_IN_FLIGHT, plan_memory
 from cosmos_cli.specs import DTYPE_BYTES, TEXT_ENCODER
 from cosmos_plugins.predict1 import bundled_checkpoint_dir
 from cosmos_plugins.predict1.params import t5_params
 from cosmos_plugins.predict1.pipeline import NUMERICS, Predict1Pipeline, text_encoder_dtype
 from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B, PREDICT1_DEMO, SPECS, T5_DEMO
+from cosmos_plugins.predict1.strategies import STRATEGIES
 from cosmos_plugins.predict1.text_encoder import T5TextEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
