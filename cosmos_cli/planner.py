@@ -1,12 +1,12 @@
 """The offload planner: a pure function from (GPU memory, model spec, request) to a memory plan.
 
-A *strategy* says where each component lives at each stage of a generation. Strategies are ordered from
-the fastest (everything resident on the GPU) to the leanest. The first five offloading strategies are the
-original project's five ``--offload_*`` levels, in the order of its published memory table; the leaner
-ones go further: the network's blocks streamed from host memory with the prompt upsampler and guardrails on
-the CPU (``stream``), one guidance branch at a time (``stream-sequential``), and the T5 encoder's layers streamed
-too with the network's attention and MLP over chunks of tokens (``stream-lean``). Every strategy runs the tokenizer over
-chunks of frames: the result is the same up to rounding, it costs about a second, and it saves ~25 GiB.
+A *strategy* (:class:`cosmos_cli.specs.Strategy`) says where each component lives at each stage of a generation.
+The strategies are data a backend provides, ``ModelSpec.strategies``, ordered from the fastest (everything resident
+on the GPU) to the leanest; the planner knows none of its own (Predict1's: ``cosmos_plugins.predict1.strategies``).
+A strategy may also run a component in a *variant* (``Strategy.variants``, component -> variant name): the planner
+then reads that component's ``<stage>_<variant>`` activation figures, the plan carries the mapping
+(``MemoryPlan.variants``) and the backend alone knows what the variant means. ``ModelSpec.plan_flags`` names the
+boolean JSON keys a backend shows for its variants.
 
 Placements:
 
@@ -14,7 +14,7 @@ Placements:
 * ``swap``: on the GPU only for its own stages, parked in pinned host memory in between (the original
   deletes and reloads from disk instead: the same GPU peak, a slower batch);
 * ``cpu``: kept and computed on the CPU;
-* ``stream``: transformer blocks (of the network, or T5's layers) live in pinned host memory and are copied to
+* ``stream``: transformer blocks (of the network, or of another component with blocks) live in pinned host memory and are copied to
   the GPU a block or two ahead of the computation; the rest of the model is resident during its stage;
 * ``map``: the network's blocks stream as under ``stream``, but from the memory-mapped checkpoint file: a side
   thread reads each block ahead into a small pinned staging ring, which is copied to the GPU. No host copy of the
