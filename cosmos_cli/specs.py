@@ -13,9 +13,6 @@ from typing import Any
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "uint8": 1}
 
-# Stages of one Video2World generation, in the order they run: the default of ``ModelSpec.stages``.
-STAGES = ("upsample", "text_guardrail", "encode_text", "encode_video", "denoise", "decode", "video_guardrail")
-
 # Component names the planner knows; a spec lists the ones its model has.
 UPSAMPLER, GUARDRAIL, TEXT_ENCODER, TOKENIZER, NETWORK = (
     "prompt_upsampler",
@@ -179,8 +176,8 @@ class ModelSpec:
     # What inputs the model was trained on, in a few words ("photos and videos of real scenes"): shown with the
     # warning when an input is far from the model's size or aspect ("" : nothing to add).
     expects: str = ""
-    # The stages of one generation in the order they run (None: :data:`STAGES`); the planner plans these and then
-    # any other stage a component names, in the order the components name them.
+    # The stages of one generation in the order they run (None: as the components name them, in their order); the
+    # planner plans these and then any other stage a component names, in the order the components name them.
     stages: tuple[str, ...] | None = None
     # The memory strategies this backend implements, fastest first (each leaner, or as lean on the GPU, than the one
     # before): the only ones `--offload auto` may pick, `memory-plan` lists and an explicit `--offload` accepts.
@@ -196,7 +193,7 @@ class ModelSpec:
 
     def stage_order(self) -> tuple[str, ...]:
         """Every stage the planner plans for this model, in the order they run (:attr:`stages`, then the others)."""
-        order = list(STAGES if self.stages is None else self.stages)
+        order = list(self.stages or ())
         for c in self.components:
             order += [s for s in c.stages if s not in order]
         return tuple(order)

@@ -56,6 +56,7 @@ def fake_spec(name: str = "Fake-Video2World", **overrides) -> ModelSpec:
                       activation_bytes_sequential=2 * GiB, num_blocks=8, block_params=GiB // 2),
         ),
         input_frames=(1, 9),
+        stages=("encode_text", "encode_video", "denoise", "decode"),
         strategies=STRATEGIES,  # the planner's tests reason with Predict1's strategies
     )
     base.update(overrides)

@@ -236,6 +236,9 @@ GUARDRAIL_DISABLED_WARNING = (
     "its guardrails; you are responsible for what you generate."
 )
 
+# The stages of one Video2World generation, in the order they run (ModelSpec.stages).
+STAGES = ("upsample", "text_guardrail", "encode_text", "encode_video", "denoise", "decode", "video_guardrail")
+
 _LATENT = (16, 88, 160)  # latent T, H, W of the default job (121 x 704 x 1280)
 
 PREDICT1_7B = ModelSpec(
@@ -253,6 +256,7 @@ PREDICT1_7B = ModelSpec(
     step_flops=_step_flops(DIT_7B, _LATENT, T5_11B.max_length),
     expects="real-world video (driving, robotics, people, nature) at 1280x704, about 16:9",
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
+    stages=STAGES,
     strategies=STRATEGIES,
     plan_flags=PLAN_FLAGS,
 )
@@ -302,6 +306,7 @@ PREDICT1_TINY = ModelSpec(
     height=32,
     width=32,
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
+    stages=STAGES,
     strategies=STRATEGIES,
     plan_flags=PLAN_FLAGS,
 )
@@ -350,6 +355,7 @@ PREDICT1_DEMO = ModelSpec(
     expects="a square 128x128 picture of one ball or box on a plain floor (the procedural clips it was trained on); "
             "a photo or film of a real scene gives blobs",
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
+    stages=STAGES,
     strategies=STRATEGIES,
     plan_flags=PLAN_FLAGS,
 )
