@@ -282,8 +282,9 @@ def main() -> None:
     device = torch.device(args.device)
     spec = {"7B": PREDICT1_7B, "14B": PREDICT1_14B, "tiny": PREDICT1_TINY}[args.model]
     if spec.component(UPSAMPLER) is None:  # the tiny spec: give it small stand-ins so every stage runs
-        spec = replace(spec, components=(Component(UPSAMPLER, ("upsample",), 1000),
-                                         Component(GUARDRAIL, ("text_guardrail", "video_guardrail"), 1000),
+        spec = replace(spec, components=(Component(UPSAMPLER, ("upsample",), 1000, left_out_by="upsampler"),
+                                         Component(GUARDRAIL, ("text_guardrail", "video_guardrail"), 1000,
+                                                   left_out_by="guardrail"),
                                          *spec.components))
     media.write_video = lambda path, frames, fps, **kw: Path(path)  # no mp4 encoding (CPU time, not memory)
     free, total = torch.cuda.mem_get_info(device) if device.type == "cuda" else (None, None)

@@ -46,9 +46,8 @@ from dataclasses import dataclass, field
 
 from cosmos_cli.errors import MemoryPlanError
 from cosmos_cli.specs import (
-    GUARDRAIL,
     NETWORK,
-    UPSAMPLER,
+    OPTIONAL_SWITCHES,
     Component,
     ModelSpec,
     Strategy,
@@ -256,6 +255,12 @@ def _activation_bytes(c: Component, placement: str, stage: str, strategy: Strate
     return act
 
 
+def _run_components(spec: ModelSpec, *, upsampler: bool, guardrail: bool) -> list[Component]:
+    """``spec``'s components less those the request leaves out (``Component.left_out_by``)."""
+    off = {switch for switch, on in (("upsampler", upsampler), ("guardrail", guardrail)) if not on}
+    return [c for c in spec.components if c.left_out_by not in off]
+
+
 def margin_for(vram_bytes: int) -> int:
     """What must stay free above the predicted peak on a GPU with ``vram_bytes`` available."""
     return RUNTIME_OVERHEAD_BYTES + max(MIN_MARGIN_BYTES, int(vram_bytes * MARGIN_FRACTION))
@@ -264,8 +269,7 @@ def margin_for(vram_bytes: int) -> int:
 def evaluate(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True, guardrail: bool = True,
              num_gpus: int = 1) -> tuple[int, tuple[ComponentPlan, ...], tuple[tuple[str, int], ...]]:
     """Predicted peak bytes per stage for one strategy (no fitting decision)."""
-    comps = [c for c in spec.components
-             if not (c.name == UPSAMPLER and not upsampler) and not (c.name == GUARDRAIL and not guardrail)]
+    comps = _run_components(spec, upsampler=upsampler, guardrail=guardrail)
     plans = tuple(ComponentPlan(c.name, strategy.placement(c.name), c.weight_bytes, c.stages) for c in comps)
     stage_peaks = []
     for stage in spec.stage_order():
@@ -298,8 +302,7 @@ def _host_held(c: Component, placement: str) -> tuple[int, int]:
 def evaluate_host(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True, guardrail: bool = True,
                   num_gpus: int = 1) -> HostUse:
     """The host memory one strategy commits and maps (module doc), for ``num_gpus`` processes on one machine."""
-    comps = [c for c in spec.components
-             if not (c.name == UPSAMPLER and not upsampler) and not (c.name == GUARDRAIL and not guardrail)]
+    comps = _run_components(spec, upsampler=upsampler, guardrail=guardrail)
     held = []
     committed = mapped = 0
     for c in comps:
@@ -332,15 +335,13 @@ def ram_needed(host_peak_bytes: int) -> int:
     return max(host_peak_bytes + MIN_HOST_MARGIN_BYTES, -(-host_peak_bytes * 100 // int(100 * (1 - HOST_MARGIN_FRACTION))))
 
 
-_FLAG_LEAVING_OUT = {UPSAMPLER: "--no-upsampler", GUARDRAIL: "--no-guardrail"}
-
-
-def host_advice(use: HostUse) -> str:
+def host_advice(use: HostUse, spec: ModelSpec) -> str:
     """What to do when ``use`` does not fit the host: the models that can be left out, then more RAM."""
     gib = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
     held = sorted(use.held, key=lambda h: -h[2])
-    drop = [f"{_FLAG_LEAVING_OUT[n]} leaves out the {n.replace('_', ' ')} ({gib(b)} {'on the CPU' if p == 'cpu' else 'pinned'})"
-            for n, p, b in held if n in _FLAG_LEAVING_OUT]
+    leaving_out = {c.name: OPTIONAL_SWITCHES[c.left_out_by] for c in spec.components if c.left_out_by}
+    drop = [f"{leaving_out[n]} leaves out the {n.replace('_', ' ')} ({gib(b)} {'on the CPU' if p == 'cpu' else 'pinned'})"
+            for n, p, b in held if n in leaving_out]
     biggest = ", ".join(f"{n.replace('_', ' ')} {gib(b)}" for n, _, b in held[:3])
     more = (f"or give this process at least {gib(ram_needed(use.peak_bytes))} of RAM (close other programs; raise the "
             f"container's or job's memory limit)")
@@ -435,7 +436,7 @@ def plan_memory(
         if host_fits(s.name) is False:
             raise MemoryPlanError(f"strategy {asked} needs about {gib(hosts[s.name].peak_bytes)} of host memory "
                                   f"(+{gib(host_margin)} margin) but only {gib(ram_bytes)} is available",
-                                  hint=use_instead if fitting else host_advice(hosts[s.name]))
+                                  hint=use_instead if fitting else host_advice(hosts[s.name], spec))
         return build(s, peak, comps, stages, f"{asked} was asked for and fits: {gib(peak)} predicted peak + "
                                              f"{gib(margin)} margin <= {gib(vram_bytes)}{host_note(s)}")
 
@@ -464,4 +465,4 @@ def plan_memory(
     return build(s, peak, comps, stages,
                  f"nothing fits in {gib(ram_bytes)} of host memory: of the strategies that fit the GPU, the leanest in "
                  f"host memory, {s.name}, holds about {gib(use.peak_bytes)} + {gib(host_margin)} margin",
-                 hint=host_advice(use))
+                 hint=host_advice(use, spec))

@@ -20,7 +20,7 @@ import pluggy
 from cosmos_cli import hookspecs
 from cosmos_cli.backend import Backend
 from cosmos_cli.errors import PluginError, UnknownModelError
-from cosmos_cli.specs import PLACEMENTS, ModelSpec, Strategy
+from cosmos_cli.specs import OPTIONAL_SWITCHES, PLACEMENTS, ModelSpec, Strategy
 
 ENTRY_POINT_GROUP = "cosmos"
 
@@ -93,7 +93,8 @@ def backends() -> list[Backend]:
 
 def _check_strategies(backend: str, spec: ModelSpec) -> None:
     """A spec's strategies (``ModelSpec.strategies``): at least one, each a :class:`Strategy` of its own name with
-    known placements; anything else is a malformed plugin, said in one line when the backends load."""
+    known placements; and its components' ``left_out_by`` switches known. Anything else is a malformed plugin, said
+    in one line when the backends load."""
     where = f"backend {backend!r}: {spec.name}"
     if not spec.strategies:
         raise PluginError(f"{where} declares no memory strategy",
@@ -109,6 +110,10 @@ def _check_strategies(backend: str, spec: ModelSpec) -> None:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise PluginError(f"{where} lists memory strategies of one name twice: {twice}")
+    switches = sorted({c.left_out_by for c in spec.components if c.left_out_by} - set(OPTIONAL_SWITCHES))
+    if switches:
+        raise PluginError(f"{where}: a component is left out by unknown switches {switches}",
+                          hint=f"Component.left_out_by is one of: {', '.join(OPTIONAL_SWITCHES)} (or empty).")
 
 
 def all_models(include_hidden: bool = False) -> list[tuple[Backend, ModelSpec]]:

@@ -75,7 +75,8 @@ class Component:
     its benchmark's figures on one component; ``memory-plan`` shows them next to the predictions).
     ``loaded_on_host``: the backend's loader builds the model in host memory before moving it where it is placed
     (``transformers``' ``from_pretrained``), so loading it holds its weights in host RAM for a while even when it
-    is placed on the GPU (the planner's host peak counts that).
+    is placed on the GPU (the planner's host peak counts that). ``left_out_by``: the request's switch that leaves this
+    component out of a run (:data:`OPTIONAL_SWITCHES`; "": always part of it).
     """
 
     name: str
@@ -89,6 +90,7 @@ class Component:
     cpu_capable: bool = False
     measured_peak_bytes: tuple[tuple[str, int], ...] = ()
     loaded_on_host: bool = False
+    left_out_by: str = ""
 
     @property
     def weight_bytes(self) -> int:
@@ -104,6 +106,10 @@ class Component:
         figures = dict(self.activation_bytes)
         return (figures.get(f"{stage}_{variant}", 0) if variant else 0) or figures.get(stage, 0)
 
+
+# The request's switches that leave an optional component out of a run (``Component.left_out_by`` names one), and the
+# flag that sets each: `--disable-prompt-upsampler` / `--no-upsampler`, `--disable-guardrail` / `--no-guardrail`.
+OPTIONAL_SWITCHES = {"upsampler": "--no-upsampler", "guardrail": "--no-guardrail"}
 
 # Where a strategy may put a component (cosmos_cli.planner's module doc says what each means).
 PLACEMENTS = ("gpu", "swap", "cpu", "stream", "map")

@@ -160,8 +160,8 @@ def test_an_offload_it_lacks_is_one_line_naming_what_it_has(toy_installed, tmp_p
 
 
 def test_a_spec_naming_an_unknown_strategy_is_refused_when_loaded(toy_installed, monkeypatch):
-    """A malformed ``ModelSpec.strategies`` (a bare name, none, one name twice, an unknown placement) is a malformed
-    plugin, said in one line when the backends load."""
+    """A malformed ``ModelSpec.strategies`` (a bare name, none, one name twice, an unknown placement), or a component
+    left out by a switch there is not, is a malformed plugin, said in one line when the backends load."""
     from cosmos_cli import registry
     from cosmos_cli.errors import PluginError
 
@@ -175,3 +175,7 @@ def test_a_spec_naming_an_unknown_strategy_is_refused_when_loaded(toy_installed,
         monkeypatch.setattr(toy_installed.ToyBackend, "models", lambda self, b=bad: (replace(spec, strategies=b),))
         with pytest.raises(PluginError, match=said):
             registry.backends()
+    optional = replace(spec, components=(replace(spec.components[0], left_out_by="watermark"),))
+    monkeypatch.setattr(toy_installed.ToyBackend, "models", lambda self: (optional,))
+    with pytest.raises(PluginError, match=r"left out by unknown switches \['watermark'\]"):
+        registry.backends()

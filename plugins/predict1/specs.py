@@ -105,13 +105,15 @@ def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, 
         # loaded_on_host: T5, Pixtral and the guardrail models are built by transformers' from_pretrained on the
         # CPU, then moved (text_encoder.py, upsampler.py, guardrails.py)
         Component(UPSAMPLER, ("upsample",), upsampler_params, activation_bytes=(("upsample", GiB),),
-                  cpu_capable=True, loaded_on_host=True),
+                  cpu_capable=True, loaded_on_host=True, left_out_by="upsampler"),
         # Two entries of one component: the text check (LlamaGuard) and the video check (SigLIP, RetinaFace) are
         # placed alike but each moves only its own models to the GPU when swapped.
         Component(GUARDRAIL, ("text_guardrail",), guardrail_params - video_guardrail,
-                  activation_bytes=(("text_guardrail", GiB),), cpu_capable=True, loaded_on_host=True),
+                  activation_bytes=(("text_guardrail", GiB),), cpu_capable=True, loaded_on_host=True,
+                  left_out_by="guardrail"),
         Component(GUARDRAIL, ("video_guardrail",), video_guardrail,
-                  activation_bytes=(("video_guardrail", 2 * GiB),), cpu_capable=True, loaded_on_host=True),
+                  activation_bytes=(("video_guardrail", 2 * GiB),), cpu_capable=True, loaded_on_host=True,
+                  left_out_by="guardrail"),
         Component(TEXT_ENCODER, ("encode_text",), t5_params(t5), dtype=TEXT_ENCODER_DTYPE,
                   activation_bytes=(("encode_text", t5_activation_bytes(t5)),), cpu_capable=True,
                   num_blocks=t5.num_layers, block_params=t5_layer_params(t5), loaded_on_host=True),
