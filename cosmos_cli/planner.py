@@ -2,7 +2,7 @@
 
 A *strategy* (:class:`cosmos_cli.specs.Strategy`) says where each component lives at each stage of a generation.
 The strategies are data a backend provides, ``ModelSpec.strategies``, ordered from the fastest (everything resident
-on the GPU) to the leanest; the planner knows none of its own (Predict1's: ``cosmos_plugins.predict1.strategies``).
+on the GPU) to the leanest; the planner knows none of its own (Predict1's: plugins/predict1/strategies.py).
 A strategy may also run a component in a *variant* (``Strategy.variants``, component -> variant name): the planner
 then reads that component's ``<stage>_<variant>`` activation figures, the plan carries the mapping
 (``MemoryPlan.variants``) and the backend alone knows what the variant means. ``ModelSpec.plan_flags`` names the
