@@ -14,8 +14,8 @@ Placements:
 * ``swap``: on the GPU only for its own stages, parked in pinned host memory in between (the original
   deletes and reloads from disk instead: the same GPU peak, a slower batch);
 * ``cpu``: kept and computed on the CPU;
-* ``stream``: transformer blocks (of the network, or of another component with blocks) live in pinned host memory and are copied to
-  the GPU a block or two ahead of the computation; the rest of the model is resident during its stage;
+* ``stream``: transformer blocks (of the network, or of another component with blocks) live in pinned host
+  memory and are copied to the GPU a block or two ahead of the computation; the rest of the model is resident during its stage;
 * ``map``: the network's blocks stream as under ``stream``, but from the memory-mapped checkpoint file: a side
   thread reads each block ahead into a small pinned staging ring, which is copied to the GPU. No host copy of the
   blocks is made; the file's pages live in the page cache, which the kernel may drop (they are then read from disk

@@ -55,8 +55,9 @@ class BackendConformance:
 
     def exact(self, plan) -> bool:
         """Whether ``plan`` runs the very kernels the resident plan runs, so that its frames must be equal bit for
-        bit (the rule of tests/test_offload.py: both guidance branches batched and the network in no variant of its forward; a
-        backend whose placements only move weights overrides this to always True)."""
+        bit (the rule of tests/test_offload.py: both guidance branches batched and the network in no variant of its
+        forward, ``MemoryPlan.variant``; a backend whose placements only move weights overrides this to always
+        True)."""
         return plan.cfg_batched and plan.variant(NETWORK) is None
 
     def write_checkpoint(self, root: Path) -> None:

@@ -167,7 +167,7 @@ def test_a_spec_naming_an_unknown_strategy_is_refused_when_loaded(toy_installed,
 
     spec = toy_installed.SPEC
     resident, offload_all = spec.strategies
-    for bad, said in (((resident, "offload-everything"), "lists 'offload-everything' as a memory strategy, which is not"),
+    for bad, said in (((resident, "offload-everything"), "lists 'offload-everything' as a memory strategy, which is"),
                       ((), "declares no memory strategy"),
                       ((resident, resident), r"of one name twice: \['resident'\]"),
                       ((replace(offload_all, placements=(("diffusion_transformer", "disk"),)),),
