@@ -45,11 +45,12 @@ from pathlib import Path
 import torch
 
 from cosmos_cli.gpu import parse_size
-from cosmos_cli.planner import HOST_RUNTIME_BYTES, STRATEGIES, evaluate_host
+from cosmos_cli.planner import HOST_RUNTIME_BYTES, evaluate_host
 from cosmos_cli.specs import NETWORK
 from cosmos_plugins.predict1 import offload as O
 from cosmos_plugins.predict1.checkpoint import load_network, write_random_checkpoint
 from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B, PREDICT1_TINY
+from cosmos_plugins.predict1.strategies import STRATEGIES
 
 GiB = 1 << 30
 SPECS = {"7B": PREDICT1_7B, "14B": PREDICT1_14B, "tiny": PREDICT1_TINY}

@@ -40,7 +40,7 @@ from torch import nn
 import cosmos_cli.media as media
 from cosmos_cli.errors import MemoryPlanError
 from cosmos_cli.jobs import GenerationJob
-from cosmos_cli.planner import STRATEGIES, STRATEGY_NAMES, plan_memory
+from cosmos_cli.planner import plan_memory
 from cosmos_cli.progress import NullProgress
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, Component
 from cosmos_plugins.predict1.guardrails import Verdict
@@ -48,6 +48,7 @@ from cosmos_plugins.predict1.offload import Resident, park, parked_groups
 from cosmos_plugins.predict1.params import TOKENIZER_CHUNK_FRAMES
 from cosmos_plugins.predict1.pipeline import Predict1Pipeline
 from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B, PREDICT1_TINY
+from cosmos_plugins.predict1.strategies import STRATEGIES, STRATEGY_NAMES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generate import random_t5, random_tokenizer  # noqa: E402
@@ -281,8 +282,9 @@ def main() -> None:
     device = torch.device(args.device)
     spec = {"7B": PREDICT1_7B, "14B": PREDICT1_14B, "tiny": PREDICT1_TINY}[args.model]
     if spec.component(UPSAMPLER) is None:  # the tiny spec: give it small stand-ins so every stage runs
-        spec = replace(spec, components=(Component(UPSAMPLER, ("upsample",), 1000),
-                                         Component(GUARDRAIL, ("text_guardrail", "video_guardrail"), 1000),
+        spec = replace(spec, components=(Component(UPSAMPLER, ("upsample",), 1000, left_out_by="upsampler"),
+                                         Component(GUARDRAIL, ("text_guardrail", "video_guardrail"), 1000,
+                                                   left_out_by="guardrail"),
                                          *spec.components))
     media.write_video = lambda path, frames, fps, **kw: Path(path)  # no mp4 encoding (CPU time, not memory)
     free, total = torch.cuda.mem_get_info(device) if device.type == "cuda" else (None, None)

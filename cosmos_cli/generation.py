@@ -200,11 +200,11 @@ def plan_request(spec: ModelSpec, req: GenerateRequest, free_bytes: int | None,
     return plan
 
 
-def asked_strategy(req: GenerateRequest, spec: ModelSpec | None = None) -> tuple[str, str | None]:
+def asked_strategy(req: GenerateRequest, spec: ModelSpec) -> tuple[str, str | None]:
     """The strategy ``--offload`` and the original's five flags ask for, and which flags asked (for messages); one
     ``spec``'s backend does not implement is refused in one line naming the ones it does."""
     strategy = req.offload
-    from_flags = strategy_for_original_flags(set(req.original_offload_flags))
+    from_flags = strategy_for_original_flags(set(req.original_offload_flags), spec)
     asked_by = None
     if from_flags is not None:
         given = ", ".join("--" + f for f in sorted(req.original_offload_flags))

@@ -1,12 +1,12 @@
 """The offload planner: a pure function from (GPU memory, model spec, request) to a memory plan.
 
-A *strategy* says where each component lives at each stage of a generation. Strategies are ordered from
-the fastest (everything resident on the GPU) to the leanest. The first five offloading strategies are the
-original project's five ``--offload_*`` levels, in the order of its published memory table; the leaner
-ones go further: the network's blocks streamed from host memory with the prompt upsampler and guardrails on
-the CPU (``stream``), one guidance branch at a time (``stream-sequential``), and the T5 encoder's layers streamed
-too with the network's attention and MLP over chunks of tokens (``stream-lean``). Every strategy runs the tokenizer over
-chunks of frames: the result is the same up to rounding, it costs about a second, and it saves ~25 GiB.
+A *strategy* (:class:`cosmos_cli.specs.Strategy`) says where each component lives at each stage of a generation.
+The strategies are data a backend provides, ``ModelSpec.strategies``, ordered from the fastest (everything resident
+on the GPU) to the leanest; the planner knows none of its own (Predict1's: plugins/predict1/strategies.py).
+A strategy may also run a component in a *variant* (``Strategy.variants``, component -> variant name): the planner
+then reads that component's ``<stage>_<variant>`` activation figures, the plan carries the mapping
+(``MemoryPlan.variants``) and the backend alone knows what the variant means. ``ModelSpec.plan_flags`` names the
+boolean JSON keys a backend shows for its variants.
 
 Placements:
 
@@ -14,8 +14,8 @@ Placements:
 * ``swap``: on the GPU only for its own stages, parked in pinned host memory in between (the original
   deletes and reloads from disk instead: the same GPU peak, a slower batch);
 * ``cpu``: kept and computed on the CPU;
-* ``stream``: transformer blocks (of the network, or T5's layers) live in pinned host memory and are copied to
-  the GPU a block or two ahead of the computation; the rest of the model is resident during its stage;
+* ``stream``: transformer blocks (of the network, or of another component with blocks) live in pinned host
+  memory and are copied to the GPU a block or two ahead of the computation; the rest of the model is resident during its stage;
 * ``map``: the network's blocks stream as under ``stream``, but from the memory-mapped checkpoint file: a side
   thread reads each block ahead into a small pinned staging ring, which is copied to the GPU. No host copy of the
   blocks is made; the file's pages live in the page cache, which the kernel may drop (they are then read from disk
@@ -46,13 +46,11 @@ from dataclasses import dataclass, field
 
 from cosmos_cli.errors import MemoryPlanError
 from cosmos_cli.specs import (
-    GUARDRAIL,
     NETWORK,
-    TEXT_ENCODER,
-    TOKENIZER,
-    UPSAMPLER,
+    OPTIONAL_SWITCHES,
     Component,
     ModelSpec,
+    Strategy,
 )
 
 GiB = 1 << 30
@@ -80,110 +78,30 @@ MIN_HOST_MARGIN_BYTES = 1 * GiB
 HOST_IO_BYTES_PER_PIXEL = 3 * (1 + 4 + 1)
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """A named set of placements, plus how the network and tokenizer run under it."""
-
-    name: str
-    description: str
-    placements: tuple[tuple[str, str], ...]
-    cfg_batched: bool = True
-    tiled_tokenizer: bool = False
-    original_flags: tuple[str, ...] = ()
-    lean_network: bool = False
-    # where a component no placement names lives: a backend's own component names (beyond the five above) are
-    # offloaded by the strategies that offload every model (offload-all, the stream ones), resident under the others
-    others: str = "gpu"
-
-    def placement(self, component: str) -> str:
-        return dict(self.placements).get(component, self.others)
-
-    @property
-    def mapped(self) -> bool:
-        """Streams from the mapped checkpoint file: the same GPU memory as its pinned twin, less host memory."""
-        return any(p == "map" for _, p in self.placements)
+def strategies_for(spec: ModelSpec) -> tuple[Strategy, ...]:
+    """The strategies ``spec``'s backend implements (:attr:`ModelSpec.strategies`), fastest first."""
+    if not spec.strategies:
+        raise MemoryPlanError(f"{spec.name} declares no memory strategy",
+                              hint="A spec lists the strategies its backend implements in ModelSpec.strategies.")
+    return spec.strategies
 
 
-def _strategy(name, description, *, swap=(), cpu=(), stream=(), mapped=(), cfg_batched=True, tiled=True, flags=(),
-              lean=False):
-    placements = (tuple((c, "swap") for c in swap) + tuple((c, "cpu") for c in cpu)
-                  + tuple((c, "stream") for c in stream) + tuple((c, "map") for c in mapped))
-    everything = {c for c, _ in placements} >= {_UPS, _GRD, _TXT, _TOK, _NET}  # every core component moved
-    return Strategy(name, description, placements, cfg_batched, tiled, tuple(flags), lean,
-                    others="swap" if everything else "gpu")
+def strategy_named(spec: ModelSpec, name: str) -> Strategy | None:
+    """``spec``'s strategy called ``name`` (None: its backend implements none of that name)."""
+    return next((s for s in strategies_for(spec) if s.name == name), None)
 
 
-_UPS, _GRD, _TXT, _TOK, _NET = UPSAMPLER, GUARDRAIL, TEXT_ENCODER, TOKENIZER, NETWORK
-
-# A strategy is listed only once the backend runs it (cosmos_plugins.predict1.offload); every one is measured by
-# benchmarks/bench_memory.py (the stream-mapped ones by benchmarks/bench_hostram.py). Each stream-mapped strategy
-# follows its pinned twin: the same GPU memory (so the list stays ordered by GPU peak), slower where the page cache
-# cannot hold the network's file, and chosen when host RAM cannot hold the pinned copy.
-STRATEGIES: tuple[Strategy, ...] = (
-    _strategy("resident", "every model stays on the GPU"),
-    _strategy("offload-upsampler", "the prompt upsampler is on the GPU only while it runs",
-              swap=(_UPS,), flags=("--offload_prompt_upsampler",)),
-    _strategy("offload-guardrails", "+ the guardrail models are on the GPU only while they run",
-              swap=(_UPS, _GRD), flags=("--offload_prompt_upsampler", "--offload_guardrail_models")),
-    _strategy("offload-text-encoder", "+ the T5 text encoder is on the GPU only while it runs",
-              swap=(_UPS, _GRD, _TXT),
-              flags=("--offload_prompt_upsampler", "--offload_guardrail_models", "--offload_text_encoder_model")),
-    _strategy("offload-tokenizer", "+ the tokenizer is on the GPU only while it runs",
-              swap=(_UPS, _GRD, _TXT, _TOK),
-              flags=("--offload_prompt_upsampler", "--offload_guardrail_models", "--offload_text_encoder_model",
-                     "--offload_tokenizer")),
-    _strategy("offload-all", "+ the diffusion network is on the GPU only while it denoises, its two guidance "
-              "branches one after the other (all five original flags)", swap=(_UPS, _GRD, _TXT, _TOK, _NET),
-              cfg_batched=False,
-              flags=("--offload_prompt_upsampler", "--offload_guardrail_models", "--offload_text_encoder_model",
-                     "--offload_tokenizer", "--offload_diffusion_transformer")),
-    _strategy("stream", "the network's blocks stream from pinned host memory, copied a block or two ahead on a "
-              "side stream; prompt upsampler and guardrails on the CPU; T5 and tokenizer on the GPU only for "
-              "their stages", swap=(_TXT, _TOK), cpu=(_UPS, _GRD), stream=(_NET,)),
-    _strategy("stream-mapped", "stream, the network's blocks read from the memory-mapped checkpoint file (a side "
-              "thread reads ahead into a small pinned staging ring) instead of a pinned copy",
-              swap=(_TXT, _TOK), cpu=(_UPS, _GRD), mapped=(_NET,)),
-    _strategy("stream-sequential", "+ the two guidance branches one after the other",
-              swap=(_TXT, _TOK), cpu=(_UPS, _GRD), stream=(_NET,), cfg_batched=False),
-    _strategy("stream-mapped-sequential", "stream-sequential, the network's blocks read from the mapped file",
-              swap=(_TXT, _TOK), cpu=(_UPS, _GRD), mapped=(_NET,), cfg_batched=False),
-    _strategy("stream-lean", "+ T5's layers stream too; the network's attention and MLP over chunks of tokens",
-              swap=(_TOK,), cpu=(_UPS, _GRD), stream=(_TXT, _NET), cfg_batched=False, lean=True),
-    _strategy("stream-mapped-lean", "stream-lean, the network's blocks read from the mapped file",
-              swap=(_TOK,), cpu=(_UPS, _GRD), stream=(_TXT,), mapped=(_NET,), cfg_batched=False, lean=True),
-)
-
-STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
-
-
-def strategies_for(spec: ModelSpec | None) -> tuple[Strategy, ...]:
-    """The strategies ``spec``'s backend implements (``ModelSpec.strategies``), in :data:`STRATEGIES`' order
-    (None, or a spec that does not say: every one)."""
-    if spec is None or spec.strategies is None:
-        return STRATEGIES
-    unknown = sorted(set(spec.strategies) - set(STRATEGY_NAMES))
-    if unknown or not spec.strategies:
-        raise MemoryPlanError(f"{spec.name} declares unknown memory strategies {unknown}" if unknown else
-                              f"{spec.name} declares no memory strategy",
-                              hint=f"A spec's strategies are names from: {', '.join(STRATEGY_NAMES)}.")
-    return tuple(s for s in STRATEGIES if s.name in spec.strategies)
-
-
-def check_strategy(spec: ModelSpec | None, strategy: str) -> None:
+def check_strategy(spec: ModelSpec, strategy: str) -> None:
     """Refuse, in one line naming the ones there are, a strategy that is not ``auto`` and not one ``spec``'s
     backend implements."""
-    if strategy == "auto":
+    if strategy == "auto" or strategy_named(spec, strategy) is not None:
         return
-    names = [s.name for s in strategies_for(spec)]
-    if strategy in names:
-        return
-    if strategy not in STRATEGY_NAMES:
-        raise MemoryPlanError(f"unknown memory strategy {strategy!r}", hint=f"Use auto or one of: {', '.join(names)}.")
-    raise MemoryPlanError(f"the {spec.backend} backend of {spec.name} does not implement memory strategy {strategy!r}; "
-                          f"it implements {', '.join(names)}", hint="Use --offload auto or one of those.")
+    names = ", ".join(s.name for s in strategies_for(spec))
+    raise MemoryPlanError(f"unknown memory strategy {strategy!r}: the {spec.backend} backend of {spec.name} "
+                          f"implements {names}", hint=f"Use --offload auto or one of: {names}.")
 
 
-def leaner_strategy(name: str, spec: ModelSpec | None = None) -> str | None:
+def leaner_strategy(name: str, spec: ModelSpec) -> str | None:
     """The next strategy after ``name`` among those ``spec``'s backend implements (:func:`strategies_for`) that needs
     less GPU memory, of the same kind (pinned or mapped: a pinned strategy's mapped twin needs the same GPU memory;
     None after the leanest)."""
@@ -197,19 +115,23 @@ def leaner_strategy(name: str, spec: ModelSpec | None = None) -> str | None:
     return later[0] if later else None
 
 
-def strategy_for_original_flags(flags: set[str]) -> str | None:
-    """The leanest-needed strategy covering every flag given (None when no flag is set).
+def strategy_for_original_flags(flags: set[str], spec: ModelSpec) -> str | None:
+    """The first of ``spec``'s strategies whose original flags (:attr:`Strategy.original_flags`) include every flag
+    given (None when no flag is set).
 
-    The original's flags are independent booleans; each of our strategies includes the ones before it, so a
-    set of flags maps to the first strategy that offloads every component the flags name.
+    The original's flags are independent booleans; each of a backend's offloading strategies includes the ones
+    before it, so a set of flags maps to the first strategy that offloads every component the flags name. A set
+    no strategy of the backend covers is refused in one line naming the ones it implements.
     """
     if not flags:
         return None
-    for s in STRATEGIES[1:6]:
-        covered = {f.lstrip("-") for f in s.original_flags}
-        if flags <= covered:
+    for s in strategies_for(spec):
+        if s.original_flags and flags <= {f.lstrip("-") for f in s.original_flags}:
             return s.name
-    return "offload-all"
+    given = ", ".join("--" + f for f in sorted(flags))
+    raise MemoryPlanError(f"the {spec.backend} backend of {spec.name} has no memory strategy for the original flags "
+                          f"{given}; it implements {', '.join(s.name for s in strategies_for(spec))}",
+                          hint="Use --offload auto or one of those.")
 
 
 @dataclass(frozen=True)
@@ -242,11 +164,13 @@ class MemoryPlan:
     components: tuple[ComponentPlan, ...]
     stage_peaks: tuple[tuple[str, int], ...]
     cfg_batched: bool
-    tiled_tokenizer: bool
+    # component -> the variant it runs in under this strategy (Strategy.variants): the backend interprets them
+    variants: tuple[tuple[str, str], ...] = ()
     num_gpus: int = 1
     reason: str = ""
     alternatives: tuple[tuple[str, int, bool], ...] = field(default=(), compare=False)
-    lean_network: bool = False
+    # the spec's plan_flags, evaluated: (key, whether the plan runs that component in that variant), for to_json
+    flags: tuple[tuple[str, bool], ...] = ()
     # host memory (ram_bytes None: unknown, not checked; host_fits is then None)
     ram_bytes: int | None = None
     host_peak_bytes: int = 0
@@ -256,6 +180,10 @@ class MemoryPlan:
     # per strategy: (name, host peak, mapped bytes, fits the host or None when the RAM is unknown)
     host_alternatives: tuple[tuple[str, int, int, bool | None], ...] = field(default=(), compare=False)
     hint: str = ""  # what to do when the plan does not fit
+
+    def variant(self, component: str) -> str | None:
+        """The variant ``component`` runs in under this plan (None: its plain one)."""
+        return dict(self.variants).get(component)
 
     def placement(self, component: str) -> str:
         for c in self.components:
@@ -285,8 +213,8 @@ class MemoryPlan:
             "host_fits": self.host_fits,
             "page_cache_bytes": self.page_cache_bytes,
             "cfg_batched": self.cfg_batched,
-            "tiled_tokenizer": self.tiled_tokenizer,
-            "lean_network": self.lean_network,
+            **dict(self.flags),
+            "variants": dict(self.variants),
             "components": [
                 {"name": c.name, "placement": c.placement, "weight_bytes": c.weight_bytes, "stages": list(c.stages)}
                 for c in self.components
@@ -317,16 +245,20 @@ def _resident_bytes(c: Component, placement: str, stage: str) -> int:
 def _activation_bytes(c: Component, placement: str, stage: str, strategy: Strategy, num_gpus: int) -> int:
     if placement == "cpu" or stage not in c.stages:
         return 0
-    if c.name == NETWORK and stage == "denoise":
-        act = c.activation(stage)
-        if not strategy.cfg_batched and c.activation_bytes_sequential is not None:
-            act = c.activation_bytes_sequential
-        if strategy.lean_network and c.activation("denoise_lean"):
-            act = c.activation("denoise_lean") * (1 if not strategy.cfg_batched else 2)
+    variant = strategy.variant(c.name)
+    act = c.activation(stage, variant)
+    if c.name == NETWORK:  # the network: its guidance branches, and its activations split over the GPUs
+        own = variant is not None and dict(c.activation_bytes).get(f"{stage}_{variant}", 0) > 0
+        if not own and not strategy.cfg_batched and c.activation_bytes_sequential is not None:
+            act = c.activation_bytes_sequential  # a variant's own figure is already that of the strategy's batching
         return act // num_gpus
-    if c.name == TOKENIZER and strategy.tiled_tokenizer:
-        return c.activation(f"{stage}_tiled") or c.activation(stage)
-    return c.activation(stage)
+    return act
+
+
+def _run_components(spec: ModelSpec, *, upsampler: bool, guardrail: bool) -> list[Component]:
+    """``spec``'s components less those the request leaves out (``Component.left_out_by``)."""
+    off = {switch for switch, on in (("upsampler", upsampler), ("guardrail", guardrail)) if not on}
+    return [c for c in spec.components if c.left_out_by not in off]
 
 
 def margin_for(vram_bytes: int) -> int:
@@ -337,8 +269,7 @@ def margin_for(vram_bytes: int) -> int:
 def evaluate(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True, guardrail: bool = True,
              num_gpus: int = 1) -> tuple[int, tuple[ComponentPlan, ...], tuple[tuple[str, int], ...]]:
     """Predicted peak bytes per stage for one strategy (no fitting decision)."""
-    comps = [c for c in spec.components
-             if not (c.name == UPSAMPLER and not upsampler) and not (c.name == GUARDRAIL and not guardrail)]
+    comps = _run_components(spec, upsampler=upsampler, guardrail=guardrail)
     plans = tuple(ComponentPlan(c.name, strategy.placement(c.name), c.weight_bytes, c.stages) for c in comps)
     stage_peaks = []
     for stage in spec.stage_order():
@@ -371,8 +302,7 @@ def _host_held(c: Component, placement: str) -> tuple[int, int]:
 def evaluate_host(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True, guardrail: bool = True,
                   num_gpus: int = 1) -> HostUse:
     """The host memory one strategy commits and maps (module doc), for ``num_gpus`` processes on one machine."""
-    comps = [c for c in spec.components
-             if not (c.name == UPSAMPLER and not upsampler) and not (c.name == GUARDRAIL and not guardrail)]
+    comps = _run_components(spec, upsampler=upsampler, guardrail=guardrail)
     held = []
     committed = mapped = 0
     for c in comps:
@@ -405,15 +335,13 @@ def ram_needed(host_peak_bytes: int) -> int:
     return max(host_peak_bytes + MIN_HOST_MARGIN_BYTES, -(-host_peak_bytes * 100 // int(100 * (1 - HOST_MARGIN_FRACTION))))
 
 
-_FLAG_LEAVING_OUT = {UPSAMPLER: "--no-upsampler", GUARDRAIL: "--no-guardrail"}
-
-
-def host_advice(use: HostUse) -> str:
+def host_advice(use: HostUse, spec: ModelSpec) -> str:
     """What to do when ``use`` does not fit the host: the models that can be left out, then more RAM."""
     gib = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
     held = sorted(use.held, key=lambda h: -h[2])
-    drop = [f"{_FLAG_LEAVING_OUT[n]} leaves out the {n.replace('_', ' ')} ({gib(b)} {'on the CPU' if p == 'cpu' else 'pinned'})"
-            for n, p, b in held if n in _FLAG_LEAVING_OUT]
+    leaving_out = {c.name: OPTIONAL_SWITCHES[c.left_out_by] for c in spec.components if c.left_out_by}
+    drop = [f"{leaving_out[n]} leaves out the {n.replace('_', ' ')} ({gib(b)} {'on the CPU' if p == 'cpu' else 'pinned'})"
+            for n, p, b in held if n in leaving_out]
     biggest = ", ".join(f"{n.replace('_', ' ')} {gib(b)}" for n, _, b in held[:3])
     more = (f"or give this process at least {gib(ram_needed(use.peak_bytes))} of RAM (close other programs; raise the "
             f"container's or job's memory limit)")
@@ -486,8 +414,10 @@ def plan_memory(
 
     def build(s: Strategy, peak: int, comps, stages, reason: str, hint: str = "") -> MemoryPlan:
         use = hosts[s.name]
+        variants = tuple((c, v) for c, v in s.variants if spec.component(c) is not None)
+        flags = tuple((key, (c, v) in variants) for key, c, v in spec.plan_flags)
         return MemoryPlan(spec.name, s.name, vram_bytes, fits(s, peak), peak, margin, comps, stages, s.cfg_batched,
-                          s.tiled_tokenizer, num_gpus, reason, alternatives, lean_network=s.lean_network,
+                          variants, num_gpus, reason, alternatives, flags=flags,
                           ram_bytes=ram_bytes, host_peak_bytes=use.peak_bytes, host_mapped_bytes=use.mapped_bytes,
                           host_margin_bytes=host_margin, host_fits=host_fits(s.name),
                           host_alternatives=host_alternatives, hint=hint)
@@ -506,7 +436,7 @@ def plan_memory(
         if host_fits(s.name) is False:
             raise MemoryPlanError(f"strategy {asked} needs about {gib(hosts[s.name].peak_bytes)} of host memory "
                                   f"(+{gib(host_margin)} margin) but only {gib(ram_bytes)} is available",
-                                  hint=use_instead if fitting else host_advice(hosts[s.name]))
+                                  hint=use_instead if fitting else host_advice(hosts[s.name], spec))
         return build(s, peak, comps, stages, f"{asked} was asked for and fits: {gib(peak)} predicted peak + "
                                              f"{gib(margin)} margin <= {gib(vram_bytes)}{host_note(s)}")
 
@@ -535,4 +465,4 @@ def plan_memory(
     return build(s, peak, comps, stages,
                  f"nothing fits in {gib(ram_bytes)} of host memory: of the strategies that fit the GPU, the leanest in "
                  f"host memory, {s.name}, holds about {gib(use.peak_bytes)} + {gib(host_margin)} margin",
-                 hint=host_advice(use))
+                 hint=host_advice(use, spec))

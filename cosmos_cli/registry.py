@@ -20,8 +20,7 @@ import pluggy
 from cosmos_cli import hookspecs
 from cosmos_cli.backend import Backend
 from cosmos_cli.errors import PluginError, UnknownModelError
-from cosmos_cli.planner import STRATEGY_NAMES
-from cosmos_cli.specs import ModelSpec
+from cosmos_cli.specs import OPTIONAL_SWITCHES, PLACEMENTS, ModelSpec, Strategy
 
 ENTRY_POINT_GROUP = "cosmos"
 
@@ -83,17 +82,38 @@ def backends() -> list[Backend]:
         for spec in b.models():
             if not isinstance(spec, ModelSpec):
                 raise PluginError(f"backend {b.id!r} listed {spec!r}, which is not a ModelSpec")
-            unknown = sorted(set(spec.strategies or ()) - set(STRATEGY_NAMES))
-            if unknown or spec.strategies == ():
-                raise PluginError(f"backend {b.id!r}: {spec.name} declares "
-                                  + (f"unknown memory strategies {unknown}" if unknown else "no memory strategy"),
-                                  hint=f"ModelSpec.strategies names some of: {', '.join(STRATEGY_NAMES)} (None: all).")
+            _check_strategies(b.id, spec)
             for n in spec.all_names:
                 key = n.lower()
                 if key in names and names[key] != spec.name:
                     raise PluginError(f"model name {n!r} is claimed by both {names[key]!r} and {spec.name!r}")
                 names[key] = spec.name
     return found
+
+
+def _check_strategies(backend: str, spec: ModelSpec) -> None:
+    """A spec's strategies (``ModelSpec.strategies``): at least one, each a :class:`Strategy` of its own name with
+    known placements; and its components' ``left_out_by`` switches known. Anything else is a malformed plugin, said
+    in one line when the backends load."""
+    where = f"backend {backend!r}: {spec.name}"
+    if not spec.strategies:
+        raise PluginError(f"{where} declares no memory strategy",
+                          hint="ModelSpec.strategies lists the strategies the backend implements, fastest first.")
+    names = [getattr(s, "name", None) for s in spec.strategies]
+    for s in spec.strategies:
+        if not isinstance(s, Strategy):
+            raise PluginError(f"{where} lists {s!r} as a memory strategy, which is not a cosmos Strategy")
+        odd = sorted({p for _, p in s.placements} - set(PLACEMENTS) | ({s.others} - set(PLACEMENTS)))
+        if odd:
+            raise PluginError(f"{where}: strategy {s.name!r} uses unknown placements {odd}",
+                              hint=f"A placement is one of: {', '.join(PLACEMENTS)}.")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PluginError(f"{where} lists memory strategies of one name twice: {twice}")
+    switches = sorted({c.left_out_by for c in spec.components if c.left_out_by} - set(OPTIONAL_SWITCHES))
+    if switches:
+        raise PluginError(f"{where}: a component is left out by unknown switches {switches}",
+                          hint=f"Component.left_out_by is one of: {', '.join(OPTIONAL_SWITCHES)} (or empty).")
 
 
 def all_models(include_hidden: bool = False) -> list[tuple[Backend, ModelSpec]]:

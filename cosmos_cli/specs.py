@@ -15,9 +15,6 @@ from typing import Any
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "uint8": 1}
 
-# Stages of one Video2World generation, in the order they run: the default of ``ModelSpec.stages``.
-STAGES = ("upsample", "text_guardrail", "encode_text", "encode_video", "denoise", "decode", "video_guardrail")
-
 # Component names the planner knows; a spec lists the ones its model has.
 UPSAMPLER, GUARDRAIL, TEXT_ENCODER, TOKENIZER, NETWORK = (
     "prompt_upsampler",
@@ -102,7 +99,8 @@ class Component:
     its benchmark's figures on one component; ``memory-plan`` shows them next to the predictions).
     ``loaded_on_host``: the backend's loader builds the model in host memory before moving it where it is placed
     (``transformers``' ``from_pretrained``), so loading it holds its weights in host RAM for a while even when it
-    is placed on the GPU (the planner's host peak counts that).
+    is placed on the GPU (the planner's host peak counts that). ``left_out_by``: the request's switch that leaves this
+    component out of a run (:data:`OPTIONAL_SWITCHES`; "": always part of it).
     """
 
     name: str
@@ -116,6 +114,7 @@ class Component:
     cpu_capable: bool = False
     measured_peak_bytes: tuple[tuple[str, int], ...] = ()
     loaded_on_host: bool = False
+    left_out_by: str = ""
 
     @property
     def weight_bytes(self) -> int:
@@ -125,8 +124,52 @@ class Component:
     def block_bytes(self) -> int:
         return self.block_params * DTYPE_BYTES[self.dtype]
 
-    def activation(self, stage: str) -> int:
-        return dict(self.activation_bytes).get(stage, 0)
+    def activation(self, stage: str, variant: str | None = None) -> int:
+        """The activation peak of ``stage``; with ``variant``, of the stage run that way (``<stage>_<variant>`` in
+        :attr:`activation_bytes`), falling back to the plain figure when the component has no such figure."""
+        figures = dict(self.activation_bytes)
+        return (figures.get(f"{stage}_{variant}", 0) if variant else 0) or figures.get(stage, 0)
+
+
+# The request's switches that leave an optional component out of a run (``Component.left_out_by`` names one), and the
+# flag that sets each: `--disable-prompt-upsampler` / `--no-upsampler`, `--disable-guardrail` / `--no-guardrail`.
+OPTIONAL_SWITCHES = {"upsampler": "--no-upsampler", "guardrail": "--no-guardrail"}
+
+# Where a strategy may put a component (cosmos_cli.planner's module doc says what each means).
+PLACEMENTS = ("gpu", "swap", "cpu", "stream", "map")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A named set of placements a backend implements, and how its components run under it.
+
+    ``placements`` maps component name -> placement (:data:`PLACEMENTS`); a component it does not name lives in
+    ``others``. ``cfg_batched``: the network runs both guidance branches in one batch (False: one after the other,
+    :attr:`Component.activation_bytes_sequential`). ``variants`` maps component name -> the variant it runs in under
+    this strategy: the planner reads that component's ``<stage>_<variant>`` activation figures, the plan carries the
+    mapping (:attr:`cosmos_cli.planner.MemoryPlan.variants`) and the backend alone knows what a variant means.
+    ``original_flags``: the original project's ``--offload_*`` flags that mean this strategy (the first strategy
+    whose flags include every flag given is what those flags ask for).
+    """
+
+    name: str
+    description: str
+    placements: tuple[tuple[str, str], ...] = ()
+    cfg_batched: bool = True
+    original_flags: tuple[str, ...] = ()
+    variants: tuple[tuple[str, str], ...] = ()
+    others: str = "gpu"
+
+    def placement(self, component: str) -> str:
+        return dict(self.placements).get(component, self.others)
+
+    def variant(self, component: str) -> str | None:
+        return dict(self.variants).get(component)
+
+    @property
+    def mapped(self) -> bool:
+        """Streams from the mapped checkpoint file: the same GPU memory as its pinned twin, less host memory."""
+        return any(p == "map" for _, p in self.placements)
 
 
 # An input is fitted to the model's frame size without a word when its aspect ratio is within this factor of the
@@ -163,12 +206,15 @@ class ModelSpec:
     # What inputs the model was trained on, in a few words ("photos and videos of real scenes"): shown with the
     # warning when an input is far from the model's size or aspect ("" : nothing to add).
     expects: str = ""
-    # The stages of one generation in the order they run (None: :data:`STAGES`); the planner plans these and then
-    # any other stage a component names, in the order the components name them.
+    # The stages of one generation in the order they run (None: as the components name them, in their order); the
+    # planner plans these and then any other stage a component names, in the order the components name them.
     stages: tuple[str, ...] | None = None
-    # The planner's strategies (cosmos_cli.planner.STRATEGIES, by name) this backend implements: the only ones
-    # `--offload auto` may pick, `memory-plan` lists and an explicit `--offload` accepts (None: every one).
-    strategies: tuple[str, ...] | None = None
+    # The memory strategies this backend implements, fastest first (each leaner, or as lean on the GPU, than the one
+    # before): the only ones `--offload auto` may pick, `memory-plan` lists and an explicit `--offload` accepts.
+    strategies: tuple[Strategy, ...] = ()
+    # Keys `memory-plan --json` adds to a plan, each (key, component, variant): true when the plan runs that
+    # component in that variant (a backend's names for its variants, kept stable for scripts reading the JSON).
+    plan_flags: tuple[tuple[str, str, str], ...] = ()
     # What `generate` and `batch` print (once, on stderr) when --disable-guardrail is given: the terms the model's
     # licence ties to its guardrails, in the backend's words ("": nothing to say).
     guardrail_disabled_warning: str = ""
@@ -191,7 +237,7 @@ class ModelSpec:
 
     def stage_order(self) -> tuple[str, ...]:
         """Every stage the planner plans for this model, in the order they run (:attr:`stages`, then the others)."""
-        order = list(STAGES if self.stages is None else self.stages)
+        order = list(self.stages or ())
         for c in self.components:
             order += [s for s in c.stages if s not in order]
         return tuple(order)

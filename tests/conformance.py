@@ -33,8 +33,9 @@ import numpy as np
 import pytest
 
 from cosmos_cli.errors import MemoryPlanError
-from cosmos_cli.planner import STRATEGY_NAMES, plan_memory, strategies_for
+from cosmos_cli.planner import plan_memory, strategies_for
 from cosmos_cli.specs import GUARDRAIL, NETWORK, UPSAMPLER, ModelSpec
+from cosmos_plugins.predict1.strategies import STRATEGY_NAMES
 from tests.conftest import make_image, run_cli
 
 PROMPT = "a red ball rolls to the left"
@@ -48,12 +49,16 @@ class BackendConformance:
     # battery test id -> (why the core keeps this backend from passing it, the exception it then fails with): run
     # as xfail(strict=True, raises=...), so neither a pass nor any other failure goes unnoticed
     expected_failures: ClassVar[dict[str, tuple[str, type[BaseException]]]] = {}
+    # the strategy names the battery tries (Predict1's, the fullest list there is): those the spec declares must give
+    # the resident output, the others must be refused before anything loads
+    strategy_names: ClassVar[tuple[str, ...]] = STRATEGY_NAMES
 
     def exact(self, plan) -> bool:
         """Whether ``plan`` runs the very kernels the resident plan runs, so that its frames must be equal bit for
-        bit (the rule of tests/test_offload.py: both guidance branches batched and the full network forward; a
-        backend whose placements only move weights overrides this to always True)."""
-        return plan.cfg_batched and not plan.lean_network
+        bit (the rule of tests/test_offload.py: both guidance branches batched and the network in no variant of its
+        forward, ``MemoryPlan.variant``; a backend whose placements only move weights overrides this to always
+        True)."""
+        return plan.cfg_batched and plan.variant(NETWORK) is None
 
     def write_checkpoint(self, root: Path) -> None:
         """Write every file the tiny spec needs under ``root`` (random weights, the real formats)."""
@@ -64,7 +69,7 @@ class BackendConformance:
     def pytest_generate_tests(self, metafunc):
         if "strategy" in metafunc.fixturenames:
             metafunc.parametrize("strategy", [
-                pytest.param(s, marks=self._xfail(f"{metafunc.function.__name__}[{s}]")) for s in STRATEGY_NAMES
+                pytest.param(s, marks=self._xfail(f"{metafunc.function.__name__}[{s}]")) for s in self.strategy_names
                 if s != "resident"])
 
     def _xfail(self, test_id: str):
@@ -152,7 +157,7 @@ class BackendConformance:
 
     def test_memory_plan_offers_only_the_declared_strategies(self, spec):
         names = [s.name for s in strategies_for(spec)]
-        assert spec.strategies is None or names == [n for n in STRATEGY_NAMES if n in spec.strategies]
+        assert names == [s.name for s in spec.strategies]
         for vram in ("80GB", "1GB", "1MB"):  # the fastest fits, and (for a spec that lists more) leaner ones or none
             res = run_cli("memory-plan", "--model", self.model, "--vram", vram, "--json")
             assert res.exit_code in (0, 1), res.stderr

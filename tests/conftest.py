@@ -23,6 +23,7 @@ from cosmos_cli.backend import Backend
 from cosmos_cli.hookspecs import hookimpl
 from cosmos_cli.registry import plugin_manager
 from cosmos_cli.specs import NETWORK, TEXT_ENCODER, TOKENIZER, Component, ModelSpec
+from cosmos_plugins.predict1.strategies import STRATEGIES
 
 REPO = Path(__file__).resolve().parents[1]
 # the original project's two example inputs, shipped in the repository as the original lays them out
@@ -55,6 +56,8 @@ def fake_spec(name: str = "Fake-Video2World", **overrides) -> ModelSpec:
                       activation_bytes_sequential=2 * GiB, num_blocks=8, block_params=GiB // 2),
         ),
         input_frames=(1, 9),
+        stages=("encode_text", "encode_video", "denoise", "decode"),
+        strategies=STRATEGIES,  # the planner's tests reason with Predict1's strategies
     )
     base.update(overrides)
     return ModelSpec(**base)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cosmos_cli.planner import plan_memory
+from cosmos_plugins.predict1.strategies import STRATEGIES
 from tests.conformance import BackendConformance
 
 TOY_DIR = Path(__file__).resolve().parent / "toy_backend"
@@ -112,7 +113,7 @@ def test_a_component_name_of_its_own_is_offloaded(toy_installed):
     spec = replace(toy_installed.SPEC, components=(replace(net, name="video_model"),))
     plan = plan_memory(spec, 80 * GiB, strategy="offload-all", upsampler=False, guardrail=False)
     assert plan.placement("video_model") == "swap"
-    plan = plan_memory(replace(spec, strategies=None), 80 * GiB, strategy="offload-tokenizer", upsampler=False,
+    plan = plan_memory(replace(spec, strategies=STRATEGIES), 80 * GiB, strategy="offload-tokenizer", upsampler=False,
                        guardrail=False)
     assert plan.placement("video_model") == "gpu"
 
@@ -136,7 +137,7 @@ def test_auto_picks_only_a_declared_strategy(toy_installed):
     offload-all alone still gets offload-all, and the retry's leaner step stays inside the declared ones."""
     from cosmos_cli.planner import leaner_strategy
 
-    only = replace(toy_installed.SPEC, strategies=("offload-all",))
+    only = replace(toy_installed.SPEC, strategies=toy_installed.SPEC.strategies[1:])
     plan = plan_memory(only, 80 * GiB, upsampler=False, guardrail=False)
     assert plan.strategy == "offload-all" and [a[0] for a in plan.alternatives] == ["offload-all"]
     assert leaner_strategy("resident", toy_installed.SPEC) == "offload-all"
@@ -159,13 +160,24 @@ def test_an_offload_it_lacks_is_one_line_naming_what_it_has(toy_installed, tmp_p
 
 
 def test_a_spec_naming_an_unknown_strategy_is_refused_when_loaded(toy_installed, monkeypatch):
-    """A typo in ``ModelSpec.strategies`` is a malformed plugin, said in one line when the backends load."""
+    """A malformed ``ModelSpec.strategies`` (a bare name, none, one name twice, an unknown placement), or a component
+    left out by a switch there is not, is a malformed plugin, said in one line when the backends load."""
     from cosmos_cli import registry
     from cosmos_cli.errors import PluginError
 
-    bad = replace(toy_installed.SPEC, strategies=("resident", "offload-everything"))
-    monkeypatch.setattr(toy_installed.ToyBackend, "models", lambda self: (bad,))
-    with pytest.raises(PluginError, match=r"Toy-Video2World declares unknown memory strategies \['offload-everything'\]"):
+    spec = toy_installed.SPEC
+    resident, offload_all = spec.strategies
+    for bad, said in (((resident, "offload-everything"), "lists 'offload-everything' as a memory strategy, which is"),
+                      ((), "declares no memory strategy"),
+                      ((resident, resident), r"of one name twice: \['resident'\]"),
+                      ((replace(offload_all, placements=(("diffusion_transformer", "disk"),)),),
+                       r"strategy 'offload-all' uses unknown placements \['disk'\]")):
+        monkeypatch.setattr(toy_installed.ToyBackend, "models", lambda self, b=bad: (replace(spec, strategies=b),))
+        with pytest.raises(PluginError, match=said):
+            registry.backends()
+    optional = replace(spec, components=(replace(spec.components[0], left_out_by="watermark"),))
+    monkeypatch.setattr(toy_installed.ToyBackend, "models", lambda self: (optional,))
+    with pytest.raises(PluginError, match=r"left out by unknown switches \['watermark'\]"):
         registry.backends()
 
 

@@ -31,7 +31,8 @@ SPEC = replace(
     PREDICT1_TINY,
     name="Cosmos-Predict1-TinyStages-Video2World",
     aliases=("predict1-tiny-stages",),
-    components=(Component(UPSAMPLER, ("upsample",), 1000), Component(GUARDRAIL, ("text_guardrail", "video_guardrail"), 1000),
+    components=(Component(UPSAMPLER, ("upsample",), 1000, left_out_by="upsampler"),
+                Component(GUARDRAIL, ("text_guardrail", "video_guardrail"), 1000, left_out_by="guardrail"),
                 *PREDICT1_TINY.components),
     files=(*PREDICT1_TINY.files, CheckpointFile(UPSAMPLER, "", "config.json", "Pixtral-12B/config.json")),
 )

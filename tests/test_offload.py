@@ -11,13 +11,15 @@ import torch
 from torch import nn
 
 from cosmos_cli.jobs import GenerationJob, GenerationResult
-from cosmos_cli.planner import STRATEGY_NAMES, plan_memory
+from cosmos_cli.planner import plan_memory
 from cosmos_cli.progress import NullProgress
+from cosmos_cli.specs import PLACEMENTS
 from cosmos_plugins.predict1 import offload as O
 from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.network import VideoExtendGeneralDIT
 from cosmos_plugins.predict1.pipeline import Predict1Pipeline
 from cosmos_plugins.predict1.specs import DIT_TINY, PREDICT1_TINY
+from cosmos_plugins.predict1.strategies import STRATEGY_NAMES, lean_network, tiled_tokenizer
 from tests.conftest import make_image
 
 
@@ -73,7 +75,7 @@ def test_every_strategy_gives_the_resident_output(models, job, resident, strateg
     the sampler returns turns into a few one-step differences (relative L2 ~1e-4 here)."""
     latent, frames, plan = _run(models, job, strategy)
     ref_latent, ref_frames, _ = resident
-    exact = plan.cfg_batched and not plan.lean_network
+    exact = plan.cfg_batched and not lean_network(plan)
     rel = ((latent.float() - ref_latent.float()).norm() / ref_latent.float().norm()).item()
     pixels = np.abs(frames.astype(int) - ref_frames.astype(int)).max()
     # Inexact strategies: a flipped bf16 rounding moves an element by one ulp (<= 2^-7 of it), so a fraction f of
@@ -86,7 +88,8 @@ def test_loading_places_as_planned(root, job, resident):
     """Loaded for the leanest strategy: T5 and the network streamed, the tokenizer swapped; same result."""
     pipe = Predict1Pipeline.load(PREDICT1_TINY, _plan("stream-lean"), checkpoint_dir=root, device="cpu")
     assert (type(pipe.network), type(pipe.text_encoder), type(pipe.tokenizer)) == (O.Streamed, O.Streamed, O.Swapped)
-    assert pipe.tokenizer_chunk is not None and pipe.plan.lean_network and not pipe.plan.cfg_batched
+    assert pipe.tokenizer_chunk is not None and tiled_tokenizer(pipe.plan) and lean_network(pipe.plan)
+    assert not pipe.plan.cfg_batched
     latent, _ = _stages(pipe, job)
     # one branch at a time and the lean forward: bf16 rounding flips, bounded as above
     assert ((latent.float() - resident[0].float()).norm() / resident[0].float().norm()).item() < 1e-3
@@ -134,7 +137,7 @@ def test_memory_plan_shows_measured_peaks(cli):
 def test_strategies_use_every_placement():
     spec = __import__("cosmos_cli.registry", fromlist=["find_model"]).find_model("7B")[1]
     used = {c.placement for s in STRATEGY_NAMES for c in plan_memory(spec, None, strategy=s).components}
-    assert used == set(O.PLACEMENTS) == {"gpu", "swap", "cpu", "stream", "map"}
+    assert used == set(O.PLACEMENTS) == set(PLACEMENTS) == {"gpu", "swap", "cpu", "stream", "map"}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -7,14 +7,13 @@ import pytest
 from cosmos_cli.errors import MemoryPlanError
 from cosmos_cli.planner import (
     RUNTIME_OVERHEAD_BYTES,
-    STRATEGIES,
-    STRATEGY_NAMES,
     evaluate,
     margin_for,
     plan_memory,
     strategy_for_original_flags,
 )
 from cosmos_cli.registry import find_model
+from cosmos_plugins.predict1.strategies import STRATEGIES, STRATEGY_NAMES
 from tests.conftest import GiB, fake_spec
 
 OVER = RUNTIME_OVERHEAD_BYTES
@@ -141,7 +140,18 @@ def test_strategies_get_leaner():
     ],
 )
 def test_original_flags_map_to_strategies(flags, expected):
-    assert strategy_for_original_flags(flags) == expected
+    assert strategy_for_original_flags(flags, find_model("7B")[1]) == expected
+
+
+def test_original_flags_no_strategy_covers_are_refused():
+    """A backend whose strategies no original flag set names (fake: Predict1's, without their flags) refuses them
+    in one line naming what it implements."""
+    from dataclasses import replace
+
+    spec = fake_spec(strategies=tuple(replace(s, original_flags=()) for s in STRATEGIES[:2]))
+    with pytest.raises(MemoryPlanError, match="no memory strategy for the original flags --offload_tokenizer; it "
+                                              "implements resident, offload-upsampler"):
+        strategy_for_original_flags({"offload_tokenizer"}, spec)
 
 
 def test_real_specs_sizes_match_published_parameter_counts():
@@ -288,7 +298,8 @@ def test_unknown_host_memory_is_not_checked():
 def test_leaner_strategy_keeps_the_kind():
     from cosmos_cli.planner import leaner_strategy
 
-    assert leaner_strategy("offload-all") == "stream"
-    assert leaner_strategy("stream") == "stream-sequential"
-    assert leaner_strategy("stream-mapped") == "stream-mapped-sequential"
-    assert leaner_strategy("stream-mapped-lean") is None and leaner_strategy("stream-lean") is None
+    spec = find_model("7B")[1]
+    assert leaner_strategy("offload-all", spec) == "stream"
+    assert leaner_strategy("stream", spec) == "stream-sequential"
+    assert leaner_strategy("stream-mapped", spec) == "stream-mapped-sequential"
+    assert leaner_strategy("stream-mapped-lean", spec) is None and leaner_strategy("stream-lean", spec) is None

@@ -11,9 +11,11 @@ import torch
 
 from cosmos_cli.jobs import GenerationResult
 from cosmos_cli.planner import leaner_strategy
+from cosmos_plugins.predict1.specs import PREDICT1_TINY
 from tests.conftest import make_image
 
-LEANER = leaner_strategy("resident")  # what the retry must choose after the planner's first choice, resident
+# what the retry must choose after the planner's first choice, resident
+LEANER = leaner_strategy("resident", PREDICT1_TINY)
 
 
 class OomPipeline:
@@ -114,7 +116,8 @@ def test_a_batch_line_that_runs_out_twice_fails_alone(cli, oom):
     problems = res.json()["problems"]
     assert [p["line"] for p in problems] == [1]
     assert problems[0]["message"] == (f"out of GPU memory on cuda under memory strategy {LEANER}: CUDA out of "
-                                      f"memory. Tried to allocate 2.00 GiB; use --offload {leaner_strategy(LEANER)}")
+                                      f"memory. Tried to allocate 2.00 GiB; use --offload "
+                                      f"{leaner_strategy(LEANER, PREDICT1_TINY)}")
     assert built == ["resident", LEANER] and (out / "n2.mp4").exists()  # line 2 ran on the same leaner pipeline
 
 

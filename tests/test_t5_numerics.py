@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cosmos_cli.planner import STRATEGIES, STREAM_BLOCKS_IN_FLIGHT, plan_memory
+from cosmos_cli.planner import STREAM_BLOCKS_IN_FLIGHT, plan_memory
 from cosmos_cli.specs import DTYPE_BYTES, TEXT_ENCODER
 from cosmos_plugins.predict1 import bundled_checkpoint_dir
 from cosmos_plugins.predict1.params import t5_params
@@ -22,6 +22,7 @@ from cosmos_plugins.predict1.specs import (
     SPECS,
     T5_DEMO,
 )
+from cosmos_plugins.predict1.strategies import STRATEGIES
 from cosmos_plugins.predict1.text_encoder import T5TextEncoder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,6 +33,7 @@ from . import sampler as S
 from .fast import StepCache, compile_blocks, to_fp8
 from .offload import network_forward, place
 from .params import TOKENIZER_CHUNK_FRAMES
+from .strategies import LEAN, lean_network, tiled_tokenizer
 
 SIGMA_DATA = S.SIGMA_DATA
 NUMERICS = S.NUMERICS  # "fp32" (default) or "original"
@@ -148,13 +149,12 @@ def to_uint8(video: torch.Tensor, numerics: str):
 def _context_parallel(spec: ModelSpec, plan: MemoryPlan, ctx, scheme: str):
     """The split of every generation over ``ctx``'s ranks, for this plan (created alike on every rank)."""
     from cosmos_cli.errors import MemoryPlanError
-    from cosmos_cli.planner import STRATEGIES
 
     from .parallel import ContextParallel, latent_shape_of
 
-    if plan.lean_network:  # offload.lean_forward has no token shard: its chunked attention sees all the tokens
-        mapped = next(s.mapped for s in STRATEGIES if s.name == plan.strategy)  # same kind: pinned or mapped
-        splittable = [s.name for s in STRATEGIES if not s.lean_network and s.mapped == mapped]
+    if lean_network(plan):  # offload.lean_forward has no token shard: its chunked attention sees all the tokens
+        mapped = next(s.mapped for s in spec.strategies if s.name == plan.strategy)  # same kind: pinned or mapped
+        splittable = [s.name for s in spec.strategies if s.variant(NETWORK) != LEAN and s.mapped == mapped]
         raise MemoryPlanError(f"memory strategy {plan.strategy} (the network's chunked forward) cannot be split over "
                               f"GPUs", hint=f"Use --offload {splittable[-1]} or a faster strategy (each GPU then "
                                             f"holds 1/{ctx.world_size} of the activations), or --num-gpus 1.")
@@ -191,7 +191,7 @@ class Predict1Pipeline:
         self.upsampler = placed(upsampler, UPSAMPLER)
         self.text_guardrail = placed(text_guardrail, GUARDRAIL)
         self.video_guardrail = placed(video_guardrail, GUARDRAIL)
-        self.tokenizer_chunk = TOKENIZER_CHUNK_FRAMES if plan.tiled_tokenizer else None
+        self.tokenizer_chunk = TOKENIZER_CHUNK_FRAMES if tiled_tokenizer(plan) else None
         self.notes: list[str] = []  # the current job's notes for the user (a prompt cut short), see encode_text
         self._frames: tuple | None = None  # the current job's input frames, decoded once (see input_frames)
 
@@ -328,7 +328,7 @@ class Predict1Pipeline:
             raise GenerationError("--fast step-cache is not available under context parallelism: each rank would "
                                   "decide on its own tokens whether to skip", hint="Run the step cache on one GPU.")
         with self.network.active() as net:
-            forward = network_forward(self.network, self.plan.lean_network)
+            forward = network_forward(self.network, lean_network(self.plan))
             dtype = net.x_embedder.proj[1].weight.dtype
             tables = net.prepare(T, H, W, float(job.fps), device=self.device, dtype=dtype)
             mask = torch.zeros(1, 1, T, H, W, dtype=dtype, device=self.device)

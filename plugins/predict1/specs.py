@@ -37,6 +37,7 @@ from .params import (
     tokenizer_activation_bytes,
 )
 from .pixtral_convert import PIXTRAL_12B
+from .strategies import PLAN_FLAGS, STRATEGIES
 
 BACKEND_ID = "predict1"
 
@@ -106,13 +107,15 @@ def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, 
         # loaded_on_host: T5, Pixtral and the guardrail models are built by transformers' from_pretrained on the
         # CPU, then moved (text_encoder.py, upsampler.py, guardrails.py)
         Component(UPSAMPLER, ("upsample",), upsampler_params, activation_bytes=(("upsample", GiB),),
-                  cpu_capable=True, loaded_on_host=True),
+                  cpu_capable=True, loaded_on_host=True, left_out_by="upsampler"),
         # Two entries of one component: the text check (LlamaGuard) and the video check (SigLIP, RetinaFace) are
         # placed alike but each moves only its own models to the GPU when swapped.
         Component(GUARDRAIL, ("text_guardrail",), guardrail_params - video_guardrail,
-                  activation_bytes=(("text_guardrail", GiB),), cpu_capable=True, loaded_on_host=True),
+                  activation_bytes=(("text_guardrail", GiB),), cpu_capable=True, loaded_on_host=True,
+                  left_out_by="guardrail"),
         Component(GUARDRAIL, ("video_guardrail",), video_guardrail,
-                  activation_bytes=(("video_guardrail", 2 * GiB),), cpu_capable=True, loaded_on_host=True),
+                  activation_bytes=(("video_guardrail", 2 * GiB),), cpu_capable=True, loaded_on_host=True,
+                  left_out_by="guardrail"),
         Component(TEXT_ENCODER, ("encode_text",), t5_params(t5), dtype=TEXT_ENCODER_DTYPE,
                   activation_bytes=(("encode_text", t5_activation_bytes(t5)),), cpu_capable=True,
                   num_blocks=t5.num_layers, block_params=t5_layer_params(t5), loaded_on_host=True),
@@ -257,6 +260,8 @@ MODEL_FACTS = dict(
     other_model_types=("Text2World", "Text2World-Sample-AV-Multiview", "Video2World-Sample-AV-Multiview"),
     conversions=(PIXTRAL_12B,),
 )
+# The stages of one Video2World generation, in the order they run (ModelSpec.stages).
+STAGES = ("upsample", "text_guardrail", "encode_text", "encode_video", "denoise", "decode", "video_guardrail")
 
 _LATENT = (16, 88, 160)  # latent T, H, W of the default job (121 x 704 x 1280)
 
@@ -276,6 +281,9 @@ PREDICT1_7B = ModelSpec(
     expects="real-world video (driving, robotics, people, nature) at 1280x704, about 16:9",
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
     **MODEL_FACTS,
+    stages=STAGES,
+    strategies=STRATEGIES,
+    plan_flags=PLAN_FLAGS,
 )
 
 PREDICT1_14B = replace(
@@ -324,6 +332,9 @@ PREDICT1_TINY = ModelSpec(
     width=32,
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
     **MODEL_FACTS,
+    stages=STAGES,
+    strategies=STRATEGIES,
+    plan_flags=PLAN_FLAGS,
 )
 
 
@@ -371,6 +382,9 @@ PREDICT1_DEMO = ModelSpec(
             "a photo or film of a real scene gives blobs",
     guardrail_disabled_warning=GUARDRAIL_DISABLED_WARNING,
     **MODEL_FACTS,
+    stages=STAGES,
+    strategies=STRATEGIES,
+    plan_flags=PLAN_FLAGS,
 )
 
 # Every model of this backend, keyed by its name, in the order `cosmos backends` lists them.

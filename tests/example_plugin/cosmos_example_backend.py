@@ -2,7 +2,7 @@
 
 from cosmos_cli.backend import Backend
 from cosmos_cli.hookspecs import hookimpl
-from cosmos_cli.specs import NETWORK, Component, ModelSpec
+from cosmos_cli.specs import NETWORK, Component, ModelSpec, Strategy
 
 SPEC = ModelSpec(
     name="Example-Video2World",
@@ -10,6 +10,7 @@ SPEC = ModelSpec(
     description="an example third-party model",
     aliases=("example-v2w",),
     components=(Component(NETWORK, ("denoise",), num_params=1000),),
+    strategies=(Strategy("resident", "the network stays on the GPU"),),  # the memory strategies it implements
 )
 
 

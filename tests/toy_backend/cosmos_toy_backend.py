@@ -1,7 +1,7 @@
 """A toy second model family: its own tiny video network, one spec, strict loading; nothing of Predict1.
 
 It implements the ``gpu`` and ``swap`` placements of the planner and refuses the others (streaming blocks is
-more than a toy should hold); its spec names the two strategies that use them, so the planner offers no other. Importing it imports no torch.
+more than a toy should hold); its spec lists the two strategies that use them, so the planner offers no other. Importing it imports no torch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from cosmos_cli.backend import Backend
 from cosmos_cli.errors import CheckpointError, UsageError
 from cosmos_cli.hookspecs import hookimpl
 from cosmos_cli.jobs import GenerationResult
-from cosmos_cli.specs import NETWORK, CheckpointFile, Component, ModelSpec, PixelNormalisation
+from cosmos_cli.specs import NETWORK, CheckpointFile, Component, ModelSpec, PixelNormalisation, Strategy
 
 
 @dataclass(frozen=True)
@@ -28,13 +28,21 @@ class ToyParams:
 
 
 TOY = ToyParams()
+# Its two strategies, the placements it implements: gpu, and swap for its one component (the original project's
+# flag for offloading the network means the second).
+STRATEGIES = (
+    Strategy("resident", "the network stays on the GPU"),
+    Strategy("offload-all", "the network is on the GPU only while it denoises, its two guidance branches one after "
+             "the other", placements=((NETWORK, "swap"),), cfg_batched=False,
+             original_flags=("--offload_diffusion_transformer",), others="swap"),
+)
 SPEC = ModelSpec(
     name="Toy-Video2World", backend="toy", description="a toy video model (conformance tests)", aliases=("toy",),
     network=TOY, files=(CheckpointFile(NETWORK, "", "model.pt", "Toy-Video2World/model.pt"),),
     components=(Component(NETWORK, ("denoise",), num_params=TOY.num_params, dtype="float32",
                           activation_bytes=(("denoise", 4 * TOY.channels * 5 * 16 * 16 * 4),)),),
     num_frames=5, height=16, width=16, fps=8, num_steps=2, input_frames=(1,), default_input_frames=1,
-    stages=("denoise",), strategies=("resident", "offload-all"), hidden=True,  # its placements: gpu, and swap for its one component
+    stages=("denoise",), strategies=STRATEGIES, hidden=True,
     input_normalisation=PixelNormalisation(scale=2 / 255, offset=-1.0))  # [0, 255] onto [-1, 1]; no negative prompt
 
 
