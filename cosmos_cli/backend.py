@@ -4,15 +4,23 @@ A backend is registered by a plugin (see :mod:`cosmos_cli.hookspecs`). The core 
 :class:`~cosmos_cli.specs.ModelSpec` list and, to generate, for a :class:`Pipeline` built for one spec
 under one :class:`~cosmos_cli.planner.MemoryPlan`. The core never imports a backend's modules directly.
 
+Options of a backend's own (Predict1's ``--numerics``, ``--cp-scheme``): each backend has a typed
+:class:`Backend.Options` (a frozen dataclass; the base's has no field) and :meth:`Backend.parse_options` builds it
+from the values the command line gave, refusing an option the backend does not have, or a bad value, in one
+line before anything loads. The core never reads a backend's options; it hands the typed object to
+:meth:`Backend.start_parallel` and :meth:`Backend.build_pipeline`, and puts :meth:`Backend.Options.key_params` in a
+batch line's resume key.
+
 One generation on several GPUs (``torchrun ... --num-gpus N``): the core asks the backend to join the run
 (:meth:`Backend.start_parallel`, which also decides whether and how the work can be split), plans memory with the
 smallest free memory of any rank, and passes the :class:`ParallelRun` to :meth:`Backend.build_pipeline` as
-``options["parallel"]``; the pipeline then splits every ``generate`` over the ranks, and only rank 0 writes.
+``parallel=``; the pipeline then splits every ``generate`` over the ranks, and only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cosmos_cli.errors import UsageError
 
 if TYPE_CHECKING:
+    from cosmos_cli.fastmode import FastMode
     from cosmos_cli.jobs import GenerationJob, GenerationResult
     from cosmos_cli.planner import MemoryPlan
     from cosmos_cli.progress import Progress
@@ -63,11 +72,48 @@ class ParallelRun(Protocol):
         """Leave the run (``ok`` False after a failure: no further collective is attempted)."""
 
 
+def option_flag(name: str) -> str:
+    """The command-line flag of the backend option ``name`` (``cp_scheme`` is ``--cp-scheme``)."""
+    return "--" + name.replace("_", "-")
+
+
 class Backend(abc.ABC):
     """Base class of model backends."""
 
     id: str = ""
     version: str = ""
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        """The options of this backend's own, typed (a backend subclasses it with its fields and defaults, and sets
+        ``Options = ThatClass``). A field's name is its flag's (``cp_scheme`` is ``--cp-scheme``); a bad value is
+        refused in ``__post_init__`` with a :class:`~cosmos_cli.errors.UsageError` naming the flag. The base has
+        none: a backend without options of its own refuses every one."""
+
+        def key_params(self) -> dict[str, Any]:
+            """The options that determine the video, for a batch line's resume key and sidecar (default: every
+            field); their names must not be those of the job's parameters or ``model``/``network_dir``."""
+            return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def parse_options(cls, values: Mapping[str, Any]) -> Backend.Options:
+        """``cls.Options`` from ``values``, the backend options the command line gave (name -> value, only those
+        given; the others keep their defaults). An option this backend does not have is refused in one line naming
+        the flag, and so is a bad value (by the ``Options`` class itself); `generate` and `batch` call this before
+        anything loads."""
+        known = [f.name for f in dataclasses.fields(cls.Options) if f.init]
+        for name in values:
+            if name not in known:
+                flag = option_flag(name)
+                has = (f"its options are {', '.join(map(option_flag, known))}" if known
+                       else "it has no options of its own")
+                raise UsageError(f"{flag}: the {cls.id} backend has no {flag} option ({has})",
+                                 hint=f"Drop {flag}.")
+        try:
+            return cls.Options(**values)
+        except (TypeError, ValueError) as exc:  # a plugin's own check that raised no UsageError
+            flags = ", ".join(map(option_flag, values))
+            raise UsageError(f"{flags}: {exc}", hint="See --help for the values it takes.") from None
     # Generation options a backend must honour or refuse: a backend that does not implement them says so here,
     # and `generate`/`batch` refuse the option before anything loads instead of ignoring it.
     supports_fast: bool = False  # --fast (step caching, guidance truncation, FP8)
@@ -84,20 +130,26 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def build_pipeline(self, spec: ModelSpec, plan: MemoryPlan, *, checkpoint_dir: Path, device: str,
-                       progress: Progress | None = None, options: Mapping[str, Any] | None = None) -> Pipeline:
+                       progress: Progress | None = None, options: Backend.Options | None = None,
+                       parallel: ParallelRun | None = None, network_dir: str | None = None,
+                       fast: FastMode | None = None, compile: bool = False) -> Pipeline:
         """Load ``spec``'s models from ``checkpoint_dir`` and place them as ``plan`` says.
 
-        ``options`` carries backend-specific settings chosen on the command line (for example numerics), and
-        ``options["parallel"]``, the :class:`ParallelRun` from :meth:`start_parallel`, for a split generation.
+        ``options``: this backend's :class:`Options` (None: the defaults), from :meth:`parse_options`.
+        ``parallel``: the :class:`ParallelRun` from :meth:`start_parallel`, for a split generation (None: one
+        process). ``network_dir``: the network's folder under ``checkpoint_dir`` the original's
+        ``--diffusion_transformer_dir`` named (None: the spec's). ``fast`` (exact or None unless
+        :attr:`supports_fast`) and ``compile`` (False unless :attr:`supports_compile`): the core's speed options.
         """
 
     def start_parallel(self, spec: ModelSpec, num_gpus: int, *, device: str, command: str = "generate",
-                       options: Mapping[str, Any] | None = None) -> ParallelRun | None:
+                       options: Backend.Options | None = None) -> ParallelRun | None:
         """Join the run of ``num_gpus`` processes that torchrun started to split each generation of ``spec``.
 
         Called on every rank after the request is validated and before anything loads; raises a ``CosmosError``
         when the work cannot be split that way or the launch does not match (``command`` names the subcommand
-        for the hint). The default: this backend generates in one process only.
+        for the hint); ``options`` are this backend's, as for :meth:`build_pipeline`. The default: this backend
+        generates in one process only.
         """
         raise UsageError(f"the {self.id} backend cannot split one generation over several GPUs",
                          hint="Use --num-gpus 1 in a single process (to share a batch's lines out over GPUs: "

@@ -13,9 +13,10 @@ generation; rank 0 alone writes the files and prints (the others use a :class:`~
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cosmos_cli.errors import (
     GenerationError,
@@ -46,6 +47,28 @@ NAME_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,200}$")
 RESIZE_MODES = ("stretch", "crop", "pad")
 
 
+class OptionValues(Mapping[str, Any]):
+    """A read-only ``name -> value`` mapping (hashable and picklable, as a frozen request's field must be)."""
+
+    def __init__(self, values: Mapping[str, Any] | None = None):
+        self._values = dict(values or {})
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._values.items()))
+
+    def __repr__(self) -> str:
+        return f"OptionValues({self._values!r})"
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     input_path: Path
@@ -69,11 +92,16 @@ class GenerateRequest:
     original_offload_flags: frozenset[str] = field(default_factory=frozenset)
     num_gpus: int = 1
     device: str = "auto"
-    numerics: str = "fp32"
     resize: str = "stretch"
-    cp_scheme: str = "auto"
     fast: FastMode = field(default_factory=FastMode)  # opt-in speed options that change the video
     compile: bool = False  # torch.compile of the network's blocks (exact mode)
+    # the options of the model's backend's own that the command line gave (name -> value, e.g. {"numerics":
+    # "original"}); the backend types and checks them (Backend.parse_options), the core never reads them
+    backend_options: Mapping[str, Any] = field(default_factory=OptionValues)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backend_options, OptionValues):
+            object.__setattr__(self, "backend_options", OptionValues(self.backend_options))
 
 
 def resolve_model(model: str | None, network_dir: str | None) -> ModelSpec:
@@ -243,12 +271,19 @@ def plan_for(spec: ModelSpec, req: GenerateRequest, device: str, run: ParallelRu
     return plan
 
 
+def backend_options(backend: Backend, req: GenerateRequest) -> Backend.Options:
+    """``req``'s values of ``backend``'s own options, typed by the backend (:meth:`Backend.parse_options`; an
+    option it lacks or a bad value is a one-line :class:`UsageError`, raised first by :func:`checked_model`)."""
+    return backend.parse_options(req.backend_options)
+
+
 def checked_model(req: GenerateRequest, progress: Progress) -> tuple[Backend, ModelSpec]:
     """The backend and spec ``req`` names, after the checks and warnings every run makes before anything else
     (shared by `generate` and `batch`)."""
     check_generation_values(req)  # --seed, --num-steps, --guidance, --fps within the batch schema's bounds
     spec = resolve_model(req.model, req.network_dir)
     backend = find_model(spec.name)[0]
+    backend_options(backend, req)  # the backend's own options, refused before anything else when it lacks one
     if req.disable_guardrail:
         if spec.guardrail_disabled_warning:  # the backend's licence terms (ModelSpec.guardrail_disabled_warning)
             progress.warning(f"warning: {spec.guardrail_disabled_warning}")
@@ -281,7 +316,7 @@ def start_parallel(backend: Backend, spec: ModelSpec, req: GenerateRequest, comm
                          f"--device {req.device} names one",
                          hint="Drop --device (or use --device cuda), and choose the GPUs with CUDA_VISIBLE_DEVICES.")
     return backend.start_parallel(spec, req.num_gpus, device=req.device, command=command,
-                                  options={"cp_scheme": req.cp_scheme})
+                                  options=backend_options(backend, req))
 
 
 def load_pipeline(backend: Backend, spec: ModelSpec, req: GenerateRequest, device: str, progress: Progress,
@@ -291,11 +326,9 @@ def load_pipeline(backend: Backend, spec: ModelSpec, req: GenerateRequest, devic
     plan = plan_for(spec, req, device, run)
     where = device if run is None else f"{run.world_size} x {device.split(':')[0]}"
     progress.message(f"{spec.name} on {where}: memory strategy {plan.strategy} ({plan.reason})")
-    options = {"numerics": req.numerics, "network_dir": req.network_dir, "fast": req.fast, "compile": req.compile}
-    if run is not None:
-        options.update(parallel=run, cp_scheme=req.cp_scheme)
     return backend.build_pipeline(spec, plan, checkpoint_dir=Path(req.checkpoint_dir), device=device,
-                                  progress=progress, options=options)
+                                  progress=progress, options=backend_options(backend, req), parallel=run,
+                                  network_dir=req.network_dir, fast=req.fast, compile=req.compile)
 
 
 def generate(req: GenerateRequest, progress: Progress | None = None) -> GenerationResult:

@@ -83,6 +83,8 @@ NumGpusOpt = Annotated[
                  help="GPUs working on each generation (context parallelism), one process per GPU started by "
                       "torchrun: torchrun --nproc_per_node=N --no-python cosmos generate (or batch) ... --num-gpus N."),
 ]
+# Options of a backend's own (Predict1's; their defaults are that backend's): only one the user gave reaches the
+# backend, see backend_values.
 CpSchemeOpt = Annotated[
     str,
     typer.Option("--cp-scheme", rich_help_panel=P_MEMORY, metavar="SCHEME",
@@ -280,6 +282,17 @@ def check_original_only(spec, *, tokenizer_dir: str | None = None, prompt_upsamp
             where = f"--checkpoint-dir/{folder}" if folder else f"nowhere ({spec.name} has no {component})"
             raise UsageError(f"{flag} {value}: {spec.name} reads its {component} from {where}",
                              hint=f"Drop {flag}.")
+
+
+def backend_values(ctx: typer.Context, **values: object) -> dict[str, object]:
+    """The options of a backend's own among ``values`` (by name: the parameter's, which is the flag's, ``cp_scheme``
+    for ``--cp-scheme``) that the user gave on the command line, for ``GenerateRequest.backend_options``. One left
+    at its default is not passed, so a backend that lacks it refuses it only when it is used
+    (:meth:`cosmos_cli.backend.Backend.parse_options`)."""
+    # Context.get_parameter_source, by the source's name: Typer's own copy of click has its own enum
+    unset = (None, "DEFAULT", "DEFAULT_MAP")
+    return {name: value for name, value in values.items()
+            if getattr(ctx.get_parameter_source(name), "name", None) not in unset}
 
 
 def original_offload_flags(offload_diffusion_transformer: bool, offload_tokenizer: bool,

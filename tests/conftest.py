@@ -74,7 +74,8 @@ class FakeBackend(Backend):
     def models(self):
         return self.specs
 
-    def build_pipeline(self, spec, plan, *, checkpoint_dir, device, progress=None, options=None):
+    def build_pipeline(self, spec, plan, *, checkpoint_dir, device, progress=None, options=None, parallel=None,
+                       network_dir=None, fast=None, compile=False):
         self.built.append((spec.name, plan.strategy, checkpoint_dir, device))
         raise NotImplementedError("the fake backend generates nothing")
 

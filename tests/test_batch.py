@@ -203,6 +203,7 @@ class FaultyPipeline:
 class FaultyBackend(Backend):
     id = "faulty"
     version = "0.0.1"
+    Options = Predict1Backend.Options
 
     def models(self):
         return (FAULTY,)
@@ -440,5 +441,6 @@ def test_job_hash_covers_what_changes_the_video(media):
     assert digest(base) == digest({**base, "name": "other"}, output_dir=Path("elsewhere"), device="cuda")
     for other in ({**base, "seed": 6}, {**base, "prompt": "a box"}, {**base, "num_steps": 3}, {**base, "fps": 12}):
         assert digest(other) != digest(base)
-    assert digest(base, numerics="original") != digest(base)
+    assert digest(base, backend_options={"numerics": "original"}) != digest(base)
+    assert digest(base, backend_options={"numerics": "fp32", "cp_scheme": "cfg"}) == digest(base)  # same video
     assert digest(base, seed=6) != digest(base)  # the --seed default is part of the job

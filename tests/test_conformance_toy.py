@@ -196,3 +196,29 @@ def test_its_own_normalisation_and_no_negative_prompt(toy_installed, tmp_path):
     pixels = frames_to_tensor(read_frames(image, 1), spec.height, spec.width, normalisation=spec.input_normalisation)
     assert torch.all(pixels[..., :8, :] == -1.0)
     assert torch.allclose(pixels[..., 8:, :], torch.ones(()), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags", [("--numerics", "original"), ("--cp_scheme", "cfg")])  # (the original's spelling)
+@pytest.mark.parametrize("command", ["generate", "batch"])
+def test_an_option_it_lacks_is_one_line_before_loading(toy_installed, tmp_path, monkeypatch, command, flags):
+    """Predict1's options are the Predict1 backend's own: the toy has none (the base ``Backend.Options``), so a
+    given one is refused in one line naming the flag before any model loads; left out, the toy runs (above)."""
+    import cosmos_cli.generation as gen
+    from tests.conftest import make_image, run_cli
+
+    monkeypatch.setattr(gen, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    image = make_image(tmp_path / "in.png", 16, 16)
+    common = ("--model", "toy", "--checkpoint-dir", str(tmp_path / "ckpt"), "--device", "cpu",
+              "--video-save-folder", str(tmp_path / "out"), *flags)
+    if command == "generate":
+        res = run_cli("generate", "-i", str(image), "--prompt", "a ball", *common)
+    else:
+        jsonl = tmp_path / "jobs.jsonl"
+        jsonl.write_text(f'{{"visual_input": "{image}", "prompt": "a ball"}}\n', encoding="utf-8")
+        res = run_cli("batch", str(jsonl), *common)
+    flag = flags[0].replace("_", "-")
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.stderr
+    assert errors == [f"error: {flag}: the toy backend has no {flag} option (it has no options of its own)"], res.stderr
+    assert f"hint: Drop {flag}." in res.stderr
+    assert not (tmp_path / "out").exists()

@@ -96,7 +96,8 @@ def test_json_output(cli, ckpt, inputs, tmp_path):
         (("-i", "{image}", "--prompt", "x", "--num-input-frames", "9"), 1, "an image has 1 frame"),
         (("-i", "{image}"), 2, "prompt is required"),
         (("-i", "{image}", "--prompt", "x", "--video-save-name", "../up"), 2, "--video-save-name"),
-        (("-i", "{image}", "--prompt", "x", "--numerics", "fp16"), 1, "--numerics"),
+        (("-i", "{image}", "--prompt", "x", "--numerics", "fp16"), 2, "--numerics must be one of fp32, original"),
+        (("-i", "{image}", "--prompt", "x", "--cp-scheme", "diagonal"), 2, "--cp-scheme must be one of auto"),
         (("-i", "{image}", "--prompt", "x", "--offload", "turbo"), 1, "unknown memory strategy"),
     ],
 )

@@ -142,6 +142,7 @@ def test_cli_blocked_exits_nonzero_naming_the_component(root, image, tmp_path, c
 
     fake_backend.specs = (SPEC,)
     monkeypatch.setattr(type(fake_backend), "build_pipeline", Predict1Backend.build_pipeline)
+    monkeypatch.setattr(type(fake_backend), "Options", Predict1Backend.Options)
     monkeypatch.setattr(type(fake_backend), "checkpoint_path", Predict1Backend.checkpoint_path)
     res = cli("generate", "--model", "predict1-tiny-stages", "--checkpoint-dir", str(root), "-i", str(image),
               "--prompt", "A snarfwidget on the beach", "--disable-prompt-upsampler", "--device", "cpu",

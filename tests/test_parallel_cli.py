@@ -245,7 +245,7 @@ def test_launch_that_does_not_match(cli, ckpt, image, tmp_path, monkeypatch):
 @pytest.mark.parametrize("n, extra, message, hint", [
     (5, (), "5 GPUs cannot split this job: its 12 tokens are not divisible by 5", "1, 2, 3, 4, 6, 8, 12."),
     (3, ("--cp-scheme", "cfg"), "the cfg scheme needs an even GPU count", "--cp-scheme sequence"),
-    (2, ("--cp-scheme", "tensor"), "unknown parallel scheme 'tensor'", "auto, sequence, cfg"),
+    (2, ("--cp-scheme", "tensor"), "--cp-scheme must be one of auto, sequence, cfg, got 'tensor'", "Use --cp-scheme auto"),
 ])
 def test_a_split_that_cannot_work_is_refused_before_launching(cli, ckpt, image, tmp_path, n, extra, message, hint):
     res = cli(*gen_args(ckpt, image, tmp_path, "--num-gpus", str(n), *extra))

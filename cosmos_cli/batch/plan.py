@@ -9,15 +9,19 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cosmos_cli.batch.report import ItemRecord
 from cosmos_cli.batch.sidecar import SIDECAR_SUFFIX, existing_output, read_sidecar, remove_leftovers
 from cosmos_cli.errors import CosmosError, UsageError, ValidationFailed
-from cosmos_cli.generation import RESIZE_MODES, GenerateRequest, make_job
+from cosmos_cli.generation import RESIZE_MODES, GenerateRequest, backend_options, make_job
 from cosmos_cli.jobs import GenerationJob, default_name, parse_json_line, validate_batch
 from cosmos_cli.progress import Progress
+from cosmos_cli.registry import find_model
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, ModelSpec
+
+if TYPE_CHECKING:
+    from cosmos_cli.backend import Backend
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,17 @@ class BatchPlan:
         return any(not r.has_output for n, r in self.records.items() if n not in self.invalid)
 
 
-def job_params(job: GenerationJob, spec: ModelSpec, req: GenerateRequest) -> tuple[dict[str, Any], str]:
-    """Everything that determines a line's video, and its SHA-256 (the resume key)."""
+def job_params(job: GenerationJob, spec: ModelSpec, req: GenerateRequest,
+               options: Backend.Options | None = None) -> tuple[dict[str, Any], str]:
+    """Everything that determines a line's video, and its SHA-256 (the resume key). ``options``: the backend's typed
+    options for ``req`` (None: made from it), whose :meth:`~cosmos_cli.backend.Backend.Options.key_params` count."""
+    if options is None:
+        options = backend_options(find_model(spec.name)[0], req)
     params = {
+        **options.key_params(),  # Predict1's: numerics
         **job.params(),
         "model": spec.name,
         "network_dir": req.network_dir,
-        "numerics": req.numerics,
         "prompt_upsampler": not req.disable_prompt_upsampler and spec.component(UPSAMPLER) is not None,
         "guardrail": not req.disable_guardrail and spec.component(GUARDRAIL) is not None,
     }
@@ -216,6 +224,7 @@ def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard:
         records[lineno] = ItemRecord(lineno, default_name(lineno), "failed", f"invalid line: {reasons}",
                                      input=raw_line(report.invalid_texts.get(lineno, "")))
     items: list[BatchItem] = []
+    options = backend_options(find_model(spec.name)[0], d)  # the backend's own, for every line's resume key
     mine = report.lines[rank::world]
     for bl in mine:
         name = bl.data.get("name") or default_name(bl.line)
@@ -228,7 +237,7 @@ def plan_batch(req: BatchRequest, spec: ModelSpec, progress: Progress, *, shard:
             progress.warning(f"line {bl.line} ({name}): failed: {records[bl.line].message}")
             continue
         job = dataclasses.replace(job, line=bl.line)
-        params, digest = job_params(job, spec, d)
+        params, digest = job_params(job, spec, d, options)
         item = BatchItem(batch_file, bl.line, bl.data, job, params, digest, out_dir / f"{name}.mp4",
                          out_dir / f"{name}.txt")
         remove_leftovers(item, leftovers)

@@ -18,6 +18,7 @@ from cosmos_cli.generation import GenerateRequest
 
 
 def batch(
+    ctx: typer.Context,
     file: Annotated[Path | None, typer.Argument(
         help="Batch file: one JSON object per line (see schemas/batch_job.schema.json).")] = None,
     model: o.ModelOpt = None,
@@ -87,8 +88,8 @@ def batch(
         num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
         output_dir=output_dir, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
         disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload,
-        original_offload_flags=flags, num_gpus=num_gpus, cp_scheme=cp_scheme, device=device,
-        numerics=numerics, resize=resize, fast=parse_fast(fast), compile=compile_blocks,
+        original_offload_flags=flags, num_gpus=num_gpus, device=device, resize=resize, fast=parse_fast(fast),
+        compile=compile_blocks, backend_options=o.backend_values(ctx, numerics=numerics, cp_scheme=cp_scheme),
     )
     run_and_print(BatchRequest(file, defaults, skip_invalid=skip_invalid, fail_fast=fail_fast, gpus=gpus,
                                report_path=report, shard=parse_shard(shard), executor=executor,

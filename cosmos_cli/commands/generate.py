@@ -18,6 +18,7 @@ from cosmos_cli.progress import NotesDropped, NullProgress, QuietProgress, RichP
 
 
 def generate(
+    ctx: typer.Context,
     input_path: o.InputOpt = None,
     prompt: o.PromptOpt = None,
     model: o.ModelOpt = None,
@@ -77,8 +78,8 @@ def generate(
         num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
         output_dir=output_dir, name=name, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
         disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload, original_offload_flags=flags,
-        num_gpus=num_gpus, cp_scheme=cp_scheme, device=device, numerics=numerics, resize=resize,
-        fast=parse_fast(fast), compile=compile_blocks,
+        num_gpus=num_gpus, device=device, resize=resize, fast=parse_fast(fast), compile=compile_blocks,
+        backend_options=o.backend_values(ctx, numerics=numerics, cp_scheme=cp_scheme),
     )
     if batch_input_path is not None:
         return run_batch_and_print(BatchRequest(batch_input_path, request), as_json, quiet)

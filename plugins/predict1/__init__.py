@@ -12,6 +12,7 @@ from pathlib import Path
 from cosmos_cli.backend import Backend
 from cosmos_cli.hookspecs import hookimpl
 
+from .options import Predict1Options
 from .specs import BACKEND_ID, PREDICT1_DEMO, SPECS
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ class Predict1Backend(Backend):
     version = __version__
     supports_fast = True
     supports_compile = True
+    Options = Predict1Options  # --numerics, --cp-scheme
 
     def fast_mode_bytes(self, spec, fast) -> int:
         """The step cache's memory: per guidance branch it keeps two (tokens x width) tensors from step to step
@@ -57,25 +59,27 @@ class Predict1Backend(Backend):
         model lives under --checkpoint-dir."""
         return bundled_checkpoint_dir() if spec == PREDICT1_DEMO else Path(checkpoint_dir)
 
-    def build_pipeline(self, spec, plan, *, checkpoint_dir: Path, device: str, progress=None, options=None):
+    def build_pipeline(self, spec, plan, *, checkpoint_dir: Path, device: str, progress=None,
+                       options: Predict1Options | None = None, parallel=None, network_dir: str | None = None,
+                       fast=None, compile: bool = False):
         from .pipeline import Predict1Pipeline
 
-        options = dict(options or {})
+        options = options or Predict1Options()
         if spec == PREDICT1_DEMO and Path(checkpoint_dir) != Path("checkpoints") and progress is not None:
             progress.warning(f"note: the demo model's files ship with the package ({bundled_checkpoint_dir()}); "
                              f"--checkpoint-dir {checkpoint_dir} is not used")
         return Predict1Pipeline.load(spec, plan, checkpoint_dir=self.checkpoint_path(spec, checkpoint_dir),
-                                     device=device, progress=progress, numerics=options.get("numerics", "fp32"),
-                                     network_dir=options.get("network_dir"), parallel=options.get("parallel"),
-                                     cp_scheme=options.get("cp_scheme", "auto"), fast=options.get("fast"),
-                                     compile=options.get("compile", False))
+                                     device=device, progress=progress, numerics=options.numerics,
+                                     network_dir=network_dir, parallel=parallel, cp_scheme=options.cp_scheme,
+                                     fast=fast, compile=compile)
 
-    def start_parallel(self, spec, num_gpus: int, *, device: str, command: str = "generate", options=None):
+    def start_parallel(self, spec, num_gpus: int, *, device: str, command: str = "generate",
+                       options: Predict1Options | None = None):
         """Context parallelism (:mod:`.parallel`): refuse a GPU count or scheme that cannot split ``spec``'s job
         (before joining, so no process waits for the others to fail alike), then join torchrun's run."""
         from . import parallel as P
 
-        scheme = dict(options or {}).get("cp_scheme", "auto")
+        scheme = (options or Predict1Options()).cp_scheme
         if num_gpus > 1:  # the same checks as the layout choice after the memory plan (they do not depend on it)
             P.choose_layout(num_gpus, spec.network, P.latent_shape_of(spec),
                             scheme=os.environ.get(P.SCHEME_ENV, "auto") if scheme == "auto" else scheme,

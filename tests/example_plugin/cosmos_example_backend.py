@@ -21,7 +21,8 @@ class ExampleBackend(Backend):
     def models(self):
         return (SPEC,)
 
-    def build_pipeline(self, spec, plan, *, checkpoint_dir, device, progress=None, options=None):
+    def build_pipeline(self, spec, plan, *, checkpoint_dir, device, progress=None, options=None, parallel=None,
+                       network_dir=None, fast=None, compile=False):
         raise NotImplementedError("the example backend only demonstrates registration")
 
 

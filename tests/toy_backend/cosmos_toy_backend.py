@@ -129,7 +129,8 @@ class ToyBackend(Backend):
     def models(self):
         return (SPEC,)
 
-    def build_pipeline(self, spec, plan, *, checkpoint_dir, device, progress=None, options=None):
+    def build_pipeline(self, spec, plan, *, checkpoint_dir, device, progress=None, options=None, parallel=None,
+                       network_dir=None, fast=None, compile=False):  # no options of its own, one process
         return ToyPipeline(spec, plan, checkpoint_dir, device)
 
 
