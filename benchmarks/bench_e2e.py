@@ -69,10 +69,31 @@ PROMPTS = (
 )
 
 
+def write_spiece_model(root: Path, spec) -> None:
+    """The released T5 folder also holds ``spiece.model`` (a SentencePiece model), which the CLI's file check
+    asks for; the folder writer's tokenizer is a fast one (``tokenizer.json``, what ``transformers`` reads when
+    both are there). Write a small SentencePiece model trained on the same words so the folder is complete."""
+    import io
+
+    import sentencepiece as spm
+
+    from cosmos_plugins.predict1.fixtures import DEFAULT_WORDS
+
+    for f in spec.files:
+        if f.local.endswith("spiece.model") and not (root / f.local).is_file():
+            words = list(DEFAULT_WORDS)
+            sentences = [" ".join(words[i:i + 8]) for i in range(0, len(words), 8)] * 4
+            buf = io.BytesIO()
+            spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=buf, vocab_size=200,
+                                           hard_vocab_limit=False, minloglevel=2)
+            (root / f.local).write_bytes(buf.getvalue())
+
+
 def write_folder(model: str, root: Path, device: str) -> dict:
     """Write the random checkpoint folder (in this process; the parent runs it as a child)."""
     import torch
 
+    from cosmos_cli.specs import NETWORK, TEXT_ENCODER, TOKENIZER
     from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
     from cosmos_plugins.predict1.specs import SPECS
 
@@ -80,6 +101,11 @@ def write_folder(model: str, root: Path, device: str) -> dict:
     t0 = time.perf_counter()
     with torch.no_grad():
         write_checkpoint_folder(root, spec, seed=0, network_dtype=torch.bfloat16, device=device)
+    write_spiece_model(root, spec)
+    absent = [f.local for f in spec.files if f.component in (NETWORK, TOKENIZER, TEXT_ENCODER)
+              and "*" not in f.local and not (root / f.local).is_file()]
+    if absent:
+        raise SystemExit(f"the folder writer left out {', '.join(absent)}")
     files = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
     info = {"model": spec.name, "seconds": round(time.perf_counter() - t0, 1), "files": files,
             "bytes": sum(files.values())}

@@ -52,6 +52,9 @@ from cosmos_plugins.predict1.checkpoint import load_network, write_random_checkp
 from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B, PREDICT1_TINY
 from cosmos_plugins.predict1.strategies import STRATEGIES
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hostinfo import disk_of  # noqa: E402
+
 GiB = 1 << 30
 SPECS = {"7B": PREDICT1_7B, "14B": PREDICT1_14B, "tiny": PREDICT1_TINY}
 LATENTS = {"7B": (16, 88, 160), "14B": (16, 88, 160), "tiny": (3, 4, 4)}
@@ -71,31 +74,6 @@ def status() -> dict[str, int]:
         if key in ("RssAnon", "RssFile", "RssShmem", "VmHWM", "VmRSS"):
             out[key] = int(rest.split()[0]) * 1024
     return out
-
-
-def disk_of(path: Path) -> dict:
-    """The mount, filesystem and block device (with its model, where sysfs names it) holding ``path``."""
-    path = path.resolve()
-    best = ("", "", "")
-    for line in Path("/proc/mounts").read_text().splitlines():
-        dev, mnt, fs = line.split()[:3]
-        if (str(path) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) > len(best[1]):
-            best = (dev, mnt, fs)
-    dev, mnt, fs = best
-    info = {"device": dev, "mount": mnt, "filesystem": fs}
-    name = Path(dev).name
-    for candidate in (name, name.rstrip("0123456789").removesuffix("p") if name.startswith("nvme") else
-                      name.rstrip("0123456789")):
-        model = Path(f"/sys/block/{candidate}/device/model")
-        if model.exists():
-            info["model"] = model.read_text().strip()
-            rotational = Path(f"/sys/block/{candidate}/queue/rotational")
-            if rotational.exists():
-                info["rotational"] = rotational.read_text().strip() == "1"
-            break
-    st = os.statvfs(path)
-    info["free_bytes"] = st.f_bavail * st.f_frsize
-    return info
 
 
 def evict(path: Path) -> None:
