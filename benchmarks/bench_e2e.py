@@ -231,8 +231,8 @@ def main() -> None:
             ap.error(f"--runs {run}: expected MODE:N or MODE:g with MODE one of {', '.join(MODES)}")
     t0 = time.perf_counter()
     folder = ensure_folder(args)
-    print(f"checkpoint folder {args.root}: {folder['bytes'] / GiB:.1f} GiB"
-          f"{', written in %.0f s' % folder['seconds'] if folder['written_now'] else ' (kept)'}", flush=True)
+    how = f"written in {folder['seconds']:.0f} s" if folder["written_now"] else "kept"
+    print(f"checkpoint folder {args.root}: {folder['bytes'] / GiB:.1f} GiB, {how}", flush=True)
     report = {
         "benchmark": "end to end through the CLI (cosmos batch / generate), random weights, full-size files",
         "command": " ".join([sys.executable, *sys.argv]),

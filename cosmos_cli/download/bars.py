@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+
 class _Progress:
     """rich bars on stderr: one per file while it transfers, and one for the whole run."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from cosmos_cli.errors import CosmosError
 
 
-
 class DownloadError(CosmosError):
     """A download that cannot go on."""
 

@@ -18,6 +18,7 @@ from cosmos_cli.download.hub import _Hub, check_inside
 from cosmos_cli.download.plan import DONE, PRESENT, DownloadPlan, PlannedFile, human_bytes
 from cosmos_cli.download.verify import _mismatches
 
+
 @dataclass
 class DownloadReport:
     fetched: list[str] = field(default_factory=list)  # local paths transferred (fully or the rest of a partial)
