@@ -11,15 +11,20 @@ file the spec needs, written in the real formats). The battery then runs, throug
   error line naming the key;
 * offload-placement equivalence: under every strategy the spec declares (``ModelSpec.strategies``), the backend's
   pipeline gives the resident strategy's frames (the bound of tests/test_offload.py); every other strategy is
-  refused by the planner in one line naming the declared ones, and neither ``auto`` nor ``memory-plan`` offers it.
+  refused by the planner in one line naming the declared ones, and neither ``auto`` nor ``memory-plan`` offers it;
+* parallel equivalence: a backend that splits a generation (it overrides ``Backend.start_parallel``) run as
+  ``torchrun --nproc_per_node=2 ... cosmos generate --num-gpus 2 --device cpu`` (gloo, one launch of
+  tests/torchrun_cosmos.py, ~10-15 s) writes one output set, rank 0's, whose frames are the one-process ones within
+  a rounding step; one that does not (the base ``start_parallel``) refuses ``--num-gpus 2`` under torchrun's launch
+  variables in one line on rank 0 (exit 2, silence on rank 1) before anything loads or is written. A plain
+  process given ``--num-gpus 2`` is refused in one line either way.
 
 A subclass lists in ``expected_failures`` the battery tests (``"test_name"`` or ``"test_name[param]"``) its backend
 cannot pass because of the core, each with the reason and the exception it then fails with: they run as
 ``xfail(strict=True, raises=...)``, so the day the core is fixed they fail until the entry is removed.
 
-Parallel equivalence is not in the battery, only its cheap end (``--num-gpus 2`` outside torchrun is refused with
-one line): splitting one generation needs several gloo processes started like torchrun's (tests/test_parallel.py,
-tens of seconds for Predict1 alone on two cores), not a few seconds per backend.
+The torchrun launch is the battery's only one (tests/test_parallel_cli.py keeps the other splits, Predict1's own:
+the token split, four ranks, batch, a dying rank); the layer-level numerics of a split are tests/test_parallel.py's.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from cosmos_cli.backend import Backend
 from cosmos_cli.errors import MemoryPlanError
 from cosmos_cli.planner import plan_memory, strategies_for
 from cosmos_cli.specs import GUARDRAIL, NETWORK, UPSAMPLER, ModelSpec
 from cosmos_plugins.predict1.strategies import STRATEGY_NAMES
-from tests.conftest import make_image, run_cli
+from tests.conftest import LAUNCH_VARS, can_torchrun, make_image, run_cli, torchrun
 
 PROMPT = "a red ball rolls to the left"
 
@@ -52,6 +58,8 @@ class BackendConformance:
     # the strategy names the battery tries (Predict1's, the fullest list there is): those the spec declares must give
     # the resident output, the others must be refused before anything loads
     strategy_names: ClassVar[tuple[str, ...]] = STRATEGY_NAMES
+    # what rank 0 says of the layout when the tiny spec's generation is split over two ranks (checked when set)
+    split_says: ClassVar[str] = ""
 
     def exact(self, plan) -> bool:
         """Whether ``plan`` runs the very kernels the resident plan runs, so that its frames must be equal bit for
@@ -116,10 +124,32 @@ class BackendConformance:
     def _upsampler_flag(self, spec: ModelSpec) -> tuple[str, ...]:
         return ("--disable-prompt-upsampler",) if spec.component(UPSAMPLER) else ()
 
+    def _generate_args(self, spec, ckpt, image, out, *extra) -> list[str]:
+        return ["generate", "--model", self.model, "--checkpoint-dir", str(ckpt), "--video-save-folder", str(out),
+                "-i", str(image), "--prompt", PROMPT, "--device", "cpu", "--num-steps", str(self.num_steps),
+                *self._skip_flags(spec), *extra]
+
     def _generate(self, spec, ckpt, image, out, *extra):
-        return run_cli("generate", "--model", self.model, "--checkpoint-dir", str(ckpt), "--video-save-folder",
-                       str(out), "-i", str(image), "--prompt", PROMPT, "--device", "cpu", "--num-steps",
-                       str(self.num_steps), *self._skip_flags(spec), *extra)
+        return run_cli(*self._generate_args(spec, ckpt, image, out, *extra))
+
+    @pytest.fixture(scope="class")
+    def one_process(self, spec, ckpt, image, tmp_path_factory):
+        """``cosmos generate`` in this process, as a user runs it: the result, its folder and the frames handed to
+        :func:`cosmos_cli.media.write_video` (before the lossy H.264 encoding)."""
+        import cosmos_cli.media as media
+
+        out = tmp_path_factory.mktemp("one-process")
+        written, original = [], media.write_video
+
+        def catch(path, frames, *args, **kwargs):
+            frames = frames if isinstance(frames, np.ndarray) else np.stack(list(frames))
+            written.append(frames.copy())
+            return original(path, frames, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(media, "write_video", catch)
+            res = self._generate(spec, ckpt, image, out)
+        return res, out, written
 
     # --- the CLI round trip -----------------------------------------------------------------------------------------
 
@@ -164,19 +194,23 @@ class BackendConformance:
             plan = res.json()
             assert [s["name"] for s in plan["strategies"]] == names and plan["strategy"] in names, (vram, plan)
 
-    def test_generate_writes_the_video_and_the_prompt(self, spec, ckpt, image, tmp_path):
+    def _check_output_set(self, spec, folder: Path) -> None:
+        """``folder`` holds one video of the spec's size and frame rate and the prompt's .txt, nothing else."""
         from cosmos_cli.media import probe
 
-        res = self._generate(spec, ckpt, image, tmp_path)
-        assert res.exit_code == 0, res.stderr
-        out = Path(res.stdout.strip())
-        assert out == tmp_path / "output.mp4"
-        info = probe(out)
+        info = probe(folder / "output.mp4")
         assert (info.kind, info.num_frames, info.width, info.height) == ("video", spec.num_frames, spec.width,
                                                                          spec.height)
         assert info.fps == pytest.approx(spec.fps)
-        assert (tmp_path / "output.txt").read_text(encoding="utf-8") == PROMPT
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["output.mp4", "output.txt"]  # no temporary files left
+        assert (folder / "output.txt").read_text(encoding="utf-8") == PROMPT
+        assert sorted(p.name for p in folder.iterdir()) == ["output.mp4", "output.txt"]  # no temporary files left
+
+    def test_generate_writes_the_video_and_the_prompt(self, spec, one_process):
+        res, folder, written = one_process
+        assert res.exit_code == 0, res.stderr
+        assert Path(res.stdout.strip()) == folder / "output.mp4"
+        self._check_output_set(spec, folder)
+        assert len(written) == 1, "the pipeline must write its video through cosmos_cli.media.write_video"
 
     def test_a_split_outside_torchrun_is_refused(self, spec, ckpt, image, tmp_path):
         """The cheap end of the parallel contract: ``--num-gpus 2`` in one plain process is refused before anything
@@ -185,6 +219,58 @@ class BackendConformance:
         assert res.exit_code in (1, 2) and "Traceback" not in res.stderr, res.stderr
         assert len([line for line in res.stderr.splitlines() if line.startswith("error:")]) == 1, res.stderr
         assert not list(tmp_path.iterdir())
+
+    # --- parallel equivalence ------------------------------------------------------------------------------------
+
+    def test_a_split_generation_is_the_one_process_video(self, found, ckpt, image, one_process, tmp_path,
+                                                         monkeypatch):
+        """A backend that splits: two gloo ranks write one output set (rank 0's: one line on stdout, one video and
+        one .txt, one call of write_video) whose frames are the one-process ones within the bound of
+        tests/test_parallel.py. fp32 math in another order (one guidance branch per rank, other GEMM shapes) can
+        move a bf16 latent across a rounding boundary, one ulp at a few elements, which decodes to a pixel rounded
+        the other way: <= 1 of 255; a wrong split is off by order one. Equal frames give the same mp4 bytes.
+
+        A backend that does not split (the base ``Backend.start_parallel``): under torchrun's launch variables
+        ``--num-gpus 2`` is refused on rank 0 in one line, exit 2, and the other rank exits 0 in silence (rank 0
+        speaks for both), before anything loads or is written."""
+        backend, spec = found
+        out = tmp_path / "out"
+        if type(backend).start_parallel is Backend.start_parallel:
+            monkeypatch.setattr(type(backend), "build_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+            for var in LAUNCH_VARS:
+                monkeypatch.delenv(var, raising=False)
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            for rank in ("0", "1"):
+                monkeypatch.setenv("RANK", rank)
+                monkeypatch.setenv("LOCAL_RANK", rank)
+                res = self._generate(spec, ckpt, image, out, "--num-gpus", "2")
+                errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+                if rank == "0":
+                    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.stderr
+                    assert len(errors) == 1 and backend.id in errors[0], res.stderr
+                else:
+                    assert (res.exit_code, res.stdout, res.stderr) == (0, "", "")
+                assert not out.exists()
+            return
+        if not can_torchrun():
+            pytest.skip("torchrun needs POSIX and torch.distributed")
+        ref_res, ref_folder, ref_written = one_process
+        assert ref_res.exit_code == 0, ref_res.stderr
+        proc, _ = torchrun(2, self._generate_args(spec, ckpt, image, out, "--num-gpus", "2"), script=True,
+                           COSMOS_TEST_WRITES=str(tmp_path))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [], proc.stderr[-3000:]
+        assert proc.stdout.splitlines() == [str(out / "output.mp4")]  # only rank 0 prints the result
+        self._check_output_set(spec, out)
+        assert sorted(p.name for p in tmp_path.glob("written-*.npy")) == ["written-rank0-0.npy"]  # rank 0 writes
+        frames, reference = np.load(tmp_path / "written-rank0-0.npy"), ref_written[0]
+        assert frames.shape == reference.shape == (spec.num_frames, spec.height, spec.width, 3)
+        pixels = int(np.abs(frames.astype(int) - reference.astype(int)).max())
+        assert pixels <= 1, pixels
+        if pixels == 0:
+            assert (out / "output.mp4").read_bytes() == (ref_folder / "output.mp4").read_bytes()
+        if self.split_says:  # rank 0 says how the work is split (rich wraps lines)
+            assert self.split_says in " ".join(proc.stderr.split()), proc.stderr[-3000:]
 
     # --- checkpoint strictness ---------------------------------------------------------------------------------------
 

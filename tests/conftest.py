@@ -163,6 +163,47 @@ def make_video(path: Path, num_frames: int = 12, height: int = 48, width: int = 
     return path
 
 
+# -- torchrun on the CPU (gloo): `cosmos` in several processes, as a user launches it -------------------------------
+
+TORCHRUN_TIMEOUT_S = 150
+# what torchrun sets in each process, and the test hooks' variables: a launch starts from none of them
+LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+               "COSMOS_CP_SCHEME", "COSMOS_CP_ATTENTION")
+
+
+def can_torchrun() -> bool:
+    """Whether this machine can launch torchrun's gloo processes (POSIX and a torch with torch.distributed)."""
+    import torch
+
+    return hasattr(os, "fork") and torch.distributed.is_available()
+
+
+def cosmos_script() -> list[str]:
+    """The installed console script (``--no-python``), else the module."""
+    import shutil
+
+    found = Path(sys.executable).with_name("cosmos")
+    path = str(found) if found.exists() else shutil.which("cosmos")
+    return ["--no-python", path] if path else ["-m", "cosmos_cli.app"]
+
+
+def torchrun(n: int, args: list[str], *, script: bool = False, launch: tuple[str, ...] = (), **env: str):
+    """``cosmos ARGS`` in n processes started by ``python -m torch.distributed.run --standalone`` (``script``:
+    through tests/torchrun_cosmos.py, the same ``main()`` with its test hooks, set by ``env``). Returns (process,
+    seconds)."""
+    import subprocess
+    import time
+
+    entry = [str(REPO / "tests" / "torchrun_cosmos.py")] if script else cosmos_script()
+    full_env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    full_env.update(OMP_NUM_THREADS="1", COSMOS_DIST_TIMEOUT="60", COSMOS_DIST_STEP_TIMEOUT="30", **env)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+                           *launch, *entry, *args], capture_output=True, text=True, env=full_env,
+                          timeout=TORCHRUN_TIMEOUT_S, cwd=REPO)
+    return proc, time.monotonic() - t0
+
+
 @pytest.fixture(scope="session")
 def demo_pipeline():
     """The bundled demo model's pipeline on the CPU, loaded once per session (as `cosmos generate` builds it)."""

@@ -11,6 +11,7 @@ from tests.conformance import BackendConformance
 
 class TestConformancePredict1(BackendConformance):
     model = PREDICT1_TINY.name
+    split_says = "the two guidance branches on two groups of 1"  # --cp-scheme auto's choice for two ranks
 
     def write_checkpoint(self, root: Path) -> None:
         write_checkpoint_folder(root, PREDICT1_TINY, seed=0)

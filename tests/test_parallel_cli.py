@@ -4,17 +4,15 @@ Each multi-process test launches ``python -m torch.distributed.run --standalone 
 model, either the console script itself (``--no-python cosmos``) or ``tests/torchrun_cosmos.py``, which runs the
 same ``main()`` and saves what rank 0 decodes (the mp4 is compressed, so the numbers are compared there). The
 checks that need no second process (the launch, the GPU count, NCCL, combinations that are refused) run in this
-process through ``main()``.
+process through ``main()``. The default split over two ranks (``--num-gpus 2``, the guidance branches on two groups
+of 1) against one process is the conformance battery's (tests/conformance.py,
+``test_a_split_generation_is_the_one_process_video``, run on the tiny spec by tests/test_conformance_predict1.py);
+the launch helpers (``torchrun``, ``cosmos_script``) are tests/conftest.py's.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +22,11 @@ import torch
 from cosmos_cli.media import probe
 from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
-from tests.conftest import make_image
+from tests.conftest import LAUNCH_VARS, can_torchrun, make_image, torchrun
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not torch.distributed.is_available(),
-                                reason="torchrun needs POSIX and torch.distributed")
+pytestmark = pytest.mark.skipif(not can_torchrun(), reason="torchrun needs POSIX and torch.distributed")
 
 TINY = "predict1-tiny"
-HERE = Path(__file__).resolve().parent
-RUN_TIMEOUT_S = 150
-LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-               "COSMOS_CP_SCHEME", "COSMOS_CP_ATTENTION")
 
 
 @pytest.fixture(scope="module")
@@ -57,25 +50,6 @@ def gen_args(ckpt: Path, image: Path, out: Path, *extra: str) -> list[str]:
     return ["generate", "--model", TINY, "--checkpoint-dir", str(ckpt), "-i", str(image), "--prompt", "a red ball",
             "--disable-prompt-upsampler", "--disable-guardrail", "--device", "cpu", "--num-steps", "3",
             "--seed", "3", "--video-save-folder", str(out), "--video-save-name", "v", *extra]
-
-
-def cosmos_script() -> list[str]:
-    """The installed console script (``--no-python``), else the module."""
-    found = Path(sys.executable).with_name("cosmos")
-    path = str(found) if found.exists() else shutil.which("cosmos")
-    return ["--no-python", path] if path else ["-m", "cosmos_cli.app"]
-
-
-def torchrun(n: int, args: list[str], *, script: bool = False, launch: tuple[str, ...] = (), **env: str):
-    """``cosmos ARGS`` in n processes (``script``: through tests/torchrun_cosmos.py). Returns (process, seconds)."""
-    entry = [str(HERE / "torchrun_cosmos.py")] if script else cosmos_script()
-    full_env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    full_env.update(OMP_NUM_THREADS="1", COSMOS_DIST_TIMEOUT="60", COSMOS_DIST_STEP_TIMEOUT="30", **env)
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-                           *launch, *entry, *args], capture_output=True, text=True, env=full_env,
-                          timeout=RUN_TIMEOUT_S, cwd=HERE.parent)
-    return proc, time.monotonic() - t0
 
 
 def decoded(folder: Path) -> list[Path]:
@@ -123,16 +97,14 @@ def stderr_errors(stderr: str) -> list[str]:
 # -- several processes ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag, scheme, layout", [
-    ("--num_gpus", "auto", "the two guidance branches on two groups of 1"),  # the original's flag; the default
-    ("--num-gpus", "sequence", "sequence parallel (as asked): 12 tokens in 2 contiguous ranges"),
-])
-def test_generate_on_two_ranks_matches_one_process(ckpt, image, reference, tmp_path, flag, scheme, layout):
+def test_generate_sequence_parallel_on_two_ranks_matches_one_process(ckpt, image, reference, tmp_path):
+    """The token split asked for (the default, the guidance branches on two ranks, is the battery's)."""
     out = tmp_path / "out"
-    proc, _ = torchrun(2, gen_args(ckpt, image, out, flag, "2", "--cp-scheme", scheme), script=True,
-                       COSMOS_TEST_SPY=str(tmp_path))
+    proc, _ = torchrun(2, gen_args(ckpt, image, out, "--num_gpus", "2", "--cp-scheme", "sequence"),  # original's flag
+                       script=True, COSMOS_TEST_SPY=str(tmp_path))
     check_split_run(proc, out, tmp_path, reference)
-    assert layout in " ".join(proc.stderr.split())  # rank 0 says how the work is split (rich wraps lines)
+    # rank 0 says how the work is split (rich wraps lines)
+    assert "sequence parallel (as asked): 12 tokens in 2 contiguous ranges" in " ".join(proc.stderr.split())
 
 
 @pytest.mark.parametrize("scheme, layout", [

@@ -4,6 +4,9 @@
 
 * ``COSMOS_TEST_SPY=FOLDER``: every rank that decodes a video saves the latent and the frames it decoded to
   ``FOLDER/decoded-rank<R>-<n>.pt`` (the mp4 itself is compressed: this is what the tests compare numerically);
+* ``COSMOS_TEST_WRITES=FOLDER``: every rank that writes a video through :func:`cosmos_cli.media.write_video` (any
+  backend's pipeline does) saves the frames it hands over to ``FOLDER/written-rank<R>-<n>.npy`` (the conformance
+  battery compares them, tests/conformance.py);
 * ``COSMOS_TEST_DIE_RANK=R``: rank R's process ends (``os._exit(17)``) in the network's second block, mid-denoising.
 """
 
@@ -33,6 +36,22 @@ def _spy(folder: Path) -> None:
     Predict1Pipeline.decode = decode
 
 
+def _catch_writes(folder: Path) -> None:
+    import numpy as np
+
+    import cosmos_cli.media as media
+
+    real, count = media.write_video, [0]
+
+    def write_video(path, frames, *args, **kwargs):
+        frames = frames if isinstance(frames, np.ndarray) else np.stack(list(frames))
+        np.save(folder / f"written-rank{RANK}-{count[0]}.npy", frames)
+        count[0] += 1
+        return real(path, frames, *args, **kwargs)
+
+    media.write_video = write_video
+
+
 def _die_in_the_network() -> None:
     from cosmos_plugins.predict1 import checkpoint
 
@@ -49,6 +68,8 @@ def _die_in_the_network() -> None:
 if __name__ == "__main__":
     if os.environ.get("COSMOS_TEST_SPY"):
         _spy(Path(os.environ["COSMOS_TEST_SPY"]))
+    if os.environ.get("COSMOS_TEST_WRITES"):
+        _catch_writes(Path(os.environ["COSMOS_TEST_WRITES"]))
     if os.environ.get("COSMOS_TEST_DIE_RANK") == str(RANK):
         _die_in_the_network()
     from cosmos_cli.app import main
