@@ -303,9 +303,17 @@ def test_changed_lines_are_kept_until_overwrite_and_foreign_outputs_too(cli, ckp
 # -- killed, interrupted, sharded: always the same outputs -----------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_batch(ckpt: Path, jsonl: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """The batch as a user starts it from a terminal. A shell starts a background job with SIGINT ignored and the
+    child inherits that (pytest run as ``cmd &`` would make the Ctrl-C test fail), so the child gets the
+    terminal's default disposition whatever this process has."""
     return subprocess.Popen([sys.executable, "-m", "cosmos_cli.app", *batch_args(ckpt, jsonl, out, *extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint if os.name == "posix" else None)
 
 
 def wait_for_first_output(proc: subprocess.Popen, out: Path, seen: dict[Path, int], timeout: float = 60) -> None:
