@@ -35,22 +35,25 @@ GiB = 1 << 30
 
 
 @torch.no_grad()
-def random_t5(spec, device: str):
-    from transformers import T5Config, T5EncoderModel
-
+def random_t5(spec, device: str, folder: Path | None = None):
+    """The spec's T5 encoder with random bf16 weights, with the word tokenizer written to ``folder`` (a new
+    temporary folder by default)."""
     from cosmos_plugins.predict1.fixtures import DEFAULT_WORDS
-    from cosmos_plugins.predict1.text_encoder import T5TextEncoder, build_word_tokenizer
+    from cosmos_plugins.predict1.t5 import T5Config, T5Encoder
+    from cosmos_plugins.predict1.text_encoder import PromptTokenizer, T5TextEncoder, build_word_tokenizer
 
     p = spec.text_encoder
     config = T5Config(vocab_size=p.vocab_size, d_model=p.d_model, d_kv=p.d_kv, num_heads=p.num_heads, d_ff=p.d_ff,
-                      num_layers=p.num_layers, feed_forward_proj="relu", is_encoder_decoder=False)
+                      num_layers=p.num_layers)
     with torch.device("meta"):
-        model = T5EncoderModel(config)
+        model = T5Encoder(config)
     model = model.to_empty(device=device).to(torch.bfloat16)
     gen = torch.Generator(device).manual_seed(0)
     for name, t in model.named_parameters():
         t.normal_(generator=gen).mul_(0.05 if "weight" in name and t.ndim == 2 else 1.0)
-    return T5TextEncoder(model.eval(), build_word_tokenizer(list(DEFAULT_WORDS)), p.max_length)
+    folder = Path(folder or tempfile.mkdtemp(prefix="t5-tokenizer-"))
+    build_word_tokenizer(list(DEFAULT_WORDS)).save_pretrained(folder)
+    return T5TextEncoder(model.eval(), PromptTokenizer(Path(folder) / "tokenizer.json", p.max_length))
 
 
 @torch.no_grad()

@@ -48,30 +48,30 @@ T5_11B_LENGTHS = (16, 60, 120, 200, 320, 512)
 
 
 class RandomIdTokenizer:
-    """Stands in for T5TokenizerFast: the "prompt" ``"<n>"`` becomes n random ids (the last one ``</s>``), padded
-    to ``max_length`` with 0, as the real tokenizer's output is shaped."""
+    """Stands in for the T5 tokenizer (``PromptTokenizer``'s interface): the "prompt" ``"<n>"`` becomes n random
+    ids (the last one ``</s>``), padded to ``max_length`` with 0, as the real tokenizer's output is shaped."""
 
-    def __init__(self, vocab_size: int, seed: int = 0):
-        self.vocab_size, self.seed = vocab_size, seed
+    def __init__(self, vocab_size: int, seed: int = 0, max_length: int = 512):
+        self.vocab_size, self.seed, self.max_length = vocab_size, seed, max_length
 
-    def __call__(self, prompts, *, max_length, padding, truncation, return_tensors):
-        n = min(int(prompts[0]), max_length)
+    def ids(self, prompt: str) -> list[int]:
+        n = int(prompt)
         g = torch.Generator().manual_seed(self.seed + n)
-        ids = torch.zeros(1, max_length, dtype=torch.long)
-        ids[0, :n - 1] = torch.randint(3, self.vocab_size, (n - 1,), generator=g)
-        ids[0, n - 1] = 1  # </s>
-        mask = (torch.arange(max_length) < n).long()[None]
-        return argparse.Namespace(input_ids=ids, attention_mask=mask)
+        return [*torch.randint(3, self.vocab_size, (n - 1,), generator=g).tolist(), 1]
+
+    def padded(self, prompt: str):
+        n = min(int(prompt), self.max_length)
+        ids = torch.zeros(1, self.max_length, dtype=torch.long)
+        ids[0, :n] = torch.tensor(self.ids(str(n)))
+        return ids, (torch.arange(self.max_length) < n).long()[None]
 
 
 def t5_11b_config(num_layers: int = 24, d_ff: int = 65536):
     """google-t5/t5-11b's encoder dimensions (its config.json), built locally (fewer layers or a narrower
     feed-forward only for a quick check of this script on a CPU)."""
-    from transformers import T5Config
+    from cosmos_plugins.predict1.t5 import T5Config
 
-    return T5Config(vocab_size=32128, d_model=1024, d_kv=128, d_ff=d_ff, num_layers=num_layers, num_heads=128,
-                    relative_attention_num_buckets=32, feed_forward_proj="relu", is_encoder_decoder=False,
-                    use_cache=False, pad_token_id=0, eos_token_id=1)
+    return T5Config(vocab_size=32128, d_model=1024, d_kv=128, d_ff=d_ff, num_layers=num_layers, num_heads=128)
 
 
 def sync(device: torch.device) -> None:
@@ -159,7 +159,7 @@ def demo_encoders(device: torch.device, fp64: bool):
     encs = {"float32": T5TextEncoder.load(folder, device=device, dtype=torch.float32, max_length=32)}
     encs["bfloat16"] = T5TextEncoder.load(folder, device=device, dtype=torch.bfloat16, max_length=32)
     if fp64:
-        encs["float64"] = T5TextEncoder(copy.deepcopy(encs["float32"].model).double(), encs["float32"].tokenizer, 32)
+        encs["float64"] = T5TextEncoder(copy.deepcopy(encs["float32"].model).double(), encs["float32"].tokenizer)
     prompts = [e["prompt"] for e in json.loads((ROOT / "assets" / "examples" / "prompts.json").read_text())]
     prompts.append(DEFAULT_NEGATIVE_PROMPT)  # truncated to the demo's 32 tokens, as the pipeline does
     labels = [f"examples[{i}]" for i in range(len(prompts) - 1)] + ["default negative prompt"]
@@ -167,19 +167,24 @@ def demo_encoders(device: torch.device, fp64: bool):
 
 
 def t5_11b_encoders(device: torch.device, fp64: bool, seed: int, num_layers: int = 24, d_ff: int = 65536):
-    from transformers import T5EncoderModel
-
+    from cosmos_plugins.predict1.t5 import T5Encoder
     from cosmos_plugins.predict1.text_encoder import T5TextEncoder
 
     config = t5_11b_config(num_layers, d_ff)
-    torch.manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     with torch.device(device):  # initialised where it runs (4.8 B parameters)
-        model = T5EncoderModel(config).eval().requires_grad_(False)
+        model = T5Encoder(config).eval().requires_grad_(False)
+    d, inner = config.d_model, config.num_heads * config.d_kv
+    std = {"shared": 1.0, "q": (d * config.d_kv) ** -0.5, "k": d**-0.5, "v": d**-0.5, "o": inner**-0.5,
+           "relative_attention_bias": d**-0.5, "wi": d**-0.5, "wo": config.d_ff**-0.5}
+    for name, t in model.named_parameters():  # T5's initialisation (transformers' _init_weights); norms at 1
+        if "layer_norm" not in name:
+            t.normal_(0.0, std[name.split(".")[-2]], generator=gen)
     tok = RandomIdTokenizer(config.vocab_size, seed)
-    encs = {"float32": T5TextEncoder(model, tok, 512)}
-    encs["bfloat16"] = T5TextEncoder(copy.deepcopy(model).to(torch.bfloat16), tok, 512)
+    encs = {"float32": T5TextEncoder(model, tok)}
+    encs["bfloat16"] = T5TextEncoder(copy.deepcopy(model).to(torch.bfloat16), tok)
     if fp64:
-        encs["float64"] = T5TextEncoder(copy.deepcopy(model).double(), tok, 512)
+        encs["float64"] = T5TextEncoder(copy.deepcopy(model).double(), tok)
     prompts = [str(n) for n in T5_11B_LENGTHS]
     return encs, prompts, [f"{n} random ids" for n in T5_11B_LENGTHS]
 
@@ -196,8 +201,6 @@ def main(argv=None) -> int:
     ap.add_argument("--t5-d-ff", type=int, default=65536, help="(quick checks only) a narrower feed-forward")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    import transformers
-
     results = []
     for name in args.encoders:
         encs, prompts, labels = (demo_encoders(device, args.fp64) if name == "demo"
@@ -211,7 +214,7 @@ def main(argv=None) -> int:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "transformers": transformers.__version__,
+        "torch": torch.__version__, "encoder": "cosmos_plugins.predict1.t5",
         "tf32": torch.backends.cuda.matmul.allow_tf32,
         "results": results,
     }

@@ -204,6 +204,28 @@ def torchrun(n: int, args: list[str], *, script: bool = False, launch: tuple[str
     return proc, time.monotonic() - t0
 
 
+_WRITTEN: dict[tuple, Path] = {}
+
+
+def checkpoint_folder(root: Path, spec: ModelSpec, *, seed: int = 0) -> Path:
+    """``write_checkpoint_folder(root, spec, seed=seed)``'s files under ``root``: written once per test session for
+    each (spec, seed), copied after that (the same bytes, in milliseconds instead of a second or two). ``root``
+    is the caller's to change."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
+
+    key = (spec, seed)
+    if key not in _WRITTEN:
+        cache = Path(tempfile.mkdtemp(prefix="cosmos-test-checkpoint-"))
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        _WRITTEN[key] = write_checkpoint_folder(cache, spec, seed=seed)
+    shutil.copytree(_WRITTEN[key], root, dirs_exist_ok=True)
+    return Path(root)
+
+
 @pytest.fixture(scope="session")
 def demo_pipeline():
     """The bundled demo model's pipeline on the CPU, loaded once per session (as `cosmos generate` builds it)."""

@@ -21,9 +21,8 @@ from cosmos_cli.jobs import GenerationResult
 from cosmos_cli.media import probe
 from cosmos_cli.registry import plugin_manager
 from cosmos_plugins.predict1 import Predict1Backend
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
-from tests.conftest import make_image, make_video
+from tests.conftest import checkpoint_folder, make_image, make_video
 
 TINY = "predict1-tiny"
 FRAMES = PREDICT1_TINY.num_frames  # 17
@@ -33,7 +32,7 @@ PROMPTS = ("a red ball rolls left", "a blue box slides right", "a green cube fal
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return write_checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
+    return checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -303,9 +302,17 @@ def test_changed_lines_are_kept_until_overwrite_and_foreign_outputs_too(cli, ckp
 # -- killed, interrupted, sharded: always the same outputs -----------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_batch(ckpt: Path, jsonl: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """The batch as a user starts it from a terminal. A shell starts a background job with SIGINT ignored and the
+    child inherits that (pytest run as ``cmd &`` would make the Ctrl-C test fail), so the child gets the
+    terminal's default disposition whatever this process has."""
     return subprocess.Popen([sys.executable, "-m", "cosmos_cli.app", *batch_args(ckpt, jsonl, out, *extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint if os.name == "posix" else None)
 
 
 def wait_for_first_output(proc: subprocess.Popen, out: Path, seen: dict[Path, int], timeout: float = 60) -> None:
@@ -366,7 +373,11 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_outputs(cli, ckpt, slow_refe
     assert hidden(out) == []
 
 
-@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+@pytest.mark.parametrize("sig, code, word", [
+    (signal.SIGINT, 130, "Ctrl-C"),
+    # a process of its own, out of the default run: SIGTERM's always-on version is the one below, in this process
+    pytest.param(signal.SIGTERM, 143, "SIGTERM", marks=pytest.mark.slow),
+])
 def test_ctrl_c_or_sigterm_writes_the_report_and_exits_130_or_143(ckpt, slow_reference, tmp_path, sig, code, word):
     jsonl, ref_out, _ = slow_reference
     out = tmp_path / "out"
@@ -388,6 +399,35 @@ def test_ctrl_c_or_sigterm_writes_the_report_and_exits_130_or_143(ckpt, slow_ref
     assert statuses.count("ok") == len(done) and "not_run" in statuses, (statuses, done, stderr)
     assert hidden(out) == []
     assert all((out / p.name).read_bytes() == (ref_out / p.name).read_bytes() for p in done)
+
+
+def test_sigterm_between_lines_writes_the_report_and_exits_143(cli, ckpt, reference, tmp_path, monkeypatch):
+    """``kill PID`` (a scheduler's stop) while line 2 runs, in this process: the finished line stays, the report
+    says interrupted, the rest are not run, the exit code is 143 and the handler is gone afterwards."""
+    from cosmos_cli.batch import item as batch_item
+
+    jsonl, ref_out, _ = reference
+    real, calls = batch_item.run_item, []
+
+    def run_item(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises inside the sleep
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch_item, "run_item", run_item)
+    out = tmp_path / "out"
+    res = cli(*batch_args(ckpt, jsonl, out))
+    assert res.exit_code == 143, res.stderr
+    assert "error: interrupted (SIGTERM)" in res.stderr and "Traceback" not in res.stderr
+    data = report(out)
+    assert data["interrupted"] is True and data["exit_code"] == 143 and data["finished"] is True
+    assert [i["status"] for i in data["items"]] == ["ok"] + ["not_run"] * 7
+    assert {i["message"] for i in data["items"][1:]} == {"not run: interrupted (SIGTERM)"}
+    assert [p.name for p in out.glob("*.mp4")] == ["line00001.mp4"]
+    assert (out / "line00001.mp4").read_bytes() == (ref_out / "line00001.mp4").read_bytes()
+    assert hidden(out) == [] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_two_worker_processes_give_the_same_outputs(cli, ckpt, reference, tmp_path):

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
-from tests.conftest import make_image, run_cli
+from tests.conftest import checkpoint_folder, make_image, run_cli
 
 TINY = "predict1-tiny"
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return write_checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
+    return checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
 
 
 @pytest.fixture(scope="module")

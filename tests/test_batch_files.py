@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from cosmos_cli import outputs
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
-from tests.conftest import make_image, make_video
+from tests.conftest import checkpoint_folder, make_image, make_video
 from tests.test_outputs import dead_pid, one_line_error, readonly_dir  # noqa: F401  (a fixture)
 
 TINY = "predict1-tiny"
@@ -22,7 +21,7 @@ TINY = "predict1-tiny"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return write_checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
+    return checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +94,7 @@ def test_report_never_replaces_a_file_that_is_not_a_report(cli, ckpt, job, tmp_p
     assert res.exit_code == 0 and items(report)["a"]["status"] == "skipped"
 
 
-def test_unwritable_output_or_report_is_one_line_before_loading(cli, ckpt, job, tmp_path, readonly_dir):
+def test_unwritable_output_or_report_is_one_line_before_loading(cli, ckpt, job, tmp_path, readonly_dir):  # noqa: F811
     one_line_error(run(cli, ckpt, job, readonly_dir / "out"), 1, "cannot create the folder")
     one_line_error(run(cli, ckpt, job, readonly_dir), 1, "cannot write in the folder")
     one_line_error(run(cli, ckpt, job, tmp_path / "out", "--report", str(readonly_dir / "r.json")), 1,

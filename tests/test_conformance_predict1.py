@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
 from tests.conformance import BackendConformance
+from tests.conftest import checkpoint_folder
 
 
 class TestConformancePredict1(BackendConformance):
@@ -14,4 +14,4 @@ class TestConformancePredict1(BackendConformance):
     split_says = "the two guidance branches on two groups of 1"  # --cp-scheme auto's choice for two ranks
 
     def write_checkpoint(self, root: Path) -> None:
-        write_checkpoint_folder(root, PREDICT1_TINY, seed=0)
+        checkpoint_folder(root, PREDICT1_TINY, seed=0)

@@ -171,8 +171,8 @@ def quick(demo_pipeline):
         clip = make_clip(seed)
         first = clip.frames[:1]
 
-        def run(**kw):
-            return E.generate(pipe, first, clip.caption, num_steps=QUICK_STEPS, **kw)
+        def run(first=first, caption=clip.caption, **kw):
+            return E.generate(pipe, first, caption, num_steps=QUICK_STEPS, **kw)
 
         video = run()
         nocond = run(condition_frames=0)

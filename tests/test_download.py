@@ -14,9 +14,9 @@ from fakehub import FakeHub, FakeRepo, Fault
 
 import cosmos_cli.app
 from cosmos_cli import download as dl
+from cosmos_cli import progress as bars
 from cosmos_cli.backend import Backend
 from cosmos_cli.commands import download as download_cmd
-from cosmos_cli.download import bars
 from cosmos_cli.download import plan as plan_mod
 from cosmos_cli.errors import CheckpointError, UsageError
 from cosmos_cli.hookspecs import hookimpl

@@ -324,9 +324,9 @@ def test_cli_refuses_bad_fast_options(cli, tmp_path):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
+    from tests.conftest import checkpoint_folder
 
-    return write_checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
+    return checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
 
 
 def _generate(cli, ckpt, tmp_path, *extra):

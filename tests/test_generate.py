@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 
 from cosmos_cli.media import probe, read_video
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
-from tests.conftest import make_image, make_video
+from tests.conftest import checkpoint_folder, make_image, make_video
 
 TINY = "predict1-tiny"
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return write_checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
+    return checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
 
 
 @pytest.fixture(scope="module")

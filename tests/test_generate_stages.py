@@ -14,10 +14,9 @@ from cosmos_cli.progress import NullProgress
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, CheckpointFile, Component
 from cosmos_plugins.predict1 import guardrails as G
 from cosmos_plugins.predict1 import upsampler as U
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.pipeline import Predict1Pipeline
 from cosmos_plugins.predict1.specs import PREDICT1_TINY, TINY_DIR
-from tests.conftest import make_image
+from tests.conftest import checkpoint_folder, make_image
 from tests.test_guardrails import (
     _write_aegis,
     _write_blocklist,
@@ -49,7 +48,7 @@ def _guardrail(folder: Path, unsafe_class: int | None) -> None:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    root = write_checkpoint_folder(tmp_path_factory.mktemp("ckpt"), PREDICT1_TINY, seed=0)
+    root = checkpoint_folder(tmp_path_factory.mktemp("ckpt"), PREDICT1_TINY, seed=0)
     tokenizer, image_processor = _processor_parts()
     model = _tiny_model(len(tokenizer))
     model.save_pretrained(root / "Pixtral-12B")

@@ -101,10 +101,10 @@ def test_flags_are_bounded_before_any_model_loads(cli, tmp_path, image, monkeypa
 
 
 def test_skipped_nan_line_leaves_no_nan_in_the_report(cli, tmp_path, image):
-    from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
     from cosmos_plugins.predict1.specs import PREDICT1_TINY
+    from tests.conftest import checkpoint_folder
 
-    ckpt = write_checkpoint_folder(tmp_path / "ckpt", PREDICT1_TINY, seed=0)
+    ckpt = checkpoint_folder(tmp_path / "ckpt", PREDICT1_TINY, seed=0)
     f = write_lines(tmp_path / "jobs.jsonl", ['{"visual_input": "scene.png", "prompt": "a red ball", "name": "ok"}',
                                               '{"visual_input": "scene.png", "prompt": "a ball", "guidance": NaN}'])
     out = tmp_path / "out"
@@ -165,10 +165,10 @@ def test_lines_split_on_newlines_only(tmp_path, image):
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
     from cosmos_plugins.predict1.specs import PREDICT1_TINY
+    from tests.conftest import checkpoint_folder
 
-    return write_checkpoint_folder(tmp_path_factory.mktemp("tiny"), PREDICT1_TINY, seed=0)
+    return checkpoint_folder(tmp_path_factory.mktemp("tiny"), PREDICT1_TINY, seed=0)
 
 
 def spoiled_copy(tiny_ckpt: Path, tmp_path: Path) -> tuple[Path, Path, Path]:

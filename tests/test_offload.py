@@ -15,17 +15,16 @@ from cosmos_cli.planner import plan_memory
 from cosmos_cli.progress import NullProgress
 from cosmos_cli.specs import PLACEMENTS
 from cosmos_plugins.predict1 import offload as O
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.network import VideoExtendGeneralDIT
 from cosmos_plugins.predict1.pipeline import Predict1Pipeline
 from cosmos_plugins.predict1.specs import DIT_TINY, PREDICT1_TINY
 from cosmos_plugins.predict1.strategies import STRATEGY_NAMES, lean_network, tiled_tokenizer
-from tests.conftest import make_image
+from tests.conftest import checkpoint_folder, make_image
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    return write_checkpoint_folder(tmp_path_factory.mktemp("ckpt"), PREDICT1_TINY, seed=0)
+    return checkpoint_folder(tmp_path_factory.mktemp("ckpt"), PREDICT1_TINY, seed=0)
 
 
 @pytest.fixture(scope="module")

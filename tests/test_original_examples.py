@@ -27,9 +27,8 @@ from cosmos_cli.media import probe
 from cosmos_cli.registry import plugin_manager
 from cosmos_cli.specs import NETWORK
 from cosmos_plugins.predict1 import Predict1Backend
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
-from tests.conftest import EXAMPLE_MEDIA, REPO
+from tests.conftest import EXAMPLE_MEDIA, REPO, checkpoint_folder
 
 ORIGINAL = "python cosmos_predict1/diffusion/inference/video2world.py"
 EXAMPLES = {
@@ -104,7 +103,7 @@ def original_checkout(tmp_path, monkeypatch):
     """A folder laid out like the original's checkout, as the working directory; the stand-in backend registered
     in place of the built-in one."""
     for spec in STAND_INS:
-        write_checkpoint_folder(tmp_path / "checkpoints", spec, seed=0)
+        checkpoint_folder(tmp_path / "checkpoints", spec, seed=0)
     diffusion = tmp_path / "assets" / "diffusion"
     diffusion.mkdir(parents=True)
     shutil.copy(EXAMPLE_MEDIA / "video2world_input0.jpg", diffusion / "video2world_input0.jpg")

@@ -14,16 +14,15 @@ from pathlib import Path
 import pytest
 
 from cosmos_cli import generation, outputs
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
-from tests.conftest import make_image
+from tests.conftest import checkpoint_folder, make_image
 
 TINY = "predict1-tiny"
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return write_checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
+    return checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -335,13 +335,12 @@ def _check_ok(results) -> None:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     from cosmos_plugins.predict1.checkpoint import write_random_checkpoint
-    from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
     from cosmos_plugins.predict1.specs import PREDICT1_TINY
-    from tests.conftest import make_image
+    from tests.conftest import checkpoint_folder, make_image
 
     work = tmp_path_factory.mktemp("parallel")
     write_random_checkpoint(work / "net.pt", NET, seed=0)
-    write_checkpoint_folder(work / "ckpt", PREDICT1_TINY, seed=0)
+    checkpoint_folder(work / "ckpt", PREDICT1_TINY, seed=0)
     make_image(work / "input.png", 40, 40)
     return work
 

@@ -20,9 +20,8 @@ import pytest
 import torch
 
 from cosmos_cli.media import probe
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
-from tests.conftest import LAUNCH_VARS, can_torchrun, make_image, torchrun
+from tests.conftest import LAUNCH_VARS, can_torchrun, checkpoint_folder, make_image, torchrun
 
 pytestmark = pytest.mark.skipif(not can_torchrun(), reason="torchrun needs POSIX and torch.distributed")
 
@@ -31,7 +30,7 @@ TINY = "predict1-tiny"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return write_checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
+    return checkpoint_folder(tmp_path_factory.mktemp("checkpoints"), PREDICT1_TINY, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +61,26 @@ def load_decoded(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(ckpt, image, tmp_path_factory) -> dict:
-    """One process, through the same script: the video, the prompt file and what was decoded."""
+    """One process, in this one through ``main()`` (the code the script runs, without a launch): the video, the
+    prompt file and what was decoded."""
+    from cosmos_plugins.predict1.pipeline import Predict1Pipeline
+    from tests.conftest import run_cli
+
     d = tmp_path_factory.mktemp("reference")
-    proc, _ = torchrun(1, gen_args(ckpt, image, d / "out"), script=True, COSMOS_TEST_SPY=str(d))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"video": d / "out" / "v.mp4", "prompt": d / "out" / "v.txt", **load_decoded(decoded(d)[0])}
+    real, sink = Predict1Pipeline.decode, {}
+
+    def decode(self, latent):
+        frames = real(self, latent)
+        sink.update(latent=latent.float().clone(), frames=frames.copy())
+        return frames
+
+    with pytest.MonkeyPatch.context() as m:
+        for var in LAUNCH_VARS:
+            m.delenv(var, raising=False)
+        m.setattr(Predict1Pipeline, "decode", decode)
+        res = run_cli(*gen_args(ckpt, image, d / "out"))
+    assert res.exit_code == 0, res.stderr[-3000:]
+    return {"video": d / "out" / "v.mp4", "prompt": d / "out" / "v.txt", **sink}
 
 
 def check_split_run(proc, out: Path, spy: Path, reference: dict) -> None:
@@ -97,6 +111,13 @@ def stderr_errors(stderr: str) -> list[str]:
 # -- several processes ------------------------------------------------------------------------------------
 
 
+# Out of the default run (each launch costs seconds of process start-up per rank), each with its always-on version:
+# the split itself at 2 and 4 ranks, every layout (cfg, sequence, Ulysses, ring) and a dying rank are
+# tests/test_parallel.py's, through the same pipeline; the CLI under torchrun is the battery's split (2 ranks) and
+# test_batch_with_each_line_split_over_two_ranks below; the console script under torchrun, test_cli_surface's.
+
+
+@pytest.mark.slow
 def test_generate_sequence_parallel_on_two_ranks_matches_one_process(ckpt, image, reference, tmp_path):
     """The token split asked for (the default, the guidance branches on two ranks, is the battery's)."""
     out = tmp_path / "out"
@@ -107,9 +128,10 @@ def test_generate_sequence_parallel_on_two_ranks_matches_one_process(ckpt, image
     assert "sequence parallel (as asked): 12 tokens in 2 contiguous ranges" in " ".join(proc.stderr.split())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme, layout", [
     ("auto", "the two guidance branches on two groups of 2; within a group, 12 tokens in 2"),
-    pytest.param("sequence", "ring attention", marks=pytest.mark.slow),  # (the library's tests cover ring too)
+    ("sequence", "ring attention"),
 ])
 def test_generate_on_four_ranks_matches_one_process(ckpt, image, reference, tmp_path, scheme, layout):
     out = tmp_path / "out"
@@ -119,8 +141,10 @@ def test_generate_on_four_ranks_matches_one_process(ckpt, image, reference, tmp_
     assert layout in " ".join(proc.stderr.split())
 
 
-def test_console_script_under_torchrun_and_errors_printed_once(ckpt, image, reference, tmp_path):
-    """The installed `cosmos` itself, and an error that every rank raises: printed once, by rank 0."""
+@pytest.mark.slow
+def test_console_script_under_torchrun_prints_one_json_document(ckpt, image, tmp_path):
+    """The installed `cosmos` itself, split over two ranks (an error every rank raises, printed once by rank 0:
+    tests/test_cli_surface.py's test_failing_torchrun_run_prints_our_line_and_a_short_summary)."""
     out = tmp_path / "out"
     proc, _ = torchrun(2, gen_args(ckpt, image, out, "--num-gpus", "2", "--json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -128,13 +152,8 @@ def test_console_script_under_torchrun_and_errors_printed_once(ckpt, image, refe
     assert data["video"] == str(out / "v.mp4") and sorted(p.name for p in out.iterdir()) == ["v.mp4", "v.txt"]
     assert {"encode_video", "encode_text", "denoise", "decode"} <= set(data["timings"])
 
-    proc, _ = torchrun(2, gen_args(ckpt, image, tmp_path / "bad", "--num-gpus", "2", "--num-input-frames", "5"))
-    assert proc.returncode != 0
-    assert stderr_errors(proc.stderr) == ["error: --num-input-frames 5: Cosmos-Predict1-Tiny-Video2World accepts "
-                                          "1 or 9 input frames"], proc.stderr[-3000:]
-    assert not (tmp_path / "bad").exists()
 
-
+@pytest.mark.slow
 def test_a_dying_rank_stops_the_run_with_a_message(ckpt, image, tmp_path):
     out = tmp_path / "out"
     # torchrun stops the other processes once one has exited; checking every second gives rank 0 time to print

@@ -21,7 +21,6 @@ from cosmos_cli import integrity
 from cosmos_cli.errors import CheckpointError
 from cosmos_cli.specs import TOKENIZER
 from cosmos_cli.torchscript_archive import read_state_dict
-from cosmos_plugins.predict1.fixtures import write_checkpoint_folder
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
 from cosmos_plugins.predict1.tokenizer import (
     DECODER_FILE,
@@ -31,7 +30,7 @@ from cosmos_plugins.predict1.tokenizer import (
     load_tokenizer,
     trace_shape,
 )
-from tests.conftest import make_image
+from tests.conftest import checkpoint_folder, make_image
 
 TINY = PREDICT1_TINY.tokenizer
 
@@ -128,7 +127,7 @@ def test_state_dict_matches_jit_load_on_tricky_storages(tmp_path):
 @pytest.fixture(scope="module")
 def benign(tmp_path_factory) -> Path:
     """A tiny checkpoint folder in the real formats (written once: tracing is slow on a loaded CPU)."""
-    return write_checkpoint_folder(tmp_path_factory.mktemp("benign"), PREDICT1_TINY, seed=0)
+    return checkpoint_folder(tmp_path_factory.mktemp("benign"), PREDICT1_TINY, seed=0)
 
 
 def tokenizer_dir(root: Path) -> Path:

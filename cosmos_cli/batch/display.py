@@ -6,14 +6,23 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from cosmos_cli.progress import Progress
+from cosmos_cli.progress import Progress, rich_bars
 
 if TYPE_CHECKING:
     from cosmos_cli.batch.report import ItemRecord
 
-Event = tuple  # (kind, slot, *payload): what workers send to the parent, see BatchDisplay.handle
+class Event(NamedTuple):
+    """What a running item tells the batch's parent process (through a queue, so it pickles).
+
+    ``kind`` and its ``data``: ``start`` (line, name), ``stage`` (name), ``stage_done`` (name, seconds), ``steps``
+    (total, label), ``advance`` (n), ``message``/``warning`` (text), ``record`` (the item's ``ItemRecord``); a worker
+    process also sends ``interrupted`` (SIGTERM?), ``fatal`` (error class, message, hint) and ``exit`` ()."""
+
+    kind: str
+    slot: int
+    data: tuple = ()
 
 
 class EventProgress(Progress):
@@ -24,20 +33,20 @@ class EventProgress(Progress):
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        self.emit(("stage", self.slot, name))
+        self.emit(Event("stage", self.slot, (name,)))
         t0 = time.perf_counter()
         yield
-        self.emit(("stage_done", self.slot, name, time.perf_counter() - t0))
+        self.emit(Event("stage_done", self.slot, (name, time.perf_counter() - t0)))
 
     def steps(self, total: int, label: str):
-        self.emit(("steps", self.slot, total, label))
-        return lambda n=1: self.emit(("advance", self.slot, n))
+        self.emit(Event("steps", self.slot, (total, label)))
+        return lambda n=1: self.emit(Event("advance", self.slot, (n,)))
 
     def message(self, text: str) -> None:
-        self.emit(("message", self.slot, text))
+        self.emit(Event("message", self.slot, (text,)))
 
     def warning(self, text: str) -> None:
-        self.emit(("warning", self.slot, text))
+        self.emit(Event("warning", self.slot, (text,)))
 
 
 class BatchDisplay:
@@ -76,19 +85,7 @@ class BatchDisplay:
         self.total = total
         if self.mode != "rich" or total == 0:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as Bar
-
-        self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+        self._bar = rich_bars("items")
         self._bar.start()
         self._items_task = self._bar.add_task("items", total=total, info="")
 
@@ -112,28 +109,28 @@ class BatchDisplay:
         return f"[{self.labels[slot]}] " if len(self.labels) > 1 and slot in self.labels else ""
 
     def handle(self, event: Event) -> None:
-        kind, slot = event[0], event[1]
+        kind, slot, data = event
         task = self._slot_task(slot)
         if kind == "message":
-            self.message(self._label(slot) + event[2])
+            self.message(self._label(slot) + data[0])
         elif kind == "warning":
-            self.warning(self._label(slot) + event[2])
+            self.warning(self._label(slot) + data[0])
         elif kind == "start":
-            self.current[slot] = event[3]
+            self.current[slot] = data[1]
             if task is not None:
-                self._bar.reset(task, total=None, description=f"  {self._label(slot)}{event[3]}")
+                self._bar.reset(task, total=None, description=f"  {self._label(slot)}{data[1]}")
         elif kind == "stage" and task is not None:
             name = self.current.get(slot, "loading")
-            self._bar.update(task, description=f"  {self._label(slot)}{name}: {event[2]}")
+            self._bar.update(task, description=f"  {self._label(slot)}{name}: {data[0]}")
         elif kind == "stage_done" and slot not in self.current and self.mode == "lines":
-            self._print(f"{self._label(slot)}done {event[2]} ({event[3]:.1f} s)")
+            self._print(f"{self._label(slot)}done {data[0]} ({data[1]:.1f} s)")
         elif kind == "steps" and task is not None:
             name = self.current.get(slot, "")
-            self._bar.reset(task, total=event[2], description=f"  {self._label(slot)}{name}: {event[3]}")
+            self._bar.reset(task, total=data[0], description=f"  {self._label(slot)}{name}: {data[1]}")
         elif kind == "advance" and task is not None:
-            self._bar.advance(task, event[2])
+            self._bar.advance(task, data[0])
         elif kind == "record":
-            self.finished(event[2])
+            self.finished(data[0])
             self.current.pop(slot, None)
 
     def finished(self, rec: ItemRecord) -> None:

@@ -107,8 +107,8 @@ def run_items(backend, spec: ModelSpec, req: BatchRequest, items: list[BatchItem
         for item in items:
             if should_stop():
                 break
-            emit(("start", slot, item.line, item.job.name))
+            emit(Event("start", slot, (item.line, item.job.name)))
             rec = run_item(runner, item, progress, device)
-            emit(("record", slot, rec))
+            emit(Event("record", slot, (rec,)))
             if req.fail_fast and not rec.has_output:
                 break

@@ -263,6 +263,7 @@ def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
     from ray.exceptions import RayActorError
     from ray.util import ActorPool
 
+    from cosmos_cli.batch.display import Event
     from cosmos_cli.batch.runners import _failed
     from cosmos_cli.batch.sidecar import remove_leftovers
 
@@ -278,7 +279,7 @@ def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
 
     def submit(actor, item):
         busy[actor] = item
-        coord.on_event(("start", slot_of[actor], item.line, item.job.name))
+        coord.on_event(Event("start", slot_of[actor], (item.line, item.job.name)))
         return actor.run.remote(item)
 
     def next_item():
@@ -322,7 +323,7 @@ def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
             if len(history) > options.retries or not alive:
                 rec = _failed(item, f"{'; '.join(history)}: gave up after {len(history)} attempt"
                                     f"{'s' if len(history) > 1 else ''}", f"actor {slot}")
-                coord.on_event(("record", slot, rec))
+                coord.on_event(Event("record", slot, (rec,)))
             else:
                 coord.display.warning(f"line {item.line} ({item.job.name}): retried on another actor")
                 todo.appendleft(item)
@@ -333,7 +334,7 @@ def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
         ran += 1
         if rec.line in lost:
             rec.message = "; ".join(m for m in (f"retried after {', '.join(lost[rec.line])}", rec.message) if m)
-        coord.on_event(("record", slot, rec))
+        coord.on_event(Event("record", slot, (rec,)))
     if not alive and not coord.stopped:
         if init_error is not None and ran == 0:
             coord.fatal = f"no Ray actor could load the model: {init_error}"
@@ -341,7 +342,7 @@ def _drive(actors, first, source, coord, options: RayOptions, busy) -> None:
                                                     "on each), then run the same command again.")
         coord.left_why = f"no Ray actor left ({init_error or 'every actor was lost'}); run the batch again"
         for item in todo:
-            coord.on_event(("record", 0, _failed(item, coord.left_why, "ray")))
+            coord.on_event(Event("record", 0, (_failed(item, coord.left_why, "ray"),)))
 
 
 def _evict(pool, dead: set) -> None:

@@ -125,8 +125,8 @@ class Coordinator:
 
     def on_event(self, event: Event) -> None:
         self.display.handle(event)
-        if event[0] == "record":
-            rec: ItemRecord = event[2]
+        if event.kind == "record":
+            rec: ItemRecord = event.data[0]
             self.records[rec.line] = rec
             if self.req.fail_fast and not rec.has_output:
                 self.stopped = True

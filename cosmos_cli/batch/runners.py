@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cosmos_cli.batch.display import BatchDisplay, EventProgress
+from cosmos_cli.batch.display import BatchDisplay, Event, EventProgress
 from cosmos_cli.batch.item import follow_item, one_line, run_item, run_items
 from cosmos_cli.batch.plan import BatchItem, BatchPlan, BatchRequest, plan_batch
 from cosmos_cli.batch.report import BatchOutcome, Coordinator, ItemRecord, report_path_for
@@ -203,14 +203,14 @@ def _run_workers(req: BatchRequest, spec: ModelSpec, plan: BatchPlan, devices: l
                                 procs[i].terminate()
                             break
                     continue
-                kind, slot = event[0], event[1]
+                kind, slot, data = event
                 if kind == "exit":
                     running.discard(slot)
                 elif kind == "interrupted":
                     coord.interrupted = True
-                    coord.terminated = coord.terminated or bool(event[2:] and event[2])
+                    coord.terminated = coord.terminated or bool(data and data[0])
                 elif kind == "fatal":
-                    cls, message, hint = event[2], event[3], event[4]
+                    cls, message, hint = data
                     fatal = fatal or cls(message, hint)
                     for item in shards[slot]:
                         coord.records.setdefault(item.line, _failed(item, message, devices[slot]))
@@ -333,8 +333,8 @@ def _split_items(req: BatchRequest, spec: ModelSpec, backend, plan: BatchPlan, d
                     if not run.share(lambda: not coord.stopped, "starting the next line"):  # --fail-fast
                         break
                     if main:
-                        coord.on_event(("start", 0, item.line, item.job.name))
-                        coord.on_event(("record", 0, run_item(runner, item, progress, device, run)))
+                        coord.on_event(Event("start", 0, (item.line, item.job.name)))
+                        coord.on_event(Event("record", 0, (run_item(runner, item, progress, device, run),)))
                     else:
                         follow_item(runner, item, run)
     except KeyboardInterrupt as exc:
@@ -365,10 +365,10 @@ def worker_main(slot: int, req: BatchRequest, spec_name: str, items: list[BatchI
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         from cosmos_cli.signals import Terminated
 
-        emit(("interrupted", slot, isinstance(exc, Terminated)))
+        emit(Event("interrupted", slot, (isinstance(exc, Terminated),)))
     except CosmosError as exc:
-        emit(("fatal", slot, type(exc), exc.message, exc.hint))
+        emit(Event("fatal", slot, (type(exc), exc.message, exc.hint)))
     except BaseException as exc:  # anything else still has to reach the parent as one line
-        emit(("fatal", slot, GenerationError, f"worker on {device} failed: {one_line(exc)}", None))
+        emit(Event("fatal", slot, (GenerationError, f"worker on {device} failed: {one_line(exc)}", None)))
     finally:
-        emit(("exit", slot))
+        emit(Event("exit", slot))

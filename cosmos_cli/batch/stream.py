@@ -406,8 +406,8 @@ class StreamCoordinator:
         from cosmos_cli.batch.report import REPORT_EVERY_S
 
         self.display.handle(event)
-        if event[0] == "record":
-            rec = event[2]
+        if event.kind == "record":
+            rec = event.data[0]
             self.spool.add(rec)
             if self.req.fail_fast and not rec.has_output:
                 self.stopped = True

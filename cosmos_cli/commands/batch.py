@@ -12,50 +12,20 @@ from cosmos_cli import cluster_options as c
 from cosmos_cli import options as o
 from cosmos_cli.batch import BatchRequest
 from cosmos_cli.batch.command import run_and_print
+from cosmos_cli.commands.job_flags import JobFlags, with_job_flags
 from cosmos_cli.errors import GenerationError, UsageError
-from cosmos_cli.fastmode import parse_fast
-from cosmos_cli.generation import GenerateRequest
 
 
+@with_job_flags
 def batch(
     ctx: typer.Context,
     file: Annotated[Path | None, typer.Argument(
         help="Batch file: one JSON object per line (see schemas/batch_job.schema.json).")] = None,
-    model: o.ModelOpt = None,
-    checkpoint_dir: o.CheckpointDirOpt = Path("checkpoints"),
-    network_dir: o.NetworkDirOpt = None,
-    prompt: o.PromptOpt = None,
-    negative_prompt: o.NegativePromptOpt = None,
-    num_input_frames: o.NumInputFramesOpt = None,
-    seed: o.SeedOpt = 1,
-    num_steps: o.NumStepsOpt = None,
-    guidance: o.GuidanceOpt = None,
-    fps: o.FpsOpt = None,
-    output_dir: o.OutputDirOpt = Path("outputs"),
-    overwrite: o.OverwriteOpt = False,
-    disable_prompt_upsampler: o.DisableUpsamplerOpt = False,
-    disable_guardrail: o.DisableGuardrailOpt = False,
-    upsampler_ignores_prompt: o.UpsamplerIgnoresPromptOpt = False,
-    offload: o.OffloadOpt = "auto",
-    offload_diffusion_transformer: o.OffloadNetworkOpt = False,
-    offload_tokenizer: o.OffloadTokenizerOpt = False,
-    offload_text_encoder_model: o.OffloadTextEncoderOpt = False,
-    offload_prompt_upsampler: o.OffloadUpsamplerOpt = False,
-    offload_guardrail_models: o.OffloadGuardrailOpt = False,
-    num_gpus: o.NumGpusOpt = 1,
-    cp_scheme: o.CpSchemeOpt = "auto",
-    device: o.DeviceOpt = "auto",
-    numerics: o.NumericsOpt = "fp32",
-    fast: o.FastOpt = None,
-    compile_blocks: o.CompileOpt = False,
-    resize: o.ResizeOpt = "stretch",
+    job: JobFlags = None,
     skip_invalid: o.SkipInvalidOpt = False,
     fail_fast: o.FailFastOpt = False,
     gpus: o.GpusOpt = 1,
     report: o.ReportOpt = None,
-    as_json: o.JsonOpt = False,
-    quiet: o.QuietOpt = False,
-    batch_input_path: o.BatchInputOpt = None,
     executor: c.ExecutorOpt = "local",
     ray_address: c.RayAddressOpt = None,
     ray_actors: c.RayActorsOpt = 0,
@@ -68,32 +38,22 @@ def batch(
 
     Several GPUs: --workers N shares the lines out (one model per GPU); under torchrun with --num-gpus N every line
     is one generation split over the N processes. Clusters: --executor ray, or --shard I/N then --merge-reports."""
-    if file is not None and batch_input_path is not None and file != batch_input_path:
-        raise UsageError(f"two batch files: {file} and --batch-input-path {batch_input_path}", hint="Give one.")
-    file = file if file is not None else batch_input_path
+    if file is not None and job.batch_input_path is not None and file != job.batch_input_path:
+        raise UsageError(f"two batch files: {file} and --batch-input-path {job.batch_input_path}", hint="Give one.")
+    file = file if file is not None else job.batch_input_path
     if file is None:
         raise UsageError("a batch file is required: cosmos batch FILE (or --batch_input_path FILE, the original's flag)")
     if merge_reports:
-        return merge_and_print(file, output_dir, report, as_json)
+        return merge_and_print(file, job.output_dir, report, job.as_json)
     if executor not in ("local", "ray"):
         raise UsageError(f"--executor {executor}: expected local or ray")
     from cosmos_cli.batch.ray_executor import RayOptions
     from cosmos_cli.batch.shard import parse_shard
 
-    flags = o.original_offload_flags(offload_diffusion_transformer, offload_tokenizer, offload_text_encoder_model,
-                                     offload_prompt_upsampler, offload_guardrail_models)
-    defaults = GenerateRequest(
-        input_path=file, prompt=prompt, model=model, checkpoint_dir=checkpoint_dir, network_dir=network_dir,
-        negative_prompt=negative_prompt,
-        num_input_frames=num_input_frames, seed=seed, num_steps=num_steps, guidance=guidance, fps=fps,
-        output_dir=output_dir, overwrite=overwrite, disable_prompt_upsampler=disable_prompt_upsampler,
-        disable_guardrail=disable_guardrail, upsampler_ignores_prompt=upsampler_ignores_prompt, offload=offload,
-        original_offload_flags=flags, num_gpus=num_gpus, device=device, resize=resize, fast=parse_fast(fast),
-        compile=compile_blocks, backend_options=o.backend_values(ctx, numerics=numerics, cp_scheme=cp_scheme),
-    )
+    defaults = job.request(ctx, file)
     run_and_print(BatchRequest(file, defaults, skip_invalid=skip_invalid, fail_fast=fail_fast, gpus=gpus,
                                report_path=report, shard=parse_shard(shard), executor=executor,
-                               ray=RayOptions(ray_address, ray_actors, ray_retries)), as_json, quiet)
+                               ray=RayOptions(ray_address, ray_actors, ray_retries)), job.as_json, job.quiet)
 
 
 def merge_and_print(file: Path, output_dir: Path, report: Path | None, as_json: bool) -> None:

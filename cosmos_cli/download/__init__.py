@@ -31,7 +31,7 @@ The parts: :mod:`~cosmos_cli.download.errors` (the error classes), :mod:`~cosmos
 Hub client and the listing checks), :mod:`~cosmos_cli.download.plan` (choosing models and files, the plan,
 the dry-run report), :mod:`~cosmos_cli.download.cache` (where files and their records live on disk),
 :mod:`~cosmos_cli.download.fetch`, :mod:`~cosmos_cli.download.verify` (hashing),
-:mod:`~cosmos_cli.download.bars` (progress bars) and :mod:`~cosmos_cli.download.conversions`. This module
+:mod:`~cosmos_cli.download.conversions`. This module
 re-exports the public names.
 """
 

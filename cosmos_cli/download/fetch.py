@@ -10,13 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cosmos_cli.download.bars import _Progress
 from cosmos_cli.download.cache import _blob_path, _partial_path, _write_metadata, _written_paths
 from cosmos_cli.download.conversions import _run_conversion
 from cosmos_cli.download.errors import ChecksumError, DiskSpaceError, DownloadError, HubUnreachableError
 from cosmos_cli.download.hub import _Hub, check_inside
 from cosmos_cli.download.plan import DONE, PRESENT, DownloadPlan, PlannedFile, human_bytes
 from cosmos_cli.download.verify import _mismatches
+from cosmos_cli.progress import ByteBars
 
 
 @dataclass
@@ -44,7 +44,7 @@ def download(plan: DownloadPlan, *, token: str | None = None, progress: bool = T
     ckdir = plan.checkpoint_dir
     report = DownloadReport()
     already = sum(f.size - f.bytes_to_fetch for f in plan.files)
-    with _Progress(plan.total_bytes, already, "total", enabled=progress) as bars, _disk_errors(ckdir):
+    with ByteBars(plan.total_bytes, already, "total", enabled=progress) as bars, _disk_errors(ckdir):
         for f in plan.files:
             _fetch_one(f, ckdir, hub, bars, report)
         for conv in plan.conversions:
@@ -70,7 +70,7 @@ def _disk_errors(ckdir: Path) -> Iterator[None]:
         raise
 
 
-def _fetch_one(f: PlannedFile, ckdir: Path, hub: _Hub, bars: _Progress, report: DownloadReport) -> None:
+def _fetch_one(f: PlannedFile, ckdir: Path, hub: _Hub, bars: ByteBars, report: DownloadReport) -> None:
     final = ckdir / f.local
     if f.state == DONE:
         return
@@ -115,7 +115,7 @@ def _fetch_one(f: PlannedFile, ckdir: Path, hub: _Hub, bars: _Progress, report: 
         _write_metadata(ckdir, f)
 
 
-def _transfer(f: PlannedFile, partial: Path, start: int, hub: _Hub, bars: _Progress) -> None:
+def _transfer(f: PlannedFile, partial: Path, start: int, hub: _Hub, bars: ByteBars) -> None:
     """Stream the file into ``partial`` from byte ``start`` on (an HTTP Range request when resuming)."""
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.file_download import http_get

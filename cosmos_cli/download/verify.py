@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cosmos_cli.download.bars import _Progress
 from cosmos_cli.download.cache import _forget
 from cosmos_cli.download.conversions import CONVERSIONS
 from cosmos_cli.download.plan import PARTIAL, DownloadPlan, PlannedFile
+from cosmos_cli.progress import ByteBars
 
 CHUNK = 8 << 20  # bytes read at a time when hashing: memory stays constant whatever the file size
 
@@ -61,7 +61,7 @@ def verify(plan: DownloadPlan, *, progress: bool = True) -> VerifyReport:
     """
     ckdir = plan.checkpoint_dir
     report = VerifyReport()
-    with _Progress(plan.total_bytes, 0, "verified", enabled=progress) as bars:
+    with ByteBars(plan.total_bytes, 0, "verified", enabled=progress) as bars:
         for f in plan.files:
             path = ckdir / f.local
             if not path.is_file():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def _unwrap(obj: object, path: Path) -> Mapping[str, object]:
 def _open(path: Path) -> tuple[dict[str, tuple[int, ...] | None], Callable[[str], Tensor]]:
     """The file's keys with their shapes (None for a non-tensor value) and a reader of one tensor.
 
-    Nothing is read in full here: ``torch.load(mmap=True)`` maps the file and safetensors reads on demand.
+    Nothing is read in full here: ``torch.load(mmap=True)`` maps the file (a legacy-format one, which cannot be
+    mapped, is read whole) and safetensors reads on demand.
     """
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -52,8 +54,8 @@ def _open(path: Path) -> tuple[dict[str, tuple[int, ...] | None], Callable[[str]
 
         handle = safe_open(str(path), framework="pt", device="cpu")
         return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}, handle.get_tensor
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # a file of the legacy (pre-zip, torch < 1.6) format cannot be mapped: read whole, as transformers does
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refusing to load: it is not a plain weights file "

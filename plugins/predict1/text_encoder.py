@@ -1,66 +1,168 @@
-"""The T5 text encoder, from a local ``transformers`` folder (``checkpoints/google-t5/t5-11b``).
+"""The T5 text encoder, from a local folder in the layout of ``checkpoints/google-t5/t5-11b``.
 
-As the original: ``T5TokenizerFast`` + ``T5EncoderModel``, prompts padded/truncated to 512 tokens, each prompt
-encoded on its own, and the embeddings of padded positions set to zero. Nothing is fetched at run time: the
-folder must hold the config, the weights and the tokenizer files.
+As the original (``T5TokenizerFast`` + ``T5EncoderModel``): prompts padded/truncated to 512 tokens, ``</s>``
+appended, each prompt encoded on its own, and the embeddings of padded positions set to zero. Read here without
+``transformers``: the tokenizer is the folder's ``tokenizer.json`` run by the ``tokenizers`` library (what
+``T5TokenizerFast`` wraps), the network is :class:`.t5.T5Encoder` built from ``config.json``, and the weights
+come from ``model.safetensors`` or ``pytorch_model.bin`` through the same strict, pickle-free reader as the
+diffusion network (the encoder's keys only: a released file also holds the decoder, which is never read). Nothing
+is fetched at run time.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 from pathlib import Path
 
 import torch
 
 from cosmos_cli.errors import CheckpointError
 
+from .t5 import T5Config, T5Encoder
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_UNUSED = ("decoder.", "lm_head.")  # the released file is a whole encoder-decoder
+_EMBEDDING = ("shared.weight", "encoder.embed_tokens.weight")  # tied: either names the embedding
+
 
 def _weights_file(folder: Path) -> Path:
-    """The weights file transformers reads in ``folder`` (for error messages)."""
-    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json"):
+    for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    return folder
+    raise CheckpointError(f"{folder}: no T5 weights here (neither {' nor '.join(WEIGHT_FILES)})",
+                          hint="Download the text encoder again.")
+
+
+def read_config(path: Path) -> T5Config:
+    """The encoder's shape from a T5 ``config.json``; anything that is not a T5 encoder's is one error."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: no T5 text encoder here (config.json is missing)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    proj = raw.get("feed_forward_proj", "relu")
+    if proj not in ("relu", "gated-gelu"):
+        raise CheckpointError(f"{path}: feed_forward_proj {proj!r} is not a T5 encoder's (relu or gated-gelu)")
+    ints = {}
+    for key, default in (("d_model", None), ("d_kv", None), ("num_heads", None), ("d_ff", None),
+                         ("num_layers", None), ("vocab_size", None), ("relative_attention_num_buckets", 32),
+                         ("relative_attention_max_distance", 128)):
+        value = raw.get(key, default)
+        if type(value) is not int or not 0 < value <= 1 << 20:
+            raise CheckpointError(f"{path}: {key} must be a positive whole number, got {value!r}")
+        ints[key] = value
+    if ints["relative_attention_num_buckets"] < 4:
+        raise CheckpointError(f"{path}: relative_attention_num_buckets must be at least 4")
+    eps = raw.get("layer_norm_epsilon", 1e-6)
+    if type(eps) not in (int, float) or not 0 < eps < 1:
+        raise CheckpointError(f"{path}: layer_norm_epsilon must be a small positive number, got {eps!r}")
+    return T5Config(**ints, layer_norm_epsilon=float(eps), gated=proj == "gated-gelu")
+
+
+def load_encoder(folder: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                 ) -> T5Encoder:
+    """The encoder of ``folder``, strictly: every encoder key present with its shape and finite values, no key
+    that is neither the encoder's nor the decoder's. Built on the meta device, each tensor cast on its way to
+    ``device``: no second full copy."""
+    from .checkpoint import _open, checked_cast
+
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"the T5 encoder runs in float32 or bfloat16, not {dtype}")
+    config = read_config(folder / "config.json")
+    path = _weights_file(folder)
+    shapes, read = _open(path)
+    with torch.device("meta"):
+        model = T5Encoder(config)
+    expected = model.state_dict()
+    names = {k: k for k in expected if k in shapes}
+    if "shared.weight" not in shapes and "encoder.embed_tokens.weight" in shapes:
+        names["shared.weight"] = "encoder.embed_tokens.weight"
+    used = set(names.values()) | set(_EMBEDDING)
+    unexpected = [k for k in shapes if k not in used and not k.startswith(_UNUSED)]
+    missing = [k for k in expected if k not in names]
+    wrong = [f"{names[k]} {list(shapes[names[k]]) if shapes[names[k]] is not None else 'not a tensor'} != "
+             f"{list(v.shape)}" for k, v in expected.items() if k in names and shapes[names[k]] != tuple(v.shape)]
+    problems = [f"{len(items)} {kind} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})"
+                for kind, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                    ("shape mismatches", wrong)) if items]
+    if problems:
+        raise CheckpointError(f"{path}: does not match the T5 encoder of {folder / 'config.json'}: "
+                              + "; ".join(problems), hint="Download the text encoder again.")
+    state = {k: checked_cast(read(names[k]), ref, path, names[k], device=device, dtype=dtype)
+             for k, ref in expected.items()}
+    model.load_state_dict(state, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+class PromptTokenizer:
+    """A T5 ``tokenizer.json`` as ``T5TokenizerFast`` runs it: the file's normaliser, pre-tokeniser, unigram
+    model and post-processor (which appends ``</s>``); cut to ``max_length`` with ``</s>`` kept, padded with
+    ``<pad>``."""
+
+    def __init__(self, path: Path, max_length: int):
+        from tokenizers import Tokenizer
+
+        try:
+            self.backend = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the library raises its own Exception for any malformed file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not path.is_file():
+                first = "the file is missing"
+            raise CheckpointError(f"{path}: cannot read the T5 tokenizer: {first}",
+                                  hint="Download the text encoder again.") from None
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        pad = self.backend.token_to_id("<pad>")
+        if pad is None:
+            raise CheckpointError(f"{path}: the tokenizer has no <pad> token: not a T5 tokenizer")
+        self.pad_id, self.max_length = pad, max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def ids(self, prompt: str) -> list[int]:
+        """Every token of ``prompt``, ``</s>`` included, uncut."""
+        return self.backend.encode(prompt).ids
+
+    def padded(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` and ``attention_mask``, each ``[1, max_length]``."""
+        self.backend.enable_truncation(self.max_length)
+        try:
+            ids = self.backend.encode(prompt).ids
+        finally:
+            self.backend.no_truncation()
+        mask = [1] * len(ids) + [0] * (self.max_length - len(ids))
+        ids = ids + [self.pad_id] * (self.max_length - len(ids))
+        return torch.tensor([ids], dtype=torch.long), torch.tensor([mask], dtype=torch.long)
 
 
 class T5TextEncoder:
-    def __init__(self, model, tokenizer, max_length: int = 512):
+    def __init__(self, model: T5Encoder, tokenizer: PromptTokenizer):
         self.model = model
         self.tokenizer = tokenizer
-        self.max_length = max_length
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.max_length
 
     @classmethod
     def load(cls, folder: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
              max_length: int = 512) -> T5TextEncoder:
         """``dtype``: the weights' dtype, fp32 by default as the original (the file's own; the pipeline's choice:
-        ``pipeline.text_encoder_dtype``). With bf16 every weight is cast, ``wo`` too (transformers keeps T5's
-        ``wo`` in fp32 only for fp16), and the embedding comes out in bf16."""
-        from transformers import T5EncoderModel, T5TokenizerFast
-        from transformers.utils import logging as hf_logging
-
+        ``pipeline.text_encoder_dtype``). With bf16 every weight is cast, ``wo`` too, and the embedding comes out
+        in bf16."""
         folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise CheckpointError(f"{folder}: no T5 text encoder here (config.json is missing)")
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
-            tokenizer = T5TokenizerFast.from_pretrained(folder, local_files_only=True)
-            model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype, low_cpu_mem_usage=True)
-        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met something other than tensors
-            raise CheckpointError(f"{_weights_file(folder)}: refusing to load: it is not a plain weights file "
-                                  f"(it holds pickled objects other than tensors)",
-                                  hint="Download the text encoder again; never load such a file.") from exc
-        except (OSError, ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{folder}: cannot load the T5 text encoder: {first}") from exc
-        model.eval().requires_grad_(False)
-        model.to(device)
-        for name, tensor in model.state_dict().items():  # NaN/inf weights would give a black video
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise CheckpointError(f"{_weights_file(folder)}: {name} holds NaN or infinite values",
-                                      hint="The file is damaged; download the text encoder again.")
-        return cls(model, tokenizer, max_length)
+        model = load_encoder(folder, device=device, dtype=dtype)
+        tokenizer = PromptTokenizer(folder / "tokenizer.json", max_length)
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise CheckpointError(f"{folder / 'tokenizer.json'}: {tokenizer.vocab_size} tokens, but the encoder "
+                                  f"embeds {model.config.vocab_size}: the files are not one T5's",
+                                  hint="Download the text encoder again.")
+        return cls(model, tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -72,19 +174,16 @@ class T5TextEncoder:
 
     def token_count(self, prompt: str) -> int:
         """Tokens in ``prompt`` with T5's closing ``</s>``: more than ``max_length`` and :meth:`encode` cuts it."""
-        return len(self.tokenizer(prompt, truncation=False).input_ids)
+        return len(self.tokenizer.ids(prompt))
 
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """``[len(prompts), max_length, d_model]`` embeddings, zero beyond each prompt's tokens."""
         out = []
         for prompt in prompts:  # one at a time, as the original (padding then cannot change a prompt's result)
-            tok = self.tokenizer([prompt], max_length=self.max_length, padding="max_length", truncation=True,
-                                 return_tensors="pt")
-            ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            length = int(mask.sum())
-            hidden[:, length:] = 0
+            ids, mask = (t.to(self.device) for t in self.tokenizer.padded(prompt))
+            hidden = self.model(ids, mask)
+            hidden[:, int(mask.sum()):] = 0
             out.append(hidden)
         return torch.cat(out)
 
