@@ -326,6 +326,8 @@ def load_pipeline(backend: Backend, spec: ModelSpec, req: GenerateRequest, devic
     plan = plan_for(spec, req, device, run)
     where = device if run is None else f"{run.world_size} x {device.split(':')[0]}"
     progress.message(f"{spec.name} on {where}: memory strategy {plan.strategy} ({plan.reason})")
+    for note in plan.notes:
+        progress.message(f"note: {note}")
     return backend.build_pipeline(spec, plan, checkpoint_dir=Path(req.checkpoint_dir), device=device,
                                   progress=progress, options=backend_options(backend, req), parallel=run,
                                   network_dir=req.network_dir, fast=req.fast, compile=req.compile)

@@ -13,7 +13,12 @@ Placements:
 * ``gpu``: resident on the GPU for the whole run;
 * ``swap``: on the GPU only for its own stages, parked in pinned host memory in between (the original
   deletes and reloads from disk instead: the same GPU peak, a slower batch);
-* ``cpu``: kept and computed on the CPU;
+* ``cpu``: kept and computed on the CPU. A component marked ``Component.gpu_when_room`` that a strategy keeps on
+  the CPU is placed ``swap`` instead where the GPU has room for it at its stage (the plan's peak still fits the
+  GPU; the host holds its weights either way): an autoregressive model on the GPU reads its weights from GPU
+  memory at each token, on the CPU from host memory, tens of times slower, so one copy over PCIe per stage pays
+  for itself at the first token. Where it stays on the CPU, the plan's ``notes`` estimate its time from
+  ``Component.cpu_weight_reads`` at :data:`CPU_WEIGHT_READ_BYTES_PER_S`;
 * ``stream``: transformer blocks (of the network, or of another component with blocks) live in pinned host
   memory and are copied to the GPU a block or two ahead of the computation; the rest of the model is resident during its stage;
 * ``map``: the network's blocks stream as under ``stream``, but from the memory-mapped checkpoint file: a side
@@ -42,7 +47,7 @@ unknown only the GPU is checked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cosmos_cli.errors import MemoryPlanError
 from cosmos_cli.specs import (
@@ -76,6 +81,10 @@ MIN_HOST_MARGIN_BYTES = 1 * GiB
 # The job's video on the host, per pixel: the input frames as read (uint8 RGB), the fp32 tensor made of them
 # before it goes to the GPU, and the decoded video back (uint8): 3 channels x (1 + 4 + 1) bytes.
 HOST_IO_BYTES_PER_PIXEL = 3 * (1 + 4 + 1)
+# Weight bytes a CPU reads per second when it computes one token at a time (the rate that bounds autoregressive
+# decoding on a CPU): an assumption, for the plan's estimate of a model computed on the CPU, taken as a desktop's
+# sustained memory bandwidth (dual-channel DDR5); a server reads faster, a laptop slower.
+CPU_WEIGHT_READ_BYTES_PER_S = 20 * 10**9
 
 
 def strategies_for(spec: ModelSpec) -> tuple[Strategy, ...]:
@@ -180,6 +189,7 @@ class MemoryPlan:
     # per strategy: (name, host peak, mapped bytes, fits the host or None when the RAM is unknown)
     host_alternatives: tuple[tuple[str, int, int, bool | None], ...] = field(default=(), compare=False)
     hint: str = ""  # what to do when the plan does not fit
+    notes: tuple[str, ...] = ()  # where a model is computed, when it matters for the time (module doc)
 
     def variant(self, component: str) -> str | None:
         """The variant ``component`` runs in under this plan (None: its plain one)."""
@@ -226,6 +236,7 @@ class MemoryPlan:
                             "host_fits": host.get(n, (None,) * 3)[2]} for n, p, f in self.alternatives],
             "reason": self.reason,
             "hint": self.hint,
+            "notes": list(self.notes),
         }
 
 
@@ -348,6 +359,50 @@ def host_advice(use: HostUse, spec: ModelSpec) -> str:
     return (f"Host memory held: {biggest}. " + ("; ".join(drop) + "; " if drop else "") + more + ".")
 
 
+def with_room_on_the_gpu(spec: ModelSpec, strategy: Strategy, vram_bytes: int | None, *, upsampler: bool = True,
+                         guardrail: bool = True, num_gpus: int = 1) -> Strategy:
+    """``strategy`` with each ``gpu_when_room`` component it keeps on the CPU placed ``swap`` where the GPU has room
+    for it (the plan's peak, with it swapped, plus the margin fits ``vram_bytes``); unchanged with the GPU memory
+    unknown, or when the strategy does not fit as it is."""
+    if vram_bytes is None:
+        return strategy
+    limit = vram_bytes - margin_for(vram_bytes)
+    comps = _run_components(spec, upsampler=upsampler, guardrail=guardrail)
+    names = dict.fromkeys(c.name for c in comps if strategy.placement(c.name) == "cpu")
+    movable = [n for n in names if all(c.gpu_when_room for c in comps if c.name == n)]
+    if not movable or evaluate(spec, strategy, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)[0] > limit:
+        return strategy
+    for name in movable:
+        trial = replace(strategy, placements=tuple((c, "swap" if c == name else p) for c, p in strategy.placements)
+                        + (() if name in dict(strategy.placements) else ((name, "swap"),)))
+        if evaluate(spec, trial, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)[0] <= limit:
+            strategy = trial
+    return strategy
+
+
+def placement_notes(spec: ModelSpec, strategy: Strategy, moved: Strategy, *, upsampler: bool = True,
+                    guardrail: bool = True) -> tuple[str, ...]:
+    """What the plan says of the models ``strategy`` computes on the CPU: moved to the GPU for their stage
+    (``moved``), or left there with an estimate of their time."""
+    gib = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
+    notes = []
+    comps = _run_components(spec, upsampler=upsampler, guardrail=guardrail)
+    for name in dict.fromkeys(c.name for c in comps if strategy.placement(c.name) == "cpu"):
+        label = name.replace("_", " ")
+        if moved.placement(name) == "swap":
+            notes.append(f"the {label} runs on the GPU for its stage (there is room for it there), not on the CPU")
+            continue
+        for c in comps:
+            if c.name == name and c.cpu_weight_reads:
+                seconds = c.cpu_weight_reads * c.weight_bytes / CPU_WEIGHT_READ_BYTES_PER_S
+                when = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+                notes.append(f"the {label} ({', '.join(c.stages)}) runs on the CPU: up to about {when} per job "
+                             f"({c.cpu_weight_reads} tokens, each reading its {gib(c.weight_bytes)} of weights at an "
+                             f"assumed {CPU_WEIGHT_READ_BYTES_PER_S / 1e9:.0f} GB/s)"
+                             + (" for want of room on the GPU at that stage" if c.gpu_when_room else ""))
+    return tuple(notes)
+
+
 def plan_memory(
     spec: ModelSpec,
     vram_bytes: int | None,
@@ -373,7 +428,11 @@ def plan_memory(
     if num_gpus < 1:
         raise MemoryPlanError(f"--num-gpus must be >= 1, got {num_gpus}")
     check_strategy(spec, strategy)
-    offered = strategies_for(spec)
+    as_declared = strategies_for(spec)
+    offered = tuple(with_room_on_the_gpu(spec, s, vram_bytes, upsampler=upsampler, guardrail=guardrail,
+                                         num_gpus=num_gpus) for s in as_declared)
+    notes = {s.name: placement_notes(spec, d, s, upsampler=upsampler, guardrail=guardrail)
+             for d, s in zip(as_declared, offered, strict=True)}
     evaluated = [(s, *evaluate(spec, s, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)) for s in offered]
     hosts = {s.name: evaluate_host(spec, s, upsampler=upsampler, guardrail=guardrail, num_gpus=num_gpus)
              for s in offered}
@@ -420,7 +479,7 @@ def plan_memory(
                           variants, num_gpus, reason, alternatives, flags=flags,
                           ram_bytes=ram_bytes, host_peak_bytes=use.peak_bytes, host_mapped_bytes=use.mapped_bytes,
                           host_margin_bytes=host_margin, host_fits=host_fits(s.name),
-                          host_alternatives=host_alternatives, hint=hint)
+                          host_alternatives=host_alternatives, hint=hint, notes=notes[s.name])
 
     if strategy != "auto":
         s, peak, comps, stages = next(e for e in evaluated if e[0].name == strategy)

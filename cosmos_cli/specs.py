@@ -100,7 +100,11 @@ class Component:
     ``loaded_on_host``: the backend's loader builds the model in host memory before moving it where it is placed
     (``transformers``' ``from_pretrained``), so loading it holds its weights in host RAM for a while even when it
     is placed on the GPU (the planner's host peak counts that). ``left_out_by``: the request's switch that leaves this
-    component out of a run (:data:`OPTIONAL_SWITCHES`; "": always part of it).
+    component out of a run (:data:`OPTIONAL_SWITCHES`; "": always part of it). ``gpu_when_room``: where a strategy
+    computes this component on the CPU, the planner places it ``swap`` instead when the GPU has room for it at its
+    stage (the plan's peak still fits): copying it over once is faster than computing it on the CPU.
+    ``cpu_weight_reads``: how many times one job reads all of its weights when computed on the CPU, at the most
+    (an autoregressive model: one read per generated token), for the plan's estimate of the CPU's time (0: none).
     """
 
     name: str
@@ -115,6 +119,8 @@ class Component:
     measured_peak_bytes: tuple[tuple[str, int], ...] = ()
     loaded_on_host: bool = False
     left_out_by: str = ""
+    gpu_when_room: bool = False
+    cpu_weight_reads: int = 0
 
     @property
     def weight_bytes(self) -> int:

@@ -303,3 +303,68 @@ def test_leaner_strategy_keeps_the_kind():
     assert leaner_strategy("stream", spec) == "stream-sequential"
     assert leaner_strategy("stream-mapped", spec) == "stream-mapped-sequential"
     assert leaner_strategy("stream-mapped-lean", spec) is None and leaner_strategy("stream-lean", spec) is None
+
+
+# -- models a strategy computes on the CPU: moved onto the GPU for their stage where there is room -------------
+
+
+def _with_upsampler(params: int = GiB):
+    from cosmos_cli.specs import UPSAMPLER, Component
+
+    ups = Component(UPSAMPLER, ("upsample",), num_params=params, activation_bytes=(("upsample", GiB),),
+                    cpu_capable=True, left_out_by="upsampler", gpu_when_room=True, cpu_weight_reads=400)
+    base = fake_spec()
+    return fake_spec(components=(ups, *base.components), stages=("upsample", *base.stages))
+
+
+def test_a_cpu_model_moves_to_the_gpu_where_there_is_room_by_hand():
+    """stream keeps the upsampler on the CPU; its stage on the GPU would hold its 2 GiB (1 G params in bf16) + 1 GiB
+    of activations and nothing else (T5 and the tokenizer are swapped, the network streams): 3 GiB, under the
+    network's denoising peak, so with room for the plan it is swapped instead."""
+    spec = _with_upsampler()
+    roomy = plan_memory(spec, 40 * GiB, strategy="stream")
+    assert roomy.placement("prompt_upsampler") == "swap" and dict(roomy.stage_peaks)["upsample"] == 3 * GiB
+    assert roomy.notes == ("the prompt upsampler runs on the GPU for its stage (there is room for it there), not on "
+                           "the CPU",)
+    # stream's own peak: the network's 8 blocks of 1 GiB (4 G params in bf16), 3 in flight, + 4 GiB of activations
+    peak = evaluate(spec, next(s for s in STRATEGIES if s.name == "stream"))[0]
+    assert peak == 7 * GiB
+    big = _with_upsampler(params=4 * GiB)  # 8 GiB of weights + 1 GiB: its stage needs 9 GiB
+    tight = plan_memory(big, 9 * GiB, strategy="stream")  # margin 1 GiB: 8 GiB for the tensors
+    assert tight.fits and tight.placement("prompt_upsampler") == "cpu"
+    # 400 tokens x 8 GiB read at 20 GB/s = 171.8 s: "3 min"
+    assert tight.notes == ("the prompt upsampler (upsample) runs on the CPU: up to about 3 min per job (400 tokens, "
+                           "each reading its 8.0 GiB of weights at an assumed 20 GB/s) for want of room on the GPU at "
+                           "that stage",)
+    assert plan_memory(big, 11 * GiB, strategy="stream").placement("prompt_upsampler") == "swap"
+
+
+def test_nothing_moves_when_the_gpu_is_unknown_or_the_plan_does_not_fit():
+    from cosmos_cli.planner import with_room_on_the_gpu
+
+    spec = _with_upsampler()
+    stream = next(s for s in STRATEGIES if s.name == "stream")
+    assert with_room_on_the_gpu(spec, stream, None) is stream
+    assert with_room_on_the_gpu(spec, stream, 4 * GiB) is stream  # stream itself needs 7 GiB
+    assert plan_memory(spec, None, strategy="stream").placement("prompt_upsampler") == "cpu"
+
+
+@pytest.mark.parametrize("model, vram_gb, upsampler, guardrail", [
+    ("14B", 24, "cpu", "swap"),  # Pixtral (23.6 GiB) has no room on a 24 GB GPU; LlamaGuard (12.6 GiB) has
+    ("7B", 24, "cpu", "swap"),
+    ("7B", 32, "swap", "swap"),
+    ("7B", 12, "cpu", "cpu"),
+    ("7B", 80, "swap", "gpu"),  # offload-upsampler: as the strategy says
+])
+def test_real_models_place_the_upsampler_and_guardrails_by_room(model, vram_gb, upsampler, guardrail):
+    plan = plan_memory(find_model(model)[1], int(vram_gb * 10**9), ram_bytes=512 * GiB)
+    assert (plan.placement("prompt_upsampler"), plan.placement("guardrail")) == (upsampler, guardrail), plan.strategy
+    on_cpu = [n for n in plan.notes if "runs on the CPU" in n]
+    assert len(on_cpu) == [upsampler, guardrail].count("cpu")
+
+
+def test_the_cpu_estimates_read_the_models_own_token_limits():
+    from cosmos_plugins.predict1 import guardrails, specs, upsampler
+
+    assert specs.UPSAMPLER_MAX_NEW_TOKENS == upsampler.MAX_NEW_TOKENS
+    assert specs.TEXT_GUARDRAIL_MAX_NEW_TOKENS == guardrails.AEGIS_MAX_NEW_TOKENS

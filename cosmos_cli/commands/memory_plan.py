@@ -24,7 +24,7 @@ from cosmos_cli.options import (
     UpsamplerOpt,
     VramOpt,
 )
-from cosmos_cli.planner import MemoryPlan
+from cosmos_cli.planner import MemoryPlan, strategies_for, with_room_on_the_gpu
 from cosmos_cli.registry import default_model_name, find_model
 
 # Exit code when the memory is known (--vram, or a detected GPU) and the plan does not fit it.
@@ -53,8 +53,10 @@ def memory_plan(
     request = GenerateRequest(input_path=Path("-"), prompt=None, model=spec.name, disable_prompt_upsampler=not upsampler,
                               disable_guardrail=not guardrail, num_gpus=num_gpus, offload=offload)
     plan = plan_request(spec, request, vram_bytes, ram_bytes)
-    # measured figures are for the default job on one GPU with the upsampler and guardrails
-    measured = ({name: b for c in spec.components for name, b in c.measured_peak_bytes}
+    # measured figures are for the default job on one GPU with the upsampler and guardrails, placed as each strategy
+    # declares them (not where the planner moved them onto the GPU, finding room there)
+    declared = {s.name for s in strategies_for(spec) if with_room_on_the_gpu(spec, s, vram_bytes) == s}
+    measured = ({name: b for c in spec.components for name, b in c.measured_peak_bytes if name in declared}
                 if upsampler and guardrail and num_gpus == 1 else {})
     if as_json:
         data = plan.to_json()
@@ -75,6 +77,8 @@ def memory_plan(
                                                 "activations; or use a GPU with more free memory.")
     known = "fits" if plan.fits else "GPU memory unknown"
     out.print(f"strategy: [bold]{plan.strategy}[/bold] ({known}) - {plan.reason}")
+    for note in plan.notes:
+        out.print(f"note: {note}", markup=False, highlight=False)
 
 
 def _print_machine(out: Console, name: str, vram: str | None, vram_bytes: int | None, gpus, ram: str | None,

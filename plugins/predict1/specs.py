@@ -90,6 +90,10 @@ def _network_component(p: DiTParams, latent_t: int, latent_h: int, latent_w: int
     )
 
 
+UPSAMPLER_MAX_NEW_TOKENS = 400  # upsampler.MAX_NEW_TOKENS
+TEXT_GUARDRAIL_MAX_NEW_TOKENS = 100  # guardrails.AEGIS_MAX_NEW_TOKENS
+
+
 def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, height: int, width: int,
                 latent: tuple[int, int, int], upsampler_params: int, guardrail_params: int) -> tuple[Component, ...]:
     tok = {stage: tokenizer_activation_bytes(frames, height, width, tiled=False, stage=stage)
@@ -104,18 +108,24 @@ def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, 
                       measured_peak_bytes=MEASURED_PEAK_BYTES.get((p.model_channels, p.num_blocks), ())
                       if (frames, height, width) == (121, 704, 1280) else ())
     return (
-        # loaded_on_host: T5, Pixtral and the guardrail models are built by transformers' from_pretrained on the
-        # CPU, then moved (text_encoder.py, upsampler.py, guardrails.py)
+        # loaded_on_host: Pixtral and the guardrail models are built by transformers' from_pretrained on the CPU,
+        # then moved (upsampler.py, guardrails.py); T5 is read through the file's mapping tensor by tensor onto its
+        # device (text_encoder.py), but a legacy-format (pre-zip) file cannot be mapped and is read whole: counted.
+        # gpu_when_room: on the GPU for their stage where the stream strategies leave room (planner.py);
+        # cpu_weight_reads: one read of the weights per generated token, at most upsampler.MAX_NEW_TOKENS and
+        # guardrails.AEGIS_MAX_NEW_TOKENS (a test checks they agree); the video check has no estimate (per-frame
+        # classifiers, bound by arithmetic rather than memory).
         Component(UPSAMPLER, ("upsample",), upsampler_params, activation_bytes=(("upsample", GiB),),
-                  cpu_capable=True, loaded_on_host=True, left_out_by="upsampler"),
+                  cpu_capable=True, loaded_on_host=True, left_out_by="upsampler", gpu_when_room=True,
+                  cpu_weight_reads=UPSAMPLER_MAX_NEW_TOKENS),
         # Two entries of one component: the text check (LlamaGuard) and the video check (SigLIP, RetinaFace) are
         # placed alike but each moves only its own models to the GPU when swapped.
         Component(GUARDRAIL, ("text_guardrail",), guardrail_params - video_guardrail,
                   activation_bytes=(("text_guardrail", GiB),), cpu_capable=True, loaded_on_host=True,
-                  left_out_by="guardrail"),
+                  left_out_by="guardrail", gpu_when_room=True, cpu_weight_reads=TEXT_GUARDRAIL_MAX_NEW_TOKENS),
         Component(GUARDRAIL, ("video_guardrail",), video_guardrail,
                   activation_bytes=(("video_guardrail", 2 * GiB),), cpu_capable=True, loaded_on_host=True,
-                  left_out_by="guardrail"),
+                  left_out_by="guardrail", gpu_when_room=True),
         Component(TEXT_ENCODER, ("encode_text",), t5_params(t5), dtype=TEXT_ENCODER_DTYPE,
                   activation_bytes=(("encode_text", t5_activation_bytes(t5)),), cpu_capable=True,
                   num_blocks=t5.num_layers, block_params=t5_layer_params(t5), loaded_on_host=True),

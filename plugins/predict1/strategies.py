@@ -2,7 +2,8 @@
 
 The first five offloading strategies are the original project's five ``--offload_*`` levels, in the order of its
 published memory table; the leaner ones go further: the network's blocks streamed from host memory with the prompt
-upsampler and guardrails on the CPU (``stream``), one guidance branch at a time (``stream-sequential``), and the T5
+upsampler and guardrails on the CPU (``stream``; the planner swaps them onto the GPU for their stages where there is
+room, ``Component.gpu_when_room``), one guidance branch at a time (``stream-sequential``), and the T5
 encoder's layers streamed too with the network's attention and MLP over chunks of tokens (``stream-lean``). Every
 strategy runs the tokenizer over chunks of frames (the ``tiled`` variant): the result is the same up to rounding,
 it costs about a second, and it saves ~25 GiB.
@@ -59,8 +60,8 @@ STRATEGIES: tuple[Strategy, ...] = (
               "branches one after the other (all five original flags)", swap=(_UPS, _GRD, _TXT, _TOK, _NET),
               cfg_batched=False, flags=_ORIGINAL_FLAGS),
     _strategy("stream", "the network's blocks stream from pinned host memory, copied a block or two ahead on a "
-              "side stream; prompt upsampler and guardrails on the CPU; T5 and tokenizer on the GPU only for "
-              "their stages", swap=(_TXT, _TOK), cpu=(_UPS, _GRD), stream=(_NET,)),
+              "side stream; prompt upsampler and guardrails on the GPU for their stages where there is room, "
+              "else on the CPU; T5 and tokenizer on the GPU only for their stages", swap=(_TXT, _TOK), cpu=(_UPS, _GRD), stream=(_NET,)),
     _strategy("stream-mapped", "stream, the network's blocks read from the memory-mapped checkpoint file (a side "
               "thread reads ahead into a small pinned staging ring) instead of a pinned copy",
               swap=(_TXT, _TOK), cpu=(_UPS, _GRD), mapped=(_NET,)),
