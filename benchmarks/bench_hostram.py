@@ -21,7 +21,13 @@ RssAnon of a child with CUDA up and no model: ``runtime``). The outputs of the f
 placements (they must be equal: same weights, same kernels).
 
 ``--ram-limit 32GB`` runs each child in a fresh cgroup v2 with that ``memory.max`` (where this process may create
-one under its own cgroup; otherwise recorded as not enforced).
+one under its own cgroup; otherwise recorded as not enforced); the limit counts the page cache the child's file
+reads fill, so a mapped network larger than what is left re-reads from disk as it would on such a machine.
+``--ballast-for VRAM,RAM`` makes that honest for a whole run: each child first holds (anonymous, touched) what the
+planner predicts the rest of that run holds on the host, with the upsampler and guardrails off: the strategy
+``plan_memory`` picks for that GPU and RAM, its host peak less the network's share and the runtime (T5's pinned
+fp32 copy, the tokenizer's, the job's frames). ``--batch 2`` times both guidance branches in one forward (the
+strategies that batch them, ``stream-mapped``); 1, one branch (the sequential ones).
 
     python benchmarks/bench_hostram.py --model 14B --weights-dir /local/nvme/bench --forwards 3 \
         --out benchmarks/results/hostram-14b-h200.json
@@ -45,7 +51,7 @@ from pathlib import Path
 import torch
 
 from cosmos_cli.gpu import parse_size
-from cosmos_cli.planner import HOST_RUNTIME_BYTES, evaluate_host
+from cosmos_cli.planner import HOST_RUNTIME_BYTES, evaluate_host, plan_memory
 from cosmos_cli.specs import NETWORK
 from cosmos_plugins.predict1 import offload as O
 from cosmos_plugins.predict1.checkpoint import load_network, write_random_checkpoint
@@ -92,11 +98,11 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
-def make_inputs(p, latent, text_tokens: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
+def make_inputs(p, latent, text_tokens: int, device: torch.device, dtype: torch.dtype, seed: int = 0, batch: int = 1):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, p.in_channels, *latent, generator=gen).to(device, dtype)
-    emb = torch.randn(1, text_tokens, p.crossattn_emb_channels, generator=gen).to(device, dtype)
-    mask = torch.zeros(1, 1, *latent, device=device, dtype=dtype)
+    x = torch.randn(batch, p.in_channels, *latent, generator=gen).to(device, dtype)
+    emb = torch.randn(batch, text_tokens, p.crossattn_emb_channels, generator=gen).to(device, dtype)
+    mask = torch.zeros(batch, 1, *latent, device=device, dtype=dtype)
     mask[:, :, :1] = 1
     t = torch.tensor([0.25 * math.log(10.9)], device=device)
     return x, t, emb, torch.tensor([24.0], device=device), mask
@@ -116,6 +122,10 @@ def child(args) -> dict:
         torch.cuda.init()
         torch.empty(1, device=device)  # the CUDA context, as in a run
     row: dict = {"placement": args.child}
+    ballast = None
+    if args.ballast_bytes:  # what the rest of the run holds on the host, touched so that it is resident
+        ballast = torch.ones(args.ballast_bytes, dtype=torch.uint8)
+        row["ballast_bytes"] = args.ballast_bytes
     if args.child == "runtime":
         row["rss"] = status()
         return row
@@ -127,7 +137,7 @@ def child(args) -> dict:
     placed = O.place(net, placement, device, blocks=list(net.blocks.values()))
     row["load_s"] = time.perf_counter() - t0
     row["rss_after_load"] = status()
-    inputs = make_inputs(spec.network, LATENTS[args.model], TEXT_TOKENS[args.model], device, dtype)
+    inputs = make_inputs(spec.network, LATENTS[args.model], TEXT_TOKENS[args.model], device, dtype, batch=args.batch)
     times = []
     with torch.inference_mode(), placed.active():
         forward = O.network_forward(placed, args.lean)
@@ -148,12 +158,14 @@ def child(args) -> dict:
     if mapped:
         row["staging_bytes"] = placed.staging_bytes
     placed.close()
+    del ballast
     return row
 
 
 def run_child(args, placement: str, limit: int | None) -> dict:
     cmd = [sys.executable, __file__, "--child", placement, "--model", args.model, "--device", args.device,
-           "--checkpoint", str(args.checkpoint), "--work", str(args.work), "--forwards", str(args.forwards)]
+           "--checkpoint", str(args.checkpoint), "--work", str(args.work), "--forwards", str(args.forwards),
+           "--batch", str(args.batch), "--ballast-bytes", str(args.ballast_bytes)]
     if args.lean:
         cmd.append("--lean")
     enforced = None
@@ -197,7 +209,10 @@ def main() -> None:
     ap.add_argument("--lean", action="store_true", help="the chunked forward of the *-lean strategies")
     ap.add_argument("--placements", nargs="*", default=list(PLACEMENTS), choices=PLACEMENTS)
     ap.add_argument("--ram-limit", default=None, help="run each placement under a cgroup v2 memory.max, e.g. 32GB")
+    ap.add_argument("--ballast-for", default=None, help="VRAM,RAM: hold what the rest of that machine's run holds")
+    ap.add_argument("--batch", type=int, default=1, choices=(1, 2), help="guidance branches per forward")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--ballast-bytes", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
@@ -217,6 +232,16 @@ def main() -> None:
         write_random_checkpoint(args.checkpoint, spec.network, seed=0, dtype=torch.bfloat16)
     device = torch.device(args.device)
     by_name = {s.name: s for s in STRATEGIES}
+    ballast = None
+    if args.ballast_for:
+        vram, ram = (parse_size(v, "--ballast-for") for v in args.ballast_for.split(","))
+        plan = plan_memory(spec, vram, ram_bytes=ram, upsampler=False, guardrail=False)
+        use = evaluate_host(spec, by_name[plan.strategy], upsampler=False, guardrail=False)
+        network_share = sum(b for n, _, b in use.held if n == NETWORK)
+        args.ballast_bytes = use.peak_bytes - network_share - HOST_RUNTIME_BYTES
+        ballast = {"for": args.ballast_for, "strategy": plan.strategy, "fits": plan.fits,
+                   "predicted_host_peak_bytes": use.peak_bytes, "network_share_bytes": network_share,
+                   "ballast_bytes": args.ballast_bytes, "page_cache_bytes": plan.page_cache_bytes}
     report = {
         "benchmark": "network streamed from the mapped checkpoint vs pinned vs resident (benchmarks/bench_hostram.py)",
         "command": "python " + " ".join(sys.argv),
@@ -229,6 +254,8 @@ def main() -> None:
         "checkpoint_write_s": time.perf_counter() - t0,
         "disk": disk_of(args.checkpoint),
         "ram_limit": args.ram_limit,
+        "ballast": ballast,
+        "batch": args.batch,
         "host_runtime_bytes_planned": HOST_RUNTIME_BYTES,
         "rows": [],
     }
