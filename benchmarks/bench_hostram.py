@@ -187,17 +187,23 @@ def run_child(args, placement: str, limit: int | None) -> dict:
 
 
 def _make_cgroup(name: str, limit: int) -> Path | None:
-    """A child cgroup v2 of ours with ``memory.max = limit`` (None where this process cannot make one)."""
+    """A cgroup v2 with ``memory.max = limit``: a child of ours, else one under the root (the memory controller
+    enabled there first); None where this process can make neither."""
     line = next((ln for ln in Path("/proc/self/cgroup").read_text().splitlines() if ln.startswith("0::")), None)
     if line is None:
         return None
-    group = Path("/sys/fs/cgroup") / line[3:].strip("/") / f"bench-hostram-{os.getpid()}-{name}"
-    try:
-        group.mkdir(exist_ok=True)
-        (group / "memory.max").write_text(str(limit))
-        return group
-    except OSError:
-        return None
+    root = Path("/sys/fs/cgroup")
+    for parent in (root / line[3:].strip("/"), root):
+        group = parent / f"bench-hostram-{os.getpid()}-{name}"
+        try:
+            if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
+                (parent / "cgroup.subtree_control").write_text("+memory")
+            group.mkdir(exist_ok=True)
+            (group / "memory.max").write_text(str(limit))
+            return group
+        except OSError:
+            continue
+    return None
 
 
 def main() -> None:
