@@ -59,7 +59,7 @@ from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B, PREDICT1_TI
 from cosmos_plugins.predict1.strategies import STRATEGIES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostinfo import disk_of  # noqa: E402
+from hostinfo import disk_of, drop_page_cache  # noqa: E402
 
 GiB = 1 << 30
 SPECS = {"7B": PREDICT1_7B, "14B": PREDICT1_14B, "tiny": PREDICT1_TINY}
@@ -177,6 +177,9 @@ def run_child(args, placement: str, limit: int | None) -> dict:
 
             def pre():
                 (group / "cgroup.procs").write_text(str(os.getpid()))
+    # The file's pages leave the page cache first: a page is charged to the cgroup that reads it in, so pages this
+    # process (the writer) or an earlier child left there would sit outside the child's limit.
+    drop_page_cache(args.checkpoint)
     res = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pre)
     if res.returncode != 0:
         return {"placement": placement, "error": f"exit {res.returncode}", "stderr": res.stderr[-3000:],
