@@ -112,7 +112,7 @@ def check_optional_files(spec: ModelSpec, paths: CheckpointPaths, *, upsampler: 
 
 
 def _t5_blocks(text_encoder) -> dict:
-    """The T5 encoder's layers, for streaming (a ``T5TextEncoder`` wrapping a transformers ``T5EncoderModel``)."""
+    """The T5 encoder's layers, for streaming (a ``T5TextEncoder`` wrapping a :class:`.t5.T5Encoder`)."""
     model = getattr(text_encoder, "model", None)
     layers = getattr(getattr(model, "encoder", None), "block", None)
     return {"blocks": list(layers), "module": model} if layers is not None else {}

@@ -67,7 +67,7 @@ def load_encoder(folder: Path, *, device: torch.device | str = "cpu", dtype: tor
     """The encoder of ``folder``, strictly: every encoder key present with its shape and finite values, no key
     that is neither the encoder's nor the decoder's. Built on the meta device, each tensor cast on its way to
     ``device``: no second full copy."""
-    from .checkpoint import _open, checked_cast
+    from .checkpoint import _open, _summary, checked_cast
 
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"the T5 encoder runs in float32 or bfloat16, not {dtype}")
@@ -85,9 +85,8 @@ def load_encoder(folder: Path, *, device: torch.device | str = "cpu", dtype: tor
     missing = [k for k in expected if k not in names]
     wrong = [f"{names[k]} {list(shapes[names[k]]) if shapes[names[k]] is not None else 'not a tensor'} != "
              f"{list(v.shape)}" for k, v in expected.items() if k in names and shapes[names[k]] != tuple(v.shape)]
-    problems = [f"{len(items)} {kind} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})"
-                for kind, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                    ("shape mismatches", wrong)) if items]
+    problems = [_summary(kind, items) for kind, items in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)) if items]
     if problems:
         raise CheckpointError(f"{path}: does not match the T5 encoder of {folder / 'config.json'}: "
                               + "; ".join(problems), hint="Download the text encoder again.")
