@@ -114,6 +114,56 @@ def test_legacy_format_file_loads(folder, tmp_path):
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_prompts_encoded_together_equal_each_encoded_alone(folder):
+    """One call for the prompt and the negative prompt (one pass over a streamed encoder's layers) gives each the
+    bits of its own one-prompt call, as the original encodes them one at a time."""
+    ours = T5TextEncoder.load(folder, max_length=24)
+    together = ours.encode(list(PROMPTS))
+    for row, prompt in enumerate(PROMPTS):
+        assert torch.equal(together[row:row + 1], ours.encode([prompt])), prompt
+
+
+def test_mapped_layers_stay_in_the_file_and_stream_to_the_same_embeddings(folder):
+    """``map_blocks`` (the stream-mapped strategies): the layers' tensors are left in the file's mapping, in the
+    file's dtype (here fp32 under a bf16 compute dtype), the rest cast; streamed through the map placement's
+    staging ring they give the embeddings of the encoder loaded whole in that dtype, exactly."""
+    from cosmos_plugins.predict1.mapped import MappedStreamed
+    from cosmos_plugins.predict1.offload import place
+
+    plain = T5TextEncoder.load(folder, dtype=torch.bfloat16, max_length=24)
+    mapped = T5TextEncoder.load(folder, dtype=torch.bfloat16, max_length=24, map_blocks=True)
+    layers = {k: v for k, v in mapped.model.state_dict().items() if k.startswith("encoder.block.")}
+    assert layers and all(v.dtype == torch.float32 for v in layers.values())
+    assert mapped.model.shared.weight.dtype == torch.bfloat16
+    # the layers are views of one mapping of the file: their data lies within the file's size of each other
+    ptrs = [v.data_ptr() for v in layers.values()]
+    assert max(ptrs) - min(ptrs) < (folder / "pytorch_model.bin").stat().st_size
+    placed = place(mapped, "map", "cpu", blocks=list(mapped.model.encoder.block), module=mapped.model)
+    assert type(placed) is MappedStreamed
+    for prompt in PROMPTS:
+        with placed.active() as te:
+            got = te.encode([prompt])
+        assert torch.equal(got, plain.encode([prompt])), prompt
+
+
+def test_a_legacy_file_larger_than_the_host_memory_is_refused_before_reading(folder, tmp_path, monkeypatch):
+    """A legacy file is read whole, which the plan does not count: where it is larger than the memory available,
+    one error naming it, before anything is read; a zip-format file of any size is mapped, not refused."""
+    import cosmos_cli.hostmem
+
+    (tmp_path / "config.json").write_bytes((folder / "config.json").read_bytes())
+    torch.save(_state(folder), tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    size = (tmp_path / "pytorch_model.bin").stat().st_size
+    monkeypatch.setattr(cosmos_cli.hostmem, "available_host_bytes", lambda: size - 1)
+    with pytest.raises(CheckpointError) as err:
+        load_encoder(tmp_path)
+    assert "pytorch_model.bin: a legacy-format" in err.value.message and "Re-save it once" in err.value.hint
+    monkeypatch.setattr(cosmos_cli.hostmem, "available_host_bytes", lambda: size)
+    load_encoder(tmp_path)
+    monkeypatch.setattr(cosmos_cli.hostmem, "available_host_bytes", lambda: 1)
+    load_encoder(folder)  # zip format
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.pop("encoder.block.1.layer.1.DenseReluDense.wo.weight"), "1 missing keys (encoder.block.1.layer.1"),
     (lambda s: s.update({"encoder.block.9.extra": torch.zeros(1)}), "1 unexpected keys (encoder.block.9.extra)"),

@@ -66,6 +66,7 @@ class SelfAttention(nn.Module):
         self.v = nn.Linear(c.d_model, inner, bias=False)
         self.o = nn.Linear(inner, c.d_model, bias=False)
         self.num_buckets, self.max_distance = c.relative_attention_num_buckets, c.relative_attention_max_distance
+        self.has_bias = has_bias
         if has_bias:
             self.relative_attention_bias = nn.Embedding(c.relative_attention_num_buckets, c.num_heads)
 
@@ -146,8 +147,21 @@ class Block(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([AttentionLayer(c, has_bias), FeedForwardLayer(c)])
 
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        return self.layer[1](self.layer[0](x, bias))
+    def forward(self, x: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        """``bias``: the padding mask's; the first block adds its learned position bias to it (inside its own
+        forward, so that a streamed block's weights are in place when they are read) and every block returns the
+        bias the next one uses. Each prompt (row) is computed on its own, with the shapes of a one-prompt call, so
+        a batch gives each prompt's one-prompt result bit for bit while a streamed block is copied in once for all
+        of them."""
+        attention = self.layer[0]
+        rows, biases = [], []
+        for i in range(x.shape[0]):
+            b = bias[i:i + 1]
+            if attention.SelfAttention.has_bias:
+                b = attention.SelfAttention.position_bias(x.shape[1], x.device) + b
+            rows.append(self.layer[1](attention(x[i:i + 1], b)))
+            biases.append(b)
+        return torch.cat(rows), torch.cat(biases)
 
 
 class Stack(nn.Module):
@@ -158,7 +172,8 @@ class Stack(nn.Module):
 
 
 class T5Encoder(nn.Module):
-    """``forward(input_ids [B, L], attention_mask [B, L]) -> [B, L, d_model]`` (the last hidden state)."""
+    """``forward(input_ids [B, L], attention_mask [B, L]) -> [B, L, d_model]`` (the last hidden state; each row as
+    computed alone, see :meth:`Block.forward`)."""
 
     def __init__(self, c: T5Config):
         super().__init__()
@@ -169,9 +184,7 @@ class T5Encoder(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         x = self.shared(input_ids)
         dtype = x.dtype
-        padding = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-        first = self.encoder.block[0].layer[0].SelfAttention
-        bias = first.position_bias(input_ids.shape[1], input_ids.device) + padding
+        bias = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min  # the padding's
         for block in self.encoder.block:
-            x = block(x, bias)
-        return self.encoder.final_layer_norm(x)
+            x, bias = block(x, bias)
+        return torch.cat([self.encoder.final_layer_norm(x[i:i + 1]) for i in range(x.shape[0])])

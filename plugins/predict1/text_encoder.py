@@ -23,6 +23,7 @@ from .t5 import T5Config, T5Encoder
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _UNUSED = ("decoder.", "lm_head.")  # the released file is a whole encoder-decoder
 _EMBEDDING = ("shared.weight", "encoder.embed_tokens.weight")  # tied: either names the embedding
+LAYERS = "encoder.block."  # the encoder's layers: what the stream and map placements stream
 
 
 def _weights_file(folder: Path) -> Path:
@@ -31,6 +32,28 @@ def _weights_file(folder: Path) -> Path:
             return folder / name
     raise CheckpointError(f"{folder}: no T5 weights here (neither {' nor '.join(WEIGHT_FILES)})",
                           hint="Download the text encoder again.")
+
+
+def _check_legacy_fits(path: Path) -> None:
+    """A legacy-format (pre-zip, torch < 1.6) ``pytorch_model.bin`` cannot be memory-mapped: it is read whole (the
+    released T5-11B file, encoder and decoder, is 45 GB), which the memory plan does not count (it plans for a
+    mapped file, read tensor by tensor). Refuse it in one line, before reading, where the host has less memory
+    available than the file's size."""
+    import zipfile
+
+    from cosmos_cli.hostmem import available_host_bytes
+
+    if path.suffix == ".safetensors" or zipfile.is_zipfile(path):
+        return
+    need, have = path.stat().st_size, available_host_bytes()
+    if have is not None and need > have:
+        gib = lambda b: f"{b / (1 << 30):.1f} GiB"  # noqa: E731
+        raise CheckpointError(
+            f"{path}: a legacy-format (pre-zip) PyTorch file, which cannot be memory-mapped: reading it takes "
+            f"{gib(need)} of host memory and {gib(have)} is available",
+            hint=f"Re-save it once in the zip format on a machine with more memory (python -c \"import torch; "
+                 f"p='{path}'; torch.save(torch.load(p, weights_only=True), p)\"; its MD5 then differs from the "
+                 f"release's), or give this process more memory.")
 
 
 def read_config(path: Path) -> T5Config:
@@ -62,17 +85,23 @@ def read_config(path: Path) -> T5Config:
     return T5Config(**ints, layer_norm_epsilon=float(eps), gated=proj == "gated-gelu")
 
 
-def load_encoder(folder: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-                 ) -> T5Encoder:
+def load_encoder(folder: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 map_blocks: bool = False) -> T5Encoder:
     """The encoder of ``folder``, strictly: every encoder key present with its shape and finite values, no key
     that is neither the encoder's nor the decoder's. Built on the meta device, each tensor cast on its way to
-    ``device``: no second full copy."""
+    ``device``: no second full copy.
+
+    ``map_blocks`` (the ``map`` placement, :mod:`.mapped`): the layers' tensors are left as read, in the file's
+    dtype, on the host: for a zip-format ``pytorch_model.bin``, pages of the file's mapping (checked for NaN like
+    the rest, which reads them once), no copy. A legacy-format or ``.safetensors`` file is read into memory by its
+    reader, and the layers then stream from that copy."""
     from .checkpoint import _open, _summary, checked_cast
 
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"the T5 encoder runs in float32 or bfloat16, not {dtype}")
     config = read_config(folder / "config.json")
     path = _weights_file(folder)
+    _check_legacy_fits(path)
     shapes, read = _open(path)
     with torch.device("meta"):
         model = T5Encoder(config)
@@ -90,8 +119,13 @@ def load_encoder(folder: Path, *, device: torch.device | str = "cpu", dtype: tor
     if problems:
         raise CheckpointError(f"{path}: does not match the T5 encoder of {folder / 'config.json'}: "
                               + "; ".join(problems), hint="Download the text encoder again.")
-    state = {k: checked_cast(read(names[k]), ref, path, names[k], device=device, dtype=dtype)
-             for k, ref in expected.items()}
+    state = {}
+    for k, ref in expected.items():
+        tensor = read(names[k])
+        if map_blocks and k.startswith(LAYERS) and isinstance(tensor, torch.Tensor):  # left in the mapping
+            state[k] = checked_cast(tensor, ref, path, names[k], device="cpu", dtype=tensor.dtype)
+        else:
+            state[k] = checked_cast(tensor, ref, path, names[k], device=device, dtype=dtype)
     model.load_state_dict(state, assign=True)
     return model.eval().requires_grad_(False)
 
@@ -150,12 +184,12 @@ class T5TextEncoder:
 
     @classmethod
     def load(cls, folder: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-             max_length: int = 512) -> T5TextEncoder:
+             max_length: int = 512, map_blocks: bool = False) -> T5TextEncoder:
         """``dtype``: the weights' dtype, fp32 by default as the original (the file's own; the pipeline's choice:
         ``pipeline.text_encoder_dtype``). With bf16 every weight is cast, ``wo`` too, and the embedding comes out
-        in bf16."""
+        in bf16. ``map_blocks``: the layers left in the file's mapping (:func:`load_encoder`)."""
         folder = Path(folder)
-        model = load_encoder(folder, device=device, dtype=dtype)
+        model = load_encoder(folder, device=device, dtype=dtype, map_blocks=map_blocks)
         tokenizer = PromptTokenizer(folder / "tokenizer.json", max_length)
         if tokenizer.vocab_size > model.config.vocab_size:
             raise CheckpointError(f"{folder / 'tokenizer.json'}: {tokenizer.vocab_size} tokens, but the encoder "
@@ -178,13 +212,15 @@ class T5TextEncoder:
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """``[len(prompts), max_length, d_model]`` embeddings, zero beyond each prompt's tokens."""
-        out = []
-        for prompt in prompts:  # one at a time, as the original (padding then cannot change a prompt's result)
-            ids, mask = (t.to(self.device) for t in self.tokenizer.padded(prompt))
-            hidden = self.model(ids, mask)
-            hidden[:, int(mask.sum()):] = 0
-            out.append(hidden)
-        return torch.cat(out)
+        # One call for all the prompts (a streamed or mapped encoder then reads its layers once), each prompt
+        # computed on its own inside it, as the original encodes them one at a time (t5.Block.forward)
+        padded = [self.tokenizer.padded(prompt) for prompt in prompts]
+        ids = torch.cat([i for i, _ in padded]).to(self.device)
+        mask = torch.cat([m for _, m in padded]).to(self.device)
+        hidden = self.model(ids, mask)
+        for row, (_, m) in enumerate(padded):
+            hidden[row, int(m.sum()):] = 0
+        return hidden
 
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
