@@ -21,10 +21,11 @@ Placements:
   ``Component.cpu_weight_reads`` at :data:`CPU_WEIGHT_READ_BYTES_PER_S`;
 * ``stream``: transformer blocks (of the network, or of another component with blocks) live in pinned host
   memory and are copied to the GPU a block or two ahead of the computation; the rest of the model is resident during its stage;
-* ``map``: the network's blocks stream as under ``stream``, but from the memory-mapped checkpoint file: a side
-  thread reads each block ahead into a small pinned staging ring, which is copied to the GPU. No host copy of the
-  blocks is made; the file's pages live in the page cache, which the kernel may drop (they are then read from disk
-  again on the next pass). The ``stream-mapped*`` strategies, for when host RAM cannot hold pinned copies.
+* ``map``: a component's blocks (the network's, T5's layers) stream as under ``stream``, but from the
+  memory-mapped checkpoint file: a side thread reads each block ahead into a small pinned staging ring, which is
+  copied to the GPU. No host copy of the blocks is made; the file's pages live in the page cache, which the kernel
+  may drop (they are then read from disk again on the next pass). The ``stream-mapped*`` strategies, for when host
+  RAM cannot hold pinned copies.
 
 The predicted peak of a stage is the bytes of every weight on the GPU during that stage plus the
 activation peak of the stage: what ``torch.cuda.max_memory_allocated`` reports, which is what the backend's
@@ -39,8 +40,10 @@ itself (Python, torch, the CUDA runtime), every pinned copy (``swap``, ``stream`
 network's small non-block weights), every model kept on the CPU (``cpu``), and on top the larger of what running
 adds (the job's frames on the host, the activations of a model computed on the CPU) and what loading adds (a model
 its loader builds on the host before moving it to the GPU, ``Component.loaded_on_host``: an upper bound, as if it
-were loaded last); with several GPUs, each other rank's own copy of the network. A ``map``-placed file
-is counted apart, as page cache: what is left of the RAM after the peak holds that much of it. A strategy fits when
+were loaded last; a ``map``-placed one is left in its file's mapping, not built); with several GPUs, each other
+rank's own copy of the network. A ``map``-placed file is counted apart, as page cache: what is left of the RAM
+after the peak holds that much of it, and the plan says whether that holds the network's file, which every pass
+over the network reads. A strategy fits when
 its GPU peak fits the GPU (as above) and its host peak plus a margin (max(1 GiB, 5%)) fits the RAM; with the RAM
 unknown only the GPU is checked.
 """
@@ -71,10 +74,12 @@ STREAM_BLOCKS_IN_FLIGHT = 3
 # Pinned staging buffers of the ``map`` placement, one block each (cosmos_plugins.predict1.mapped.STAGING_SLOTS).
 MAP_STAGING_BLOCKS = 2
 
-# Host memory the process holds whatever the strategy: the interpreter, torch and the CUDA runtime's host side
-# (its context, the kernels of the libraries it loads). An allowance: benchmarks/bench_hostram.py measures it
-# (RssAnon of the process once CUDA is up, before any model) for the integrator to set from the GPU machine.
-HOST_RUNTIME_BYTES = 2 * GiB
+# Host memory the process holds whatever the strategy: the interpreter, torch, the CUDA runtime's host side (its
+# context, the kernels of the libraries it loads) and what a run allocates besides the models and the frames. Set
+# from the GPU machine: RssAnon at the peak of whole CLI runs of 7B at full size, less what this module counts
+# for their placements, was 0.25-0.41 GiB over four strategies (benchmarks/bench_e2e.py,
+# benchmarks/results/e2e-7b-host-h200.md); 0.5 GiB covers the largest.
+HOST_RUNTIME_BYTES = GiB // 2
 # A plan fits the host when host peak + max(1 GiB, 5% of the RAM) <= the RAM available.
 HOST_MARGIN_FRACTION = 0.05
 MIN_HOST_MARGIN_BYTES = 1 * GiB
@@ -158,6 +163,9 @@ class HostUse:
     peak_bytes: int  # committed (anonymous and pinned): the kernel cannot take it back
     mapped_bytes: int  # checkpoint files read through a mapping: page cache, reclaimable
     held: tuple[tuple[str, str, int], ...]  # (component, placement, bytes) of the models held on the host
+    # of mapped_bytes, the network's file: read again at every pass over the network unless the page cache holds
+    # it (the others, T5's, are read once a job)
+    pass_mapped_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -327,9 +335,10 @@ def evaluate_host(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True
     act = max((c.activation(s) for c in comps if strategy.placement(c.name) == "cpu" for s in c.stages), default=0)
     io = spec.num_frames * spec.height * spec.width * HOST_IO_BYTES_PER_PIXEL
     # loading: a model its loader builds on the host holds its weights there until moved; counted as if loaded
-    # last (an upper bound: the other models already hold what they keep)
-    loading = max((c.weight_bytes - _host_held(c, strategy.placement(c.name))[0] for c in comps if c.loaded_on_host),
-                  default=0)
+    # last (an upper bound: the other models already hold what they keep). A ``map``-placed one is not built: its
+    # loader leaves the file mapped
+    loading = max((c.weight_bytes - _host_held(c, strategy.placement(c.name))[0] for c in comps
+                   if c.loaded_on_host and strategy.placement(c.name) != "map"), default=0)
     peak = HOST_RUNTIME_BYTES + committed + max(io + act, loading)
     if num_gpus > 1:  # the other ranks load the network only (cosmos_plugins.predict1.pipeline), each its own copy
         net = spec.component(NETWORK)
@@ -338,7 +347,8 @@ def evaluate_host(spec: ModelSpec, strategy: Strategy, *, upsampler: bool = True
     merged: dict[tuple[str, str], int] = {}
     for name, placement, b in held:
         merged[(name, placement)] = merged.get((name, placement), 0) + b
-    return HostUse(peak, mapped, tuple((n, p, b) for (n, p), b in merged.items()))
+    per_pass = sum(_host_held(c, "map")[1] for c in comps if c.name == NETWORK and strategy.placement(c.name) == "map")
+    return HostUse(peak, mapped, tuple((n, p, b) for (n, p), b in merged.items()), per_pass)
 
 
 def ram_needed(host_peak_bytes: int) -> int:
@@ -423,7 +433,8 @@ def plan_memory(
     fastest strategy with ``fits=False`` and says so. ``ram_bytes=None``: the host memory is unknown and not
     checked. An explicit strategy that does not fit raises :class:`MemoryPlanError` naming the strategy that would.
     When nothing fits, ``auto`` returns the leanest candidate with ``fits=False``, the reason, and in ``hint`` what
-    to do.
+    to do. ``auto`` tries the pinned strategies (fastest first) before the mapped ones (``Strategy.mapped``), whose
+    speed depends on the disk and the page cache: a mapped one is chosen only when no pinned one fits.
     """
     if num_gpus < 1:
         raise MemoryPlanError(f"--num-gpus must be >= 1, got {num_gpus}")
@@ -455,15 +466,16 @@ def plan_memory(
 
     def cache_note(s: Strategy) -> str:
         use = hosts[s.name]
-        if not use.mapped_bytes or ram_bytes is None:
+        net = use.pass_mapped_bytes
+        if not net or ram_bytes is None:
             return ""
         cache = max(0, ram_bytes - use.peak_bytes)
-        if cache >= use.mapped_bytes:
-            return f"; the page cache can hold the whole mapped network file ({gib(use.mapped_bytes)})"
+        if cache >= net:
+            return f"; the page cache can hold the whole mapped network file ({gib(net)})"
         passes = spec.num_steps * (1 if s.cfg_batched else 2)  # one pass over the blocks per network forward
-        return (f"; the page cache can hold about {gib(cache)} of the mapped network file's {gib(use.mapped_bytes)}, so "
+        return (f"; the page cache can hold about {gib(cache)} of the mapped network file's {gib(net)}, so "
                 f"each of the {passes} passes over the network may read up to all of it from disk again (up to "
-                f"{passes * use.mapped_bytes / GiB:.0f} GiB a generation)")
+                f"{passes * net / GiB:.0f} GiB a generation)")
 
     def host_note(s: Strategy) -> str:
         if ram_bytes is None:
@@ -502,9 +514,12 @@ def plan_memory(
     if vram_bytes is None:
         s, peak, comps, stages = evaluated[0]
         return build(s, peak, comps, stages, "no GPU detected and no --vram given: showing the fastest strategy")
-    for s, peak, comps, stages in evaluated:
+    # pinned strategies first: a mapped one's speed depends on the disk and the page cache, so it is the choice only
+    # when no pinned one fits (module doc)
+    candidates = [e for e in evaluated if not e[0].mapped] + [e for e in evaluated if e[0].mapped]
+    for i, (s, peak, comps, stages) in enumerate(candidates):
         if fits(s, peak):
-            before = evaluated[:offered.index(s)]
+            before = candidates[:i]
             gpu_skipped = [f"{e[0].name} {gib(e[1])}" for e in before if not gpu_fits(e[1])]
             host_skipped = [f"{e[0].name} {gib(hosts[e[0].name].peak_bytes)}" for e in before
                             if gpu_fits(e[1]) and host_fits(e[0].name) is False]

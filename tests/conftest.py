@@ -49,7 +49,8 @@ def fake_spec(name: str = "Fake-Video2World", **overrides) -> ModelSpec:
         description="a fake model for tests",
         aliases=("fake",),
         components=(
-            Component(TEXT_ENCODER, ("encode_text",), num_params=2 * GiB, activation_bytes=(("encode_text", GiB // 2),)),
+            Component(TEXT_ENCODER, ("encode_text",), num_params=2 * GiB, activation_bytes=(("encode_text", GiB // 2),),
+                      num_blocks=4, block_params=GiB // 2),
             Component(TOKENIZER, ("encode_video", "decode"), num_params=GiB // 8,
                       activation_bytes=(("encode_video", 2 * GiB), ("decode", 3 * GiB))),
             Component(NETWORK, ("denoise",), num_params=4 * GiB, activation_bytes=(("denoise", 4 * GiB),),

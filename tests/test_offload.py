@@ -95,12 +95,14 @@ def test_loading_places_as_planned(root, job, resident):
 
 
 def test_loading_maps_the_network_for_a_mapped_strategy(root, job):
-    """stream-mapped-lean loads the network's blocks as the file's mapping and streams them: the output of
-    stream-lean (same shapes and kernels, the blocks' values read from the file instead of a pinned copy) exactly."""
+    """stream-mapped-lean loads the network's blocks and T5's layers as their files' mappings and streams them: the
+    output of stream-lean (same shapes and kernels, the values read from the files instead of pinned copies)
+    exactly."""
     from cosmos_plugins.predict1.mapped import MappedStreamed
 
     pipe = Predict1Pipeline.load(PREDICT1_TINY, _plan("stream-mapped-lean"), checkpoint_dir=root, device="cpu")
-    assert type(pipe.network) is MappedStreamed and type(pipe.text_encoder) is O.Streamed
+    assert type(pipe.network) is MappedStreamed and type(pipe.text_encoder) is MappedStreamed
+    assert len(pipe.text_encoder.blocks) == PREDICT1_TINY.text_encoder.num_layers
     mapped = _stages(pipe, job)
     pinned = _stages(Predict1Pipeline.load(PREDICT1_TINY, _plan("stream-lean"), checkpoint_dir=root, device="cpu"),
                      job)

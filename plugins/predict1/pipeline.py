@@ -232,7 +232,8 @@ class Predict1Pipeline:
         with progress.stage("loading the text encoder"):
             text_encoder = T5TextEncoder.load(paths.text_encoder, device=where(TEXT_ENCODER),
                                               dtype=text_encoder_dtype(spec, device, numerics),
-                                              max_length=spec.text_encoder.max_length)
+                                              max_length=spec.text_encoder.max_length,
+                                              map_blocks=plan.placement(TEXT_ENCODER) == "map")
         with progress.stage("loading the tokenizer"):
             tokenizer = load_tokenizer(paths.tokenizer, spec.tokenizer, device=where(TOKENIZER), dtype=dtype,
                                        md5={f.filename: f.md5 for f in spec.files_of(TOKENIZER)})

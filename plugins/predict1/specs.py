@@ -110,7 +110,9 @@ def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, 
     return (
         # loaded_on_host: Pixtral and the guardrail models are built by transformers' from_pretrained on the CPU,
         # then moved (upsampler.py, guardrails.py); T5 is read through the file's mapping tensor by tensor onto its
-        # device (text_encoder.py), but a legacy-format (pre-zip) file cannot be mapped and is read whole: counted.
+        # device (text_encoder.py): not counted (measured: 2.3 GiB RssAnon at the peak of a resident 7B run,
+        # benchmarks/results/e2e-7b-host-h200.md). A legacy-format (pre-zip) file cannot be mapped and is read whole:
+        # text_encoder refuses one larger than the host memory available, before reading it.
         # gpu_when_room: on the GPU for their stage where the stream strategies leave room (planner.py);
         # cpu_weight_reads: one read of the weights per generated token, at most upsampler.MAX_NEW_TOKENS and
         # guardrails.AEGIS_MAX_NEW_TOKENS (a test checks they agree); the video check has no estimate (per-frame
@@ -128,7 +130,7 @@ def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, 
                   left_out_by="guardrail", gpu_when_room=True),
         Component(TEXT_ENCODER, ("encode_text",), t5_params(t5), dtype=TEXT_ENCODER_DTYPE,
                   activation_bytes=(("encode_text", t5_activation_bytes(t5)),), cpu_capable=True,
-                  num_blocks=t5.num_layers, block_params=t5_layer_params(t5), loaded_on_host=True),
+                  num_blocks=t5.num_layers, block_params=t5_layer_params(t5)),
         Component(TOKENIZER, ("encode_video", "decode"), tokenizer_params,
                   activation_bytes=(*tok.items(), *tiled.items())),
         network,

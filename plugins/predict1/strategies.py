@@ -15,8 +15,12 @@ Two variants (:attr:`cosmos_cli.specs.Strategy.variants`), read by the pipeline 
 
 A strategy is listed only once the backend runs it (:mod:`.offload`); every one is measured by
 benchmarks/bench_memory.py (the stream-mapped ones by benchmarks/bench_hostram.py). Each stream-mapped strategy
-follows its pinned twin: the same GPU memory (so the list stays ordered by GPU peak), slower where the page cache
-cannot hold the network's file, and chosen when host RAM cannot hold the pinned copy.
+follows its pinned twin: the network's blocks and T5's layers both stream from their mapped files, so the host
+commits neither model (only staging rings and the small non-layer weights: a few GiB where the pinned twin holds
+18 GiB of T5 and 13-27 GiB of network), and the page cache left holds the network's file for the denoising passes
+(T5's pages, read once a job, are the ones the kernel reclaims first). The GPU peak is at most the twin's (T5
+streams instead of being whole on the GPU for its stage); slower where the page cache cannot hold the network's
+file, and chosen when host RAM cannot hold the pinned copies.
 """
 
 from __future__ import annotations
@@ -62,17 +66,17 @@ STRATEGIES: tuple[Strategy, ...] = (
     _strategy("stream", "the network's blocks stream from pinned host memory, copied a block or two ahead on a "
               "side stream; prompt upsampler and guardrails on the GPU for their stages where there is room, "
               "else on the CPU; T5 and tokenizer on the GPU only for their stages", swap=(_TXT, _TOK), cpu=(_UPS, _GRD), stream=(_NET,)),
-    _strategy("stream-mapped", "stream, the network's blocks read from the memory-mapped checkpoint file (a side "
-              "thread reads ahead into a small pinned staging ring) instead of a pinned copy",
-              swap=(_TXT, _TOK), cpu=(_UPS, _GRD), mapped=(_NET,)),
+    _strategy("stream-mapped", "stream, the network's and T5's layers read from their memory-mapped checkpoint "
+              "files (a side thread reads ahead into a small pinned staging ring) instead of pinned copies",
+              swap=(_TOK,), cpu=(_UPS, _GRD), mapped=(_TXT, _NET)),
     _strategy("stream-sequential", "+ the two guidance branches one after the other",
               swap=(_TXT, _TOK), cpu=(_UPS, _GRD), stream=(_NET,), cfg_batched=False),
-    _strategy("stream-mapped-sequential", "stream-sequential, the network's blocks read from the mapped file",
-              swap=(_TXT, _TOK), cpu=(_UPS, _GRD), mapped=(_NET,), cfg_batched=False),
+    _strategy("stream-mapped-sequential", "stream-sequential, the network's and T5's layers read from the mapped "
+              "files", swap=(_TOK,), cpu=(_UPS, _GRD), mapped=(_TXT, _NET), cfg_batched=False),
     _strategy("stream-lean", "+ T5's layers stream too; the network's attention and MLP over chunks of tokens",
               swap=(_TOK,), cpu=(_UPS, _GRD), stream=(_TXT, _NET), cfg_batched=False, lean=True),
-    _strategy("stream-mapped-lean", "stream-lean, the network's blocks read from the mapped file",
-              swap=(_TOK,), cpu=(_UPS, _GRD), stream=(_TXT,), mapped=(_NET,), cfg_batched=False, lean=True),
+    _strategy("stream-mapped-lean", "stream-lean, the network's and T5's layers read from the mapped files",
+              swap=(_TOK,), cpu=(_UPS, _GRD), mapped=(_TXT, _NET), cfg_batched=False, lean=True),
 )
 
 STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
