@@ -66,6 +66,8 @@ def test_mapped_stream_gives_the_resident_output_exactly(checkpoint, dtype, lean
     net = load_network(checkpoint, DIT_TINY, device="cpu", dtype=dtype, map_blocks=True)
     placed = O.place(net, "map", "cpu", blocks=list(net.blocks.values()))
     assert isinstance(placed, MappedStreamed) and placed.dtype == dtype
+    if sys.platform.startswith("linux"):  # fp32: every tensor read from the file with pread; bf16: cast from the mapping
+        assert all((span is not None) == (dtype == torch.float32) for b in placed.blocks for span in b.spans)
     ours, ref = _forward(placed, lean, dtype), _forward(resident, lean, dtype)
     for a, b in zip(ours, ref, strict=True):
         assert a.dtype == dtype and torch.equal(a, b)
@@ -101,13 +103,18 @@ def test_reader_errors_reach_the_compute_thread(checkpoint):
     put back, streams right the next time (the staging buffer of the failed read was given back to the ring)."""
     net = load_network(checkpoint, DIT_TINY, device="cpu", dtype=torch.float32, map_blocks=True)
     placed = O.place(net, "map", "cpu", blocks=list(net.blocks.values()))
-    good = placed.blocks[1].sources[0]
-    placed.blocks[1].sources[0] = torch.zeros(3)  # a source of the wrong size: the staging copy fails
+    block = placed.blocks[1]
+    good, span = block.sources[0], block.spans[0]
+    block.sources[0], block.spans[0] = torch.zeros(3), None  # a source of the wrong size: the staging copy fails
     with pytest.raises(RuntimeError), torch.inference_mode(), placed.active() as n:
         n(*_inputs(torch.float32))
     assert placed._thread is None and not placed._live  # the reader was stopped and the slots given back
-    placed.blocks[1].sources[0] = good
-    placed.blocks[1].detach()
+    block.sources[0], block.spans[0] = good, (-1, 0)  # a file that cannot be read: the pread fails
+    with pytest.raises(OSError), torch.inference_mode(), placed.active() as n:
+        n(*_inputs(torch.float32))
+    assert placed._thread is None and not placed._live
+    block.spans[0] = span
+    block.detach()
     resident = O.place(load_network(checkpoint, DIT_TINY, device="cpu", dtype=torch.float32), "gpu", "cpu")
     ours, ref = _forward(placed, False, torch.float32, repeats=3), _forward(resident, False, torch.float32, repeats=1)
     assert all(torch.equal(o, ref[0]) for o in ours)
