@@ -39,12 +39,13 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from hostinfo import disk_of, drop_page_cache, gpu_name  # noqa: E402
+from hostinfo import cgroup_peak, disk_of, drop_page_cache, gpu_name, memory_cgroup, rss_fields  # noqa: E402
 
 GiB = 1 << 30
 MARKER = ".bench_e2e_complete.json"
@@ -130,21 +131,55 @@ def ensure_folder(args) -> dict:
     return {**info, "written_now": True}
 
 
-def run_child(cmd: list[str], env: dict, log: Path) -> dict:
-    """Run ``cmd``; its wall time, exit code, stdout and peak RSS (``wait4``: this process holds no model, so the
-    high-water mark the child inherits over ``exec`` is this small process's)."""
+def run_child(cmd: list[str], env: dict, log: Path, group: Path | None = None) -> dict:
+    """Run ``cmd`` (in cgroup ``group`` when given); its wall time, exit code, stdout, peak RSS (``wait4``: this
+    process holds no model, so the high-water mark the child inherits over ``exec`` is this small process's) and
+    the peaks of its RssAnon (committed: anonymous and pinned memory) and RssFile (mapped file pages), sampled
+    every 0.1 s from /proc."""
+    peaks: dict[str, int] = {}
+
+    def sample(pid: int, done: threading.Event) -> None:
+        while not done.wait(0.1):
+            now = rss_fields(pid)
+            if now is None:
+                return
+            for k, v in now.items():
+                peaks[k] = max(peaks.get(k, 0), v)
+
+    def join_group() -> None:
+        if group is not None:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
     with open(log, "w") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True, preexec_fn=join_group)
+        done = threading.Event()
+        sampler = threading.Thread(target=sample, args=(proc.pid, done), daemon=True)
+        sampler.start()
         out = proc.stdout.read()
+        done.set()
+        sampler.join()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"rc": proc.returncode, "wall_s": wall, "stdout": out, "rss_peak_bytes": usage.ru_maxrss * 1024}
+    return {"rc": proc.returncode, "wall_s": wall, "stdout": out, "rss_peak_bytes": usage.ru_maxrss * 1024,
+            "sampled_peaks": peaks, "cgroup_peak_bytes": cgroup_peak(group) if group is not None else None}
+
+
+def predicted_host(model: str, strategy: str, ram_bytes: int | None) -> dict:
+    """What the planner predicts on the host for ``strategy`` (upsampler and guardrails off, as every run here)."""
+    from cosmos_cli.planner import plan_memory
+    from cosmos_plugins.predict1.specs import SPECS
+
+    spec = next(s for s in SPECS.values() if MODEL_NAMES[model] in (s.name, *s.aliases))
+    plan = plan_memory(spec, None, strategy=strategy, upsampler=False, guardrail=False, ram_bytes=ram_bytes)
+    return {"host_peak_bytes": plan.host_peak_bytes, "host_mapped_bytes": plan.host_mapped_bytes,
+            "page_cache_bytes": plan.page_cache_bytes, "host_fits": plan.host_fits}
 
 
 def one_run(args, mode: str, count: str, work: Path) -> dict:
-    name = f"{mode}-{count}"
+    mode, _, strategy = mode.partition("@")
+    name = f"{mode}{'@' + strategy if strategy else ''}-{count}"
     out_dir = work / name
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
@@ -154,7 +189,7 @@ def one_run(args, mode: str, count: str, work: Path) -> dict:
                 drop_page_cache(f)
     common = ["--model", MODEL_NAMES[args.model], "--checkpoint-dir", str(args.root), "--no-upsampler",
               "--no-guardrail", "--num-steps", str(args.steps), "--device", args.device, "--json", "-o", str(out_dir),
-              *MODES[mode], *args.extra]
+              *MODES[mode], *(["--offload", strategy] if strategy else []), *args.extra]
     cli = [sys.executable, str(HERE / "e2e_cli.py")]
     if count == "g":
         cmd = [*cli, "generate", "-i", str(INPUT), "-p", PROMPTS[0], "--seed", "1", *common]
@@ -166,10 +201,23 @@ def one_run(args, mode: str, count: str, work: Path) -> dict:
         cmd = [*cli, "batch", str(batch), *common]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     print(f"[{name}] {' '.join(cmd)}", flush=True)
-    res = run_child(cmd, env, out_dir / "stderr.txt")
+    group = memory_cgroup(name, args.ram_limit_bytes) if args.ram_limit_bytes else None
+    if args.ram_limit_bytes and group is None:
+        print(f"[{name}] no cgroup could be made here: the RAM limit is not enforced", flush=True)
+    res = run_child(cmd, env, out_dir / "stderr.txt", group)
     run = {"mode": mode, "flags": MODES[mode], "command": "generate" if count == "g" else f"batch of {count}",
-           "argv": cmd[1:], "rc": res["rc"], "wall_s": round(res["wall_s"], 2),
-           "rss_peak_gib": round(res["rss_peak_bytes"] / GiB, 2)}
+           "strategy": strategy or "auto", "argv": cmd[1:], "rc": res["rc"], "wall_s": round(res["wall_s"], 2),
+           "rss_peak_gib": round(res["rss_peak_bytes"] / GiB, 2),
+           "ram_limit_bytes": args.ram_limit_bytes, "ram_limit_cgroup": str(group) if group else None,
+           "cgroup_peak_gib": round(res["cgroup_peak_bytes"] / GiB, 2) if res["cgroup_peak_bytes"] else None,
+           **{f"{k}_peak_gib": round(v / GiB, 2) for k, v in res["sampled_peaks"].items()}}
+    if strategy:
+        predicted = predicted_host(args.model, strategy, args.ram_limit_bytes)
+        run["predicted_host_peak_gib"] = round(predicted["host_peak_bytes"] / GiB, 2)
+        run["predicted_host_mapped_gib"] = round(predicted["host_mapped_bytes"] / GiB, 2)
+        if res["sampled_peaks"].get("RssAnon"):
+            run["host_peak_measured_over_predicted"] = round(res["sampled_peaks"]["RssAnon"]
+                                                             / predicted["host_peak_bytes"], 3)
     if res["rc"] != 0:
         run["stderr_tail"] = (out_dir / "stderr.txt").read_text()[-3000:]
         return run
@@ -197,23 +245,27 @@ def one_run(args, mode: str, count: str, work: Path) -> dict:
 
 def print_table(report: dict) -> None:
     cols = ("run", "startup+load s", "first video s", "per video warm s", "s/step", "outside denoise s",
-            "write s", "GPU peak GiB", "RSS peak GiB")
+            "write s", "GPU peak GiB", "RSS peak GiB", "RssAnon peak GiB (predicted)", "RssFile peak GiB")
     print(" | ".join(cols))
     for r in report["runs"]:
         if r["rc"] != 0:
             print(f"{r['mode']} ({r['command']}) | FAILED rc={r['rc']}")
             continue
         write = statistics.median(v.get("write", 0.0) for v in r["videos"])
-        print(" | ".join(str(x) for x in (f"{r['mode']} ({r['command']})", r["startup_load_s"], r["first_video_s"],
-                                           r["per_video_warm_s"], r["denoise_s_per_step"], r["outside_denoise_s"],
-                                           round(write, 2), r.get("gpu_peak_gib", "-"), r["rss_peak_gib"])))
+        anon = f"{r.get('RssAnon_peak_gib', '-')} ({r.get('predicted_host_peak_gib', '-')})"
+        print(" | ".join(str(x) for x in (f"{r['mode']}@{r['strategy']} ({r['command']})", r["startup_load_s"],
+                                           r["first_video_s"], r["per_video_warm_s"], r["denoise_s_per_step"],
+                                           r["outside_denoise_s"], round(write, 2), r.get("gpu_peak_gib", "-"),
+                                           r["rss_peak_gib"], anon, r.get("RssFile_peak_gib", "-"))))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="7B", choices=list(MODEL_NAMES))
     ap.add_argument("--root", type=Path, default=Path("/tmp/cosmos-bench-e2e"))
-    ap.add_argument("--runs", nargs="*", default=["exact:1"], help="MODE:N (batch of N lines) or MODE:g (generate)")
+    ap.add_argument("--runs", nargs="*", default=["exact:1"],
+                    help="MODE[@STRATEGY]:N (batch of N lines) or MODE[@STRATEGY]:g (generate); STRATEGY: --offload")
+    ap.add_argument("--ram-limit", default=None, help="run each child in a cgroup v2 with this memory.max, e.g. 32GB")
     ap.add_argument("--steps", type=int, default=35)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--warm-cache", action="store_true", help="keep the folder's pages in the page cache")
@@ -225,10 +277,16 @@ def main() -> None:
     if args.write:
         write_folder(args.model, args.root, args.device)
         return
+    args.ram_limit_bytes = None
+    if args.ram_limit:
+        from cosmos_cli.gpu import parse_size
+
+        args.ram_limit_bytes = parse_size(args.ram_limit, "--ram-limit")
     for run in args.runs:
         mode, _, count = run.partition(":")
-        if mode not in MODES or not (count == "g" or count.isdigit() and int(count) > 0):
-            ap.error(f"--runs {run}: expected MODE:N or MODE:g with MODE one of {', '.join(MODES)}")
+        if mode.partition("@")[0] not in MODES or not (count == "g" or count.isdigit() and int(count) > 0):
+            ap.error(f"--runs {run}: expected MODE[@STRATEGY]:N or MODE[@STRATEGY]:g with MODE one of "
+                     f"{', '.join(MODES)}")
     t0 = time.perf_counter()
     folder = ensure_folder(args)
     how = f"written in {folder['seconds']:.0f} s" if folder["written_now"] else "kept"
@@ -241,7 +299,7 @@ def main() -> None:
         "torch": importlib.metadata.version("torch"),
         "model": args.model, "steps": args.steps, "input": INPUT.name,
         "disk": disk_of(args.root), "folder": {k: v for k, v in folder.items() if k != "files"},
-        "cold_cache": not args.warm_cache,
+        "cold_cache": not args.warm_cache, "ram_limit": args.ram_limit,
         "not_included": "prompt upsampler and guardrails (--no-upsampler --no-guardrail): not written, not run",
         "runs": [],
     }

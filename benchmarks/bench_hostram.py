@@ -59,7 +59,7 @@ from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B, PREDICT1_TI
 from cosmos_plugins.predict1.strategies import STRATEGIES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostinfo import disk_of, drop_page_cache  # noqa: E402
+from hostinfo import disk_of, drop_page_cache, memory_cgroup  # noqa: E402
 
 GiB = 1 << 30
 SPECS = {"7B": PREDICT1_7B, "14B": PREDICT1_14B, "tiny": PREDICT1_TINY}
@@ -171,7 +171,7 @@ def run_child(args, placement: str, limit: int | None) -> dict:
     enforced = None
     pre = None
     if limit is not None:
-        group = _make_cgroup(placement, limit)
+        group = memory_cgroup(f"hostram-{placement}", limit)
         if group is not None:
             enforced = str(group)
 
@@ -187,26 +187,6 @@ def run_child(args, placement: str, limit: int | None) -> dict:
     row = json.loads(res.stdout.strip().splitlines()[-1])
     row["ram_limit_cgroup"] = enforced
     return row
-
-
-def _make_cgroup(name: str, limit: int) -> Path | None:
-    """A cgroup v2 with ``memory.max = limit``: a child of ours, else one under the root (the memory controller
-    enabled there first); None where this process can make neither."""
-    line = next((ln for ln in Path("/proc/self/cgroup").read_text().splitlines() if ln.startswith("0::")), None)
-    if line is None:
-        return None
-    root = Path("/sys/fs/cgroup")
-    for parent in (root / line[3:].strip("/"), root):
-        group = parent / f"bench-hostram-{os.getpid()}-{name}"
-        try:
-            if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
-                (parent / "cgroup.subtree_control").write_text("+memory")
-            group.mkdir(exist_ok=True)
-            (group / "memory.max").write_text(str(limit))
-            return group
-        except OSError:
-            continue
-    return None
 
 
 def main() -> None:

@@ -52,3 +52,47 @@ def gpu_name() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "cpu"
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "cpu"
+
+
+def memory_cgroup(name: str, limit: int) -> Path | None:
+    """A cgroup v2 with ``memory.max = limit`` for a child to join (write its pid to ``cgroup.procs``): a child of
+    this process's cgroup, else one under the root (the memory controller enabled there first); None where this
+    process can make neither. The limit counts the page cache the member's reads fill, and its pinned memory."""
+    line = next((ln for ln in Path("/proc/self/cgroup").read_text().splitlines() if ln.startswith("0::")), None)
+    if line is None:
+        return None
+    root = Path("/sys/fs/cgroup")
+    for parent in (root / line[3:].strip("/"), root):
+        group = parent / f"cosmos-bench-{os.getpid()}-{name}"
+        try:
+            if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
+                (parent / "cgroup.subtree_control").write_text("+memory")
+            group.mkdir(exist_ok=True)
+            (group / "memory.max").write_text(str(limit))
+            return group
+        except OSError:
+            continue
+    return None
+
+
+def cgroup_peak(group: Path) -> int | None:
+    """The cgroup's ``memory.peak`` (its whole charge's high-water mark, page cache included; None where the
+    kernel has no such file)."""
+    try:
+        return int((group / "memory.peak").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def rss_fields(pid: int) -> dict[str, int] | None:
+    """RssAnon / RssFile / RssShmem / VmHWM of ``pid`` in bytes (None once it has gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile", "RssShmem", "VmHWM"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
