@@ -77,8 +77,8 @@ MAP_STAGING_BLOCKS = 2
 # Host memory the process holds whatever the strategy: the interpreter, torch, the CUDA runtime's host side (its
 # context, the kernels of the libraries it loads) and what a run allocates besides the models and the frames. Set
 # from the GPU machine: RssAnon at the peak of whole CLI runs of 7B at full size, less what this module counts
-# for their placements, was 0.25-0.41 GiB over four strategies (benchmarks/bench_e2e.py,
-# benchmarks/results/e2e-7b-host-h200.md); 0.5 GiB covers the largest.
+# for their placements, was 0.25-0.41 GiB over four strategies (benchmarks/bench_e2e.py); 0.5 GiB covers the
+# largest. Later runs of every strategy came within 3% of the predicted peak (benchmarks/results/host-memory-h200.md).
 HOST_RUNTIME_BYTES = GiB // 2
 # A plan fits the host when host peak + max(1 GiB, 5% of the RAM) <= the RAM available.
 HOST_MARGIN_FRACTION = 0.05

@@ -111,7 +111,7 @@ def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, 
         # loaded_on_host: Pixtral and the guardrail models are built by transformers' from_pretrained on the CPU,
         # then moved (upsampler.py, guardrails.py); T5 is read through the file's mapping tensor by tensor onto its
         # device (text_encoder.py): not counted (measured: 2.3 GiB RssAnon at the peak of a resident 7B run,
-        # benchmarks/results/e2e-7b-host-h200.md). A legacy-format (pre-zip) file cannot be mapped and is read whole:
+        # benchmarks/results/host-memory-h200.md). A legacy-format (pre-zip) file cannot be mapped and is read whole:
         # text_encoder refuses one larger than the host memory available, before reading it.
         # gpu_when_room: on the GPU for their stage where the stream strategies leave room (planner.py);
         # cpu_weight_reads: one read of the weights per generated token, at most upsampler.MAX_NEW_TOKENS and
