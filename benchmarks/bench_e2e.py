@@ -45,7 +45,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from hostinfo import cgroup_peak, disk_of, drop_page_cache, gpu_name, memory_cgroup, rss_fields  # noqa: E402
+from hostinfo import cgroup_peak, disk_of, drop_page_cache, gpu_name, memory_cgroup, remove_cgroup, rss_fields  # noqa: E402
 
 GiB = 1 << 30
 MARKER = ".bench_e2e_complete.json"
@@ -205,6 +205,7 @@ def one_run(args, mode: str, count: str, work: Path) -> dict:
     if args.ram_limit_bytes and group is None:
         print(f"[{name}] no cgroup could be made here: the RAM limit is not enforced", flush=True)
     res = run_child(cmd, env, out_dir / "stderr.txt", group)
+    remove_cgroup(group)
     run = {"mode": mode, "flags": MODES[mode], "command": "generate" if count == "g" else f"batch of {count}",
            "strategy": strategy or "auto", "argv": cmd[1:], "rc": res["rc"], "wall_s": round(res["wall_s"], 2),
            "rss_peak_gib": round(res["rss_peak_bytes"] / GiB, 2),

@@ -59,7 +59,7 @@ from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B, PREDICT1_TI
 from cosmos_plugins.predict1.strategies import STRATEGIES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostinfo import disk_of, drop_page_cache, memory_cgroup  # noqa: E402
+from hostinfo import disk_of, drop_page_cache, memory_cgroup, remove_cgroup  # noqa: E402
 
 GiB = 1 << 30
 SPECS = {"7B": PREDICT1_7B, "14B": PREDICT1_14B, "tiny": PREDICT1_TINY}
@@ -168,7 +168,7 @@ def run_child(args, placement: str, limit: int | None) -> dict:
            "--batch", str(args.batch), "--ballast-bytes", str(args.ballast_bytes)]
     if args.lean:
         cmd.append("--lean")
-    enforced = None
+    enforced = group = None
     pre = None
     if limit is not None:
         group = memory_cgroup(f"hostram-{placement}", limit)
@@ -181,6 +181,7 @@ def run_child(args, placement: str, limit: int | None) -> dict:
     # process (the writer) or an earlier child left there would sit outside the child's limit.
     drop_page_cache(args.checkpoint)
     res = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pre)
+    remove_cgroup(group)
     if res.returncode != 0:
         return {"placement": placement, "error": f"exit {res.returncode}", "stderr": res.stderr[-3000:],
                 "ram_limit_cgroup": enforced}

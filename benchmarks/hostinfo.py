@@ -84,6 +84,15 @@ def cgroup_peak(group: Path) -> int | None:
         return None
 
 
+def remove_cgroup(group: Path | None) -> None:
+    """Remove a cgroup made by :func:`memory_cgroup` once its members have exited (left in place if it cannot)."""
+    if group is not None:
+        try:
+            group.rmdir()
+        except OSError:
+            pass
+
+
 def rss_fields(pid: int) -> dict[str, int] | None:
     """RssAnon / RssFile / RssShmem / VmHWM of ``pid`` in bytes (None once it has gone)."""
     try:
