@@ -146,12 +146,20 @@ class BlockRunner(Protocol):
 
 
 class PlainBlocks:
-    """Every block called as a module, in order (its hooks fire: the memory engine streams through them)."""
+    """Every block called as a module, in order (its hooks fire: the memory engine streams through them).
+
+    ``attention`` is the self-attention kernel of the blocks (same signature as :func:`attention`; None: that
+    one, PyTorch's SDPA), e.g. :func:`~.flash4.flash4_attention`; a token shard's distributed self-attention
+    takes its place when there is one."""
+
+    def __init__(self, attention: AttentionFn | None = None):
+        self.attention = attention
 
     def run(self, blocks: Sequence[nn.Module], x: Tensor, start: int, stop: int, inputs: BlockInputs) -> Tensor:
         i = inputs
+        self_attention = self.attention if i.self_attention is None else i.self_attention
         for block in blocks[start:stop]:
-            x = block(x, i.emb, i.adaln_lora_3d, i.crossattn_emb, i.rope, i.extra_pos, i.self_attention)
+            x = block(x, i.emb, i.adaln_lora_3d, i.crossattn_emb, i.rope, i.extra_pos, self_attention)
         return x
 
     def final(self, layer: nn.Module, x: Tensor, inputs: BlockInputs) -> Tensor:

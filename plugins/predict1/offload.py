@@ -171,13 +171,18 @@ def lean_forward(net: nn.Module, *args, streamer: Streamed | None = None, chunk:
     return net(*args, runner=LeanBlocks(streamer, chunk), **kwargs)
 
 
-def network_forward(placed: Placed, lean: bool, chunk: int = LEAN_CHUNK_TOKENS) -> Callable[..., Tensor]:
-    """The forward the denoising stage calls: the network's own, or with the :class:`LeanBlocks` runner (driving the
-    streamer itself when the network is streamed)."""
+def network_forward(placed: Placed, lean: bool, chunk: int = LEAN_CHUNK_TOKENS,
+                    attention: _network.AttentionFn | None = None) -> Callable[..., Tensor]:
+    """The forward the denoising stage calls: the network's own (with ``attention`` as the blocks' self-attention
+    kernel, None: SDPA), or with the :class:`LeanBlocks` runner (driving the streamer itself when the network is
+    streamed; its chunked attention is SDPA's)."""
     net = placed.obj
     if not lean:
-        return net
-    runner = LeanBlocks(placed if isinstance(placed, Streamed) else None, chunk)
+        if attention is None:
+            return net
+        runner = _network.PlainBlocks(attention)
+    else:
+        runner = LeanBlocks(placed if isinstance(placed, Streamed) else None, chunk)
 
     def forward(*args, **kwargs) -> Tensor:
         return net(*args, runner=runner, **kwargs)

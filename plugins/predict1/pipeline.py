@@ -31,6 +31,7 @@ from cosmos_cli.specs import GUARDRAIL, NETWORK, TEXT_ENCODER, TOKENIZER, UPSAMP
 
 from . import sampler as S
 from .fast import StepCache, compile_blocks, to_fp8
+from .flash4 import self_attention_kernel
 from .offload import network_forward, place
 from .params import TOKENIZER_CHUNK_FRAMES
 from .strategies import LEAN, lean_network, tiled_tokenizer
@@ -175,6 +176,7 @@ class Predict1Pipeline:
         self.spec, self.plan, self.device, self.numerics = spec, plan, device, numerics
         self.fast, self.compiled = fast or FastMode(), compile  # speed options (cosmos_cli.fastmode, .fast)
         self.denoise_stats: dict[str, int] = {}  # the last generation's network forwards (see denoise)
+        self.attention_choice, self.attention = "auto", "sdpa"  # the self-attention kernel (see attention_kernel)
         if network is not None and self.fast.fp8 is not None:
             to_fp8(network, self.fast.fp8)  # before placing: the host copies hold the e4m3 weights
         if network is not None and compile:
@@ -316,6 +318,17 @@ class Predict1Pipeline:
             emb = te.encode([prompt, negative_prompt])
         return emb.to(self.device, torch.bfloat16)
 
+    def attention_kernel(self, dtype: torch.dtype):
+        """The blocks' self-attention kernel (:mod:`.flash4`): flash-attn-4 where it is installed and runs on this
+        GPU, for the plain forward in one process (the memory-lean forward and a token shard keep their own);
+        None: PyTorch's SDPA. ``self.attention`` names the one the last generation used."""
+        if self.cp is not None or lean_network(self.plan):
+            kernel = None
+        else:
+            kernel = self_attention_kernel(self.device, dtype, self.spec.network.head_dim, self.attention_choice)
+        self.attention = "sdpa" if kernel is None else "flash-attn-4"
+        return kernel
+
     def denoise(self, job: GenerationJob, condition_latent: torch.Tensor, num_condition_frames: int,
                 text_emb: torch.Tensor, progress: Progress) -> torch.Tensor:
         """The sampler over the network: in this process, or on every rank of ``self.cp`` alike (same code: the
@@ -329,8 +342,8 @@ class Predict1Pipeline:
             raise GenerationError("--fast step-cache is not available under context parallelism: each rank would "
                                   "decide on its own tokens whether to skip", hint="Run the step cache on one GPU.")
         with self.network.active() as net:
-            forward = network_forward(self.network, lean_network(self.plan))
             dtype = net.x_embedder.proj[1].weight.dtype
+            forward = network_forward(self.network, lean_network(self.plan), attention=self.attention_kernel(dtype))
             tables = net.prepare(T, H, W, float(job.fps), device=self.device, dtype=dtype)
             mask = torch.zeros(1, 1, T, H, W, dtype=dtype, device=self.device)
             mask[:, :, :num_condition_frames] = 1
