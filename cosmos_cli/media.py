@@ -61,10 +61,14 @@ __all__ = [
     "write_video",
 ]
 
-# The original saved with imageio quality 5, which imageio-ffmpeg maps to libx264 -crf 25. We keep it so
-# that our files have the size and quality of the reference outputs; pass crf=23 (x264's own default) or
-# lower for visibly fewer artefacts at a larger size.
-DEFAULT_CRF = 25
+# The original saved with imageio quality 5, which imageio-ffmpeg maps to libx264 -crf 25 at x264's default speed
+# preset, medium: 4.2-5.3 s per 121-frame 704x1280 video on an H200 machine's 16 cores (benchmarks/results/
+# e2e-h200.md). We write with the veryfast preset at crf 24 instead, which keeps the quality: on a moving real clip
+# (shared/media/video2world_input1.mp4 scaled to 1280x704, shifted 3-5 px a frame, 121 frames, 2 CPU cores)
+# medium/crf 25 took 4.60 s for 1.42 MB at PSNR 36.12 dB to the source frames, veryfast/crf 24 1.76 s for 1.65 MB
+# at 35.91 dB (veryfast/crf 25: 2.03 s, 1.40 MB, 35.35 dB). Pass a lower crf for fewer artefacts at a larger size.
+DEFAULT_CRF = 24
+DEFAULT_PRESET = "veryfast"
 
 _READABLE_HINT = "Pass an image (jpg, png, webp, bmp, tiff) or a video (mp4, mov, avi, webm, mkv)."
 # ffmpeg demuxers that read single still images, or text as pictures: a file only they accept is not a
@@ -549,7 +553,7 @@ def write_video(
             quality=None,
             macro_block_size=1,
             ffmpeg_log_level="error",
-            output_params=["-crf", str(crf), "-movflags", "+faststart", "-f", "mp4"],
+            output_params=["-preset", DEFAULT_PRESET, "-crf", str(crf), "-movflags", "+faststart", "-f", "mp4"],
         )
         count = 0
         try:
