@@ -7,6 +7,11 @@ names), whose pipeline runs the two branches as two B=1 forwards. Reports second
 timings), achieved TFLOP/s, peak memory, and the relative difference of the outputs (bf16).
 
     python benchmarks/bench_network.py --models 7B 14B --out benchmarks/results/network-h100.json
+    python benchmarks/bench_network.py --models 7B --compile --out ...   # + the compiled step
+
+Where flash-attn-4 can run (``plugins/predict1/flash4.py``) the step is also timed with it as the blocks'
+self-attention (``flash4``; with ``--compile``: ``compile`` and ``compile_flash4`` too), each against diffusers in
+the same run.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from pathlib import Path
 import torch
 
 from cosmos_plugins.predict1.checkpoint import diffusers_key
-from cosmos_plugins.predict1.network import VideoExtendGeneralDIT
+from cosmos_plugins.predict1.fast import compile_blocks
+from cosmos_plugins.predict1.flash4 import self_attention_kernel
+from cosmos_plugins.predict1.network import PlainBlocks, VideoExtendGeneralDIT
 from cosmos_plugins.predict1.params import DiTParams
 from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B
 
@@ -176,6 +183,20 @@ def run_model(label: str, p: DiTParams, args) -> dict:
         out_ours = ours_b1().float()
     res["ours_b1_tflops"] = forward_flops(p) / res["ours_b1_s"] / 1e12
     res["ours_step_batched_tflops"] = forward_flops(p, 2) / res["ours_step_batched_s"] / 1e12
+    variants = {}  # the other ways of computing a step, each timed here: name -> output of one branch (B=1)
+    kernel = self_attention_kernel(torch.device("cuda", 0), torch.bfloat16, p.head_dim)
+    runs = [("flash4", kernel)] if kernel is not None else []
+    if args.compile:
+        compile_blocks(net)
+        runs += [("compile", None)] + ([("compile_flash4", kernel)] if kernel is not None else [])
+    for name, attention in runs:
+        runner = PlainBlocks(attention)
+        with torch.no_grad():
+            res[f"ours_{name}_step_batched_s"] = timed(
+                lambda runner=runner: net(x2, t2, emb, 24.0, mask, tables=tables, runner=runner), 1, args.repeats)
+            variants[name] = net(x, t, emb[:1], 24.0, mask, tables=tables, runner=runner).float()
+        res[f"ours_{name}_step_batched_tflops"] = forward_flops(p, 2) / res[f"ours_{name}_step_batched_s"] / 1e12
+        res[f"ours_{name}_vs_sdpa_rel_diff"] = ((variants[name] - out_ours).abs().max() / out_ours.abs().max()).item()
     net = tables = None
     torch.cuda.empty_cache()
     if not args.skip_diffusers:
@@ -184,6 +205,9 @@ def run_model(label: str, p: DiTParams, args) -> dict:
         res["ours_b1_vs_diffusers"] = res["ours_b1_s"] / res["diffusers_b1_s"]
         res["ours_step_vs_diffusers_step"] = res["ours_step_batched_s"] / res["diffusers_step_s"]
         res["output_rel_diff_bf16"] = ((out_ours - out_theirs).abs().max() / out_theirs.abs().max()).item()
+        for name, out in variants.items():
+            res[f"ours_{name}_step_vs_diffusers_step"] = res[f"ours_{name}_step_batched_s"] / res["diffusers_step_s"]
+            res[f"ours_{name}_rel_diff_bf16"] = ((out - out_theirs).abs().max() / out_theirs.abs().max()).item()
     del state
     torch.cuda.empty_cache()
     return res
@@ -196,6 +220,8 @@ def main() -> None:
     ap.add_argument("--skip-diffusers", action="store_true")
     ap.add_argument("--diffusers-first", action="store_true",
                     help="time diffusers before ours (nothing of ours has run in the process yet)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the step with the blocks through torch.compile (after the eager timings)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     specs = {"7B": PREDICT1_7B, "14B": PREDICT1_14B}
@@ -228,6 +254,16 @@ def main() -> None:
               f"{r.get('ours_step_vs_diffusers_step', float('nan')):10.3f} "
               f"{r['ours_b1_peak_gib']:8.1f}/{r.get('diffusers_b1_peak_gib', float('nan')):<9.1f} "
               f"{r.get('output_rel_diff_bf16', float('nan')):9.2e}")
+    print(f"\n{'model':6} {'variant':15} {'step s':>8} {'TFLOP/s':>8} {'vs 2 diffusers fwd':>19} {'vs diffusers':>13}")
+    for r in report["results"]:
+        for name in ("", "flash4_", "compile_", "compile_flash4_"):
+            if f"ours_{name}step_batched_s" not in r:
+                continue
+            ratio = r.get(f"ours_{name}step_vs_diffusers_step", float("nan"))
+            diff = r.get(f"ours_{name}rel_diff_bf16", r.get("output_rel_diff_bf16", float("nan")) if not name else
+                         float("nan"))
+            print(f"{r['model']:6} {(name.rstrip('_') or 'eager sdpa'):15} {r[f'ours_{name}step_batched_s']:8.3f} "
+                  f"{r[f'ours_{name}step_batched_tflops']:8.0f} {ratio:19.3f} {diff:13.2e}")
 
 
 if __name__ == "__main__":
