@@ -24,6 +24,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_network import timed  # noqa: E402  (CUDA-event median)
+
 from cosmos_plugins.predict1 import flash4  # noqa: E402
 
 TOKENS = 16 * 44 * 80
@@ -43,20 +45,6 @@ def sdpa_backend(backend):
             return F.scaled_dot_product_attention(q, k, v)
 
     return run
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -94,7 +82,7 @@ def main() -> None:
                 out = fn(q, k, v)
                 row["rel_err"] = ((out[:, :, :CHECK_ROWS].double() - ref).norm() / ref.norm()).item()
                 del out
-                row["seconds"] = timed(lambda fn=fn, a=(q, k, v): fn(*a), args.repeats)
+                row["seconds"] = timed(lambda fn=fn, a=(q, k, v): fn(*a), 1, args.repeats)
                 row["tflops"] = flops / row["seconds"] / 1e12
             except Exception as exc:  # noqa: BLE001 - a kernel that cannot run this shape is a result too
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
