@@ -21,7 +21,9 @@ the GPU peak (``generate --json``). Derived: *startup + load* = wall - the video
 imports, planning, loading every model, the report), *first video* (includes the first call's warm-ups and
 ``--compile``'s compilation), *per video, warm* = the median of the later videos of a batch (what a user with
 1,000 prompts pays per video), *cold single video* = startup + load + first video (what one ``cosmos generate``
-costs).
+costs). ``--warmup-steps K`` puts a line of K steps before a batch's videos (not counted as one; its time is
+``warmup_line``): then every counted video is warm, and *per video, warm* is the median of all of them. Each run
+also records ``attention``, the self-attention kernel its videos used (their ``details``).
 
     python benchmarks/bench_e2e.py --model 7B --root /local/nvme/e2e --runs exact:1 fast-compile:3 \\
         --out benchmarks/results/e2e-7b-h200.json
@@ -196,6 +198,9 @@ def one_run(args, mode: str, count: str, work: Path) -> dict:
     else:
         lines = [{"visual_input": str(INPUT), "prompt": PROMPTS[i % len(PROMPTS)], "seed": 1 + i}
                  for i in range(int(count))]
+        if args.warmup_steps:  # a short first line: the first call's warm-ups and compilations, kept out of the videos
+            lines.insert(0, {"visual_input": str(INPUT), "prompt": PROMPTS[-1], "seed": 0, "name": "warmup",
+                             "num_steps": args.warmup_steps})
         batch = out_dir / "batch.jsonl"
         batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
         cmd = [*cli, "batch", str(batch), *common]
@@ -226,18 +231,28 @@ def one_run(args, mode: str, count: str, work: Path) -> dict:
         result = json.loads(res["stdout"])
         videos = [{"timings": result["timings"], "peak_memory_bytes": result.get("peak_memory_bytes")}]
         videos[0]["timings"]["total"] = sum(v for k, v in result["timings"].items() if k != "total")
+        videos[0]["details"] = result.get("details", {})
     else:
         report = json.loads((out_dir / "batch_report.json").read_text())
-        videos = [{"timings": item["timings"], "status": item["status"]} for item in report["items"]]
+        videos = [{"timings": item["timings"], "status": item["status"], "details": item.get("details", {})}
+                  for item in report["items"]]
+    warmup = videos.pop(0) if count != "g" and args.warmup_steps else None
     totals = [v["timings"]["total"] for v in videos]
     run["videos"] = [{k: round(t, 3) for k, t in v["timings"].items()} for v in videos]
+    run["attention"] = sorted({v["details"].get("attention", "?") for v in videos})  # the kernel each video used
     if videos[0].get("peak_memory_bytes"):
         run["gpu_peak_gib"] = round(videos[0]["peak_memory_bytes"] / GiB, 2)
-    run["startup_load_s"] = round(res["wall_s"] - sum(totals), 2)
+    run["startup_load_s"] = round(res["wall_s"] - sum(totals) - (warmup["timings"]["total"] if warmup else 0), 2)
     run["first_video_s"] = round(totals[0], 2)
-    run["cold_single_video_s"] = round(run["startup_load_s"] + totals[0], 2)
-    run["per_video_warm_s"] = round(statistics.median(totals[1:]), 2) if len(totals) > 1 else None
-    warm = videos[1:] or videos
+    if warmup:  # every full video ran after the warm-up line: all of them are warm
+        run["warmup_line"] = {"steps": args.warmup_steps, "total_s": round(warmup["timings"]["total"], 2)}
+        run["cold_single_video_s"] = None
+        run["per_video_warm_s"] = round(statistics.median(totals), 2)
+        warm = videos
+    else:
+        run["cold_single_video_s"] = round(run["startup_load_s"] + totals[0], 2)
+        run["per_video_warm_s"] = round(statistics.median(totals[1:]), 2) if len(totals) > 1 else None
+        warm = videos[1:] or videos
     run["denoise_s_per_step"] = round(statistics.median(v["timings"]["denoise"] for v in warm) / args.steps, 3)
     run["outside_denoise_s"] = round(statistics.median(
         v["timings"]["total"] - v["timings"]["denoise"] for v in warm), 2)
@@ -245,7 +260,7 @@ def one_run(args, mode: str, count: str, work: Path) -> dict:
 
 
 def print_table(report: dict) -> None:
-    cols = ("run", "startup+load s", "first video s", "per video warm s", "s/step", "outside denoise s",
+    cols = ("run", "attention", "startup+load s", "first video s", "per video warm s", "s/step", "outside denoise s",
             "write s", "GPU peak GiB", "RSS peak GiB", "RssAnon peak GiB (predicted)", "RssFile peak GiB")
     print(" | ".join(cols))
     for r in report["runs"]:
@@ -254,7 +269,8 @@ def print_table(report: dict) -> None:
             continue
         write = statistics.median(v.get("write", 0.0) for v in r["videos"])
         anon = f"{r.get('RssAnon_peak_gib', '-')} ({r.get('predicted_host_peak_gib', '-')})"
-        print(" | ".join(str(x) for x in (f"{r['mode']}@{r['strategy']} ({r['command']})", r["startup_load_s"],
+        print(" | ".join(str(x) for x in (f"{r['mode']}@{r['strategy']} ({r['command']})", ",".join(r["attention"]),
+                                           r["startup_load_s"],
                                            r["first_video_s"], r["per_video_warm_s"], r["denoise_s_per_step"],
                                            r["outside_denoise_s"], round(write, 2), r.get("gpu_peak_gib", "-"),
                                            r["rss_peak_gib"], anon, r.get("RssFile_peak_gib", "-"))))
@@ -270,6 +286,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=35)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--warm-cache", action="store_true", help="keep the folder's pages in the page cache")
+    ap.add_argument("--warmup-steps", type=int, default=0,
+                    help="batch runs: first a line of this many steps (not counted as a video), so that every "
+                         "counted video is warm (first-call compilations done); 0: none")
     ap.add_argument("--extra", nargs="*", default=[], help="more CLI flags for every run (e.g. --offload NAME)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--write", action="store_true", help=argparse.SUPPRESS)

@@ -234,6 +234,7 @@ def run_full_size(args) -> dict:
         errs = relative_errors(steps, exact_steps)
         results[key] = {
             "fast": fast_of(s).describe() or "exact", "compile": compiled, **pipe.denoise_stats,
+            "attention": pipe.attention,  # the blocks' self-attention kernel (flash-attn-4 where installed)
             "warmup_step_s": round(t_warm, 2),
             "denoise_s": round(times[0], 2), "s_per_step": round(times[0] / args.steps, 3),
             "rel_err_per_step": [round(e, 5) for e in errs],

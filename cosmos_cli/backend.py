@@ -119,6 +119,11 @@ class Backend(abc.ABC):
     supports_fast: bool = False  # --fast (step caching, guidance truncation, FP8)
     supports_compile: bool = False  # --compile
 
+    def environment(self) -> dict[str, str]:
+        """What this backend found installed that changes how it runs (name -> one line, e.g. an optional kernel
+        package), for ``cosmos backends``. Must be fast and import nothing heavy (default: nothing to say)."""
+        return {}
+
     def fast_mode_bytes(self, spec: ModelSpec, fast: Any) -> int:
         """GPU memory the fast options ``fast`` (a :class:`cosmos_cli.fastmode.FastMode`) need beyond the memory
         plan's figures (for example a step cache's stored tensors); `generate` plans with that much less."""

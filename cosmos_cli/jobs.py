@@ -75,6 +75,7 @@ class GenerationResult:
     peak_memory_bytes: int | None = None
     stage_peak_bytes: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # what the user should know about how the job ran (e.g. a prompt cut short)
+    details: dict[str, str] = field(default_factory=dict)  # the backend's words on how it ran (e.g. its kernels)
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,13 @@ CompileOpt = Annotated[
           help="Compile the network's blocks with torch.compile (same video within float "
                "rounding; the first step waits for the compilation)."),
 ]
+AttentionOpt = Annotated[  # a backend's own (Predict1's), like --numerics
+    str,
+    typer.Option("--attention", rich_help_panel=P_SPEED, metavar="KERNEL",
+                 help="The network's self-attention kernel: auto (flash-attn-4 where it is installed and has "
+                      "kernels for this GPU, else PyTorch's SDPA), sdpa, or flash-attn-4 (refused where it cannot "
+                      "run). Same video within bf16 rounding; --json's details name the kernel used."),
+]
 ResizeOpt = Annotated[
     str,
     typer.Option("--resize", rich_help_panel=P_INPUT, metavar="MODE",

@@ -16,7 +16,7 @@ from cosmos_cli.backend import Backend
 from cosmos_cli.errors import GenerationError, UsageError
 from cosmos_cli.generation import GenerateRequest
 from cosmos_plugins.predict1 import Predict1Backend
-from cosmos_plugins.predict1.options import CP_SCHEMES, NUMERICS, Predict1Options
+from cosmos_plugins.predict1.options import ATTENTION, CP_SCHEMES, NUMERICS, Predict1Options
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
 from tests.conftest import make_image
 
@@ -52,18 +52,29 @@ def test_predict1_options_are_typed_and_checked():
         Predict1Backend.parse_options({"numerics": "fp16"})
     with pytest.raises(UsageError, match=r"^--cp-scheme must be one of auto, sequence, cfg, got 'ring'$"):
         Predict1Backend.parse_options({"cp_scheme": "ring"})
+    with pytest.raises(UsageError, match=r"^--attention must be one of auto, sdpa, flash-attn-4, got 'flash3'$"):
+        Predict1Backend.parse_options({"attention": "flash3"})
     with pytest.raises(UsageError, match=r"^--tiles: the predict1 backend has no --tiles option \(its options are "
-                                         r"--numerics, --cp-scheme\)$"):
+                                         r"--numerics, --cp-scheme, --attention\)$"):
         Predict1Backend.parse_options({"tiles": 4})
-    # the resume key counts the numerics (as before the options were typed), not the split
+    # the resume key counts the numerics (as before the options were typed), not the split nor the attention kernel
     assert got.key_params() == {"numerics": "original"}
+    assert Predict1Backend.parse_options({"attention": "sdpa"}).key_params() == {"numerics": "fp32"}
 
 
 def test_predict1_choices_are_the_engines():
-    """options.py imports no torch, so it writes the choices out; they must be the sampler's and the layout's."""
-    from cosmos_plugins.predict1 import parallel, sampler
+    """options.py imports no torch, so it writes the choices out; they must be the sampler's, the layout's and the
+    attention kernels' (each one a name flash4.self_attention_kernel takes)."""
+    import torch
+
+    from cosmos_plugins.predict1 import flash4, parallel, sampler
 
     assert set(NUMERICS) == set(sampler.NUMERICS) and set(CP_SCHEMES) == set(parallel.SCHEMES)
+    assert ATTENTION == ("auto", "sdpa", flash4.FLASH4_DIST)
+    for choice in ("auto", "sdpa"):
+        assert flash4.self_attention_kernel(torch.device("cpu"), torch.float32, 64, choice) is None
+    with pytest.raises(ValueError, match="^flash-attn-4 cannot run here: the network runs on cpu$"):
+        flash4.self_attention_kernel(torch.device("cpu"), torch.float32, 64, flash4.FLASH4_DIST)
 
 
 def test_a_plugins_own_value_error_is_one_usage_line():

@@ -117,6 +117,7 @@ def test_every_line_generated_with_a_report(reference):
     assert first["status"] == "ok" and first["prompt"] == PROMPTS[0] and first["seed"] == 5  # --seed is the default
     assert first["input"] == standard_lines_input(jsonl, 1) and first["video"] == str(out / "line00001.mp4")
     assert {"encode_video", "denoise", "decode", "total"} <= set(first["timings"])
+    assert first["details"] == {"attention": "sdpa"}  # how the backend ran it (flash-attn-4 needs a GPU)
     assert items["line00004"]["seed"] == 11  # a line's seed overrides it
 
 

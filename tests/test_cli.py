@@ -95,6 +95,7 @@ def test_backends_lists_builtin(cli):
     assert "predict1" in b
     names = {m["name"] for m in b["predict1"]["models"]}
     assert {"Cosmos-Predict1-7B-Video2World", "Cosmos-Predict1-14B-Video2World"} <= names
+    assert set(b["predict1"]["environment"]) == {"attention"}  # flash-attn-4 or PyTorch SDPA, from the metadata
 
 
 def test_backends_table(cli):

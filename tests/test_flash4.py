@@ -74,10 +74,14 @@ def test_chosen_only_where_it_can_run(monkeypatch, fake_flash4):
     assert flash4.unusable_reason(cuda, torch.bfloat16, 128) is None
     assert flash4.self_attention_kernel(cuda, torch.bfloat16, 128) is flash4.flash4_attention
     assert flash4.self_attention_kernel(cuda, torch.bfloat16, 128, "sdpa") is None
+    assert flash4.self_attention_kernel(cuda, torch.bfloat16, 128, "flash-attn-4") is flash4.flash4_attention
     assert flash4.unusable_reason(cuda, torch.float32, 128) == "the network computes in torch.float32"
     assert flash4.unusable_reason(cuda, torch.bfloat16, 256) == "head dimension 256"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert "compute capability 8.x" in flash4.unusable_reason(cuda, torch.bfloat16, 128)
+    assert flash4.self_attention_kernel(cuda, torch.bfloat16, 128) is None  # auto: SDPA there
+    with pytest.raises(ValueError, match=r"^flash-attn-4 cannot run here: compute capability 8\.x"):
+        flash4.self_attention_kernel(cuda, torch.bfloat16, 128, "flash-attn-4")  # asked for: refused
     with pytest.raises(ValueError, match="unknown attention kernel 'flash3'"):
         flash4.self_attention_kernel(cuda, torch.bfloat16, 128, "flash3")
 
@@ -143,15 +147,19 @@ def test_pipeline_uses_it_for_the_plain_forward_only(monkeypatch, fake_flash4, s
         pipe.attention_choice = choice
         try:
             with torch.inference_mode():
-                return pipe.denoise(job, latent, 1, text, NullProgress()), pipe.attention
+                return pipe.denoise(job, latent, 1, text, NullProgress()), pipe.attention, pipe.notes
         finally:
             pipe.close()
 
-    out, kernel = denoise("auto")
-    assert kernel == ("flash-attn-4" if used else "sdpa")
+    out, kernel, notes = denoise("auto")
+    assert kernel == ("flash-attn-4" if used else "sdpa") and notes == []
     assert (len(fake_flash4) > 0) == used
+    _, kernel, notes = denoise("flash-attn-4")  # asked for: the lean forward says it keeps its own
+    assert kernel == ("flash-attn-4" if used else "sdpa")
+    assert notes == ([] if used else ["--attention flash-attn-4: memory strategy stream-lean runs the network's "
+                                      "chunked forward, which has its own attention (SDPA)"])
     monkeypatch.setattr(P, "self_attention_kernel", lambda device, dtype, head_dim, choice: None)
-    reference, kernel = denoise("sdpa")
+    reference, kernel, _ = denoise("sdpa")
     assert kernel == "sdpa"
     assert torch.equal(out, reference)
 

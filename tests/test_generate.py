@@ -85,6 +85,7 @@ def test_json_output(cli, ckpt, inputs, tmp_path):
     data = json.loads(res.stdout)
     assert Path(data["video"]).exists() and data["prompt"] == "a ball"
     assert set(data["timings"]) >= {"encode_video", "encode_text", "denoise", "decode"}
+    assert data["details"] == {"attention": "sdpa"}  # the kernel the denoising used (flash-attn-4 needs a GPU)
 
 
 @pytest.mark.parametrize(
@@ -98,6 +99,10 @@ def test_json_output(cli, ckpt, inputs, tmp_path):
         (("-i", "{image}", "--prompt", "x", "--numerics", "fp16"), 2, "--numerics must be one of fp32, original"),
         (("-i", "{image}", "--prompt", "x", "--cp-scheme", "diagonal"), 2, "--cp-scheme must be one of auto"),
         (("-i", "{image}", "--prompt", "x", "--offload", "turbo"), 1, "unknown memory strategy"),
+        (("-i", "{image}", "--prompt", "x", "--attention", "flash3"), 2,
+         "--attention must be one of auto, sdpa, flash-attn-4, got 'flash3'"),
+        (("-i", "{image}", "--prompt", "x", "--attention", "flash-attn-4"), 2,
+         "--attention flash-attn-4: it cannot run here: the network runs on cpu"),
     ],
 )
 def test_bad_requests_fail_before_loading(cli, ckpt, inputs, tmp_path, extra, code, needle):

@@ -44,7 +44,7 @@ def run_item(runner: JobRunner, item: BatchItem, progress: Progress, device: str
         done = runner.run(job, progress, video_path=item.staged_video, prompt_path=item.staged_prompt)
         result = done.result
         generating = False
-        rec.timings = dict(result.timings)
+        rec.timings, rec.details = dict(result.timings), dict(result.details)
         rec.prompt = result.final_prompt if result.final_prompt is not None else job.prompt
         if result.status == "ok" and item.staged_video.exists():
             commit(item, rec.prompt)

@@ -38,6 +38,7 @@ class ItemRecord:
     prompt_file: str | None = None
     device: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)  # the backend's words on how it ran (its kernels)
 
     @property
     def has_output(self) -> bool:

@@ -21,7 +21,7 @@ def backends(
     found = registered_backends()
     report = load_report()
     rows = [
-        {"backend": b.id, "version": b.version,
+        {"backend": b.id, "version": b.version, "environment": b.environment(),
          "models": [{"name": s.name, "aliases": list(s.aliases), "description": s.description}
                     for s in b.models() if show_all or not s.hidden]}
         for b in found
@@ -38,5 +38,8 @@ def backends(
             table.add_row(r["backend"] if i == 0 else "", r["version"] if i == 0 else "", m["name"],
                           ", ".join(m["aliases"]), m["description"])
     Console().print(table)
+    for r in rows:
+        for name, found in r["environment"].items():
+            Console().print(f"{r['backend']}: {name}: {found}", highlight=False, markup=False)
     for name, err in report.failed:
         Console(stderr=True).print(f"[red]plugin {name} failed to load:[/red] {err}")

@@ -51,6 +51,7 @@ def generate(
     if job.as_json:
         typer.echo(json.dumps({"video": str(result.video_path), "prompt_file": str(result.prompt_path),
                                "prompt": result.final_prompt, "timings": result.timings,
-                               "peak_memory_bytes": result.peak_memory_bytes}, indent=2))
+                               "peak_memory_bytes": result.peak_memory_bytes, "details": result.details},
+                              indent=2))
     else:
         typer.echo(str(result.video_path))

@@ -51,6 +51,7 @@ class JobFlags:
     numerics: o.NumericsOpt = "fp32"
     fast: o.FastOpt = None
     compile_blocks: o.CompileOpt = False
+    attention: o.AttentionOpt = "auto"
     resize: o.ResizeOpt = "stretch"
     batch_input_path: o.BatchInputOpt = None
     as_json: o.JsonOpt = False
@@ -73,7 +74,8 @@ class JobFlags:
             upsampler_ignores_prompt=self.upsampler_ignores_prompt, offload=self.offload,
             original_offload_flags=flags, num_gpus=self.num_gpus, device=self.device, resize=self.resize,
             fast=parse_fast(self.fast), compile=self.compile_blocks,
-            backend_options=o.backend_values(ctx, numerics=self.numerics, cp_scheme=self.cp_scheme),
+            backend_options=o.backend_values(ctx, numerics=self.numerics, cp_scheme=self.cp_scheme,
+                                              attention=self.attention),
         )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from cosmos_cli.backend import Backend
 from cosmos_cli.hookspecs import hookimpl
 
-from .options import Predict1Options
+from .options import ATTENTION, Predict1Options
 from .specs import BACKEND_ID, PREDICT1_DEMO, SPECS
 
 __version__ = "0.1.0"
@@ -37,7 +37,20 @@ class Predict1Backend(Backend):
     version = __version__
     supports_fast = True
     supports_compile = True
-    Options = Predict1Options  # --numerics, --cp-scheme
+    Options = Predict1Options  # --numerics, --cp-scheme, --attention
+
+    def environment(self) -> dict[str, str]:
+        """The optional package it would use (flash-attn-4, :mod:`.flash4`), from the installed distributions'
+        metadata: nothing is imported, so ``cosmos backends`` stays fast (whether its CUDA libraries load and the
+        GPU has its kernels is known at the first generation, whose ``--json`` details name the kernel used)."""
+        from importlib import metadata
+
+        dist = ATTENTION[2]
+        try:
+            found = f"{dist} {metadata.version(dist)} installed (used on GPUs of compute capability 9.x and 10.x)"
+        except metadata.PackageNotFoundError:
+            found = f"PyTorch SDPA ({dist} is not installed; `pip install {dist}` for a faster step on Hopper)"
+        return {"attention": found}
 
     def fast_mode_bytes(self, spec, fast) -> int:
         """The step cache's memory: per guidance branch it keeps two (tokens x width) tensors from step to step
@@ -71,7 +84,7 @@ class Predict1Backend(Backend):
         return Predict1Pipeline.load(spec, plan, checkpoint_dir=self.checkpoint_path(spec, checkpoint_dir),
                                      device=device, progress=progress, numerics=options.numerics,
                                      network_dir=network_dir, parallel=parallel, cp_scheme=options.cp_scheme,
-                                     fast=fast, compile=compile)
+                                     fast=fast, compile=compile, attention=options.attention)
 
     def start_parallel(self, spec, num_gpus: int, *, device: str, command: str = "generate",
                        options: Predict1Options | None = None):

@@ -30,6 +30,7 @@ FLASH4_MODULE = "flash_attn.cute.interface"  # where flash-attn-4 keeps flash_at
 FLASH4_ARCHS = (9, 10)  # compute capability majors with kernels in flash-attn-4 (Hopper, Blackwell)
 FLASH4_DTYPES = (torch.bfloat16, torch.float16)
 FLASH4_MAX_HEAD_DIM = 128  # supported on both archs (sm90 goes to 256, sm100 to 128)
+FLASH4_DIST = "flash-attn-4"  # its distribution's name (what pip installs; also the --attention value)
 
 
 def flash4_module():
@@ -63,13 +64,17 @@ def unusable_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> 
 
 def self_attention_kernel(device: torch.device, dtype: torch.dtype, head_dim: int, choice: str = "auto"
                           ) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
-    """The self-attention kernel for ``choice``: ``"auto"`` (flash-attn-4 where it can run, else None: SDPA),
-    ``"sdpa"`` (None). Raises ValueError for another name."""
+    """The self-attention kernel for ``choice`` (``--attention``): ``"auto"`` (flash-attn-4 where it can run, else
+    None: SDPA), ``"sdpa"`` (None) or ``"flash-attn-4"`` (ValueError with the reason where it cannot run; the
+    pipeline checks that before it loads anything). Raises ValueError for another name."""
     if choice == "sdpa":
         return None
-    if choice != "auto":
-        raise ValueError(f"unknown attention kernel {choice!r} (auto or sdpa)")
-    if unusable_reason(device, dtype, head_dim) is not None:
+    if choice not in ("auto", FLASH4_DIST):
+        raise ValueError(f"unknown attention kernel {choice!r} (auto, sdpa or {FLASH4_DIST})")
+    reason = unusable_reason(device, dtype, head_dim)
+    if reason is not None:
+        if choice == FLASH4_DIST:
+            raise ValueError(f"flash-attn-4 cannot run here: {reason}")
         return None
     register()
     return flash4_attention

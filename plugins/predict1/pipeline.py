@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosmos_cli.errors import CheckpointError, GenerationError
+from cosmos_cli.errors import CheckpointError, GenerationError, UsageError
 from cosmos_cli.fastmode import FastMode
 from cosmos_cli.jobs import GenerationJob, GenerationResult
 from cosmos_cli.planner import MemoryPlan
@@ -31,7 +31,7 @@ from cosmos_cli.specs import GUARDRAIL, NETWORK, TEXT_ENCODER, TOKENIZER, UPSAMP
 
 from . import sampler as S
 from .fast import StepCache, compile_blocks, to_fp8
-from .flash4 import self_attention_kernel
+from .flash4 import FLASH4_DIST, self_attention_kernel, unusable_reason
 from .offload import network_forward, place
 from .params import TOKENIZER_CHUNK_FRAMES
 from .strategies import LEAN, lean_network, tiled_tokenizer
@@ -163,6 +163,24 @@ def _context_parallel(spec: ModelSpec, plan: MemoryPlan, ctx, scheme: str):
                                   scheme=None if scheme == "auto" else scheme)
 
 
+def check_attention(choice: str, spec: ModelSpec, device: torch.device, dtype: torch.dtype, parallel: bool) -> None:
+    """Refuse ``--attention flash-attn-4`` where it cannot run (before anything loads). Under a memory-lean plan the
+    network's chunked forward keeps its own attention and a note says so (not refused: ``--offload auto`` may retry
+    a batch line under such a plan after running out of memory)."""
+    if choice != FLASH4_DIST:
+        return
+    flag = f"--attention {FLASH4_DIST}"
+    if parallel:
+        raise UsageError(f"{flag}: a generation split over GPUs (--num-gpus) runs its own distributed attention",
+                         hint="Drop --attention, or use --num-gpus 1.")
+    reason = unusable_reason(device, dtype, spec.network.head_dim)
+    if reason is not None:
+        raise UsageError(f"{flag}: it cannot run here: {reason}",
+                         hint="Use --attention auto (the default: flash-attn-4 where it can run, else SDPA); "
+                              "flash-attn-4 needs `pip install flash-attn-4` and a GPU of compute capability 9.x "
+                              "or 10.x.")
+
+
 class Predict1Pipeline:
     """Loaded once; ``generate`` runs one job and keeps the models where the plan put them.
 
@@ -172,11 +190,11 @@ class Predict1Pipeline:
 
     def __init__(self, spec: ModelSpec, plan: MemoryPlan, device: torch.device, network, tokenizer, text_encoder,
                  numerics: str = "fp32", upsampler=None, text_guardrail=None, video_guardrail=None, cp=None, *,
-                 fast: FastMode | None = None, compile: bool = False):
+                 fast: FastMode | None = None, compile: bool = False, attention: str = "auto"):
         self.spec, self.plan, self.device, self.numerics = spec, plan, device, numerics
         self.fast, self.compiled = fast or FastMode(), compile  # speed options (cosmos_cli.fastmode, .fast)
         self.denoise_stats: dict[str, int] = {}  # the last generation's network forwards (see denoise)
-        self.attention_choice, self.attention = "auto", "sdpa"  # the self-attention kernel (see attention_kernel)
+        self.attention_choice, self.attention = attention, "sdpa"  # the self-attention kernel (see attention_kernel)
         if network is not None and self.fast.fp8 is not None:
             to_fp8(network, self.fast.fp8)  # before placing: the host copies hold the e4m3 weights
         if network is not None and compile:
@@ -200,10 +218,12 @@ class Predict1Pipeline:
     @classmethod
     def load(cls, spec: ModelSpec, plan: MemoryPlan, *, checkpoint_dir: Path, device: str | torch.device,
              numerics: str = "fp32", network_dir: str | None = None, progress: Progress | None = None,
-             parallel=None, cp_scheme: str = "auto", fast: FastMode | None = None, compile: bool = False):
+             parallel=None, cp_scheme: str = "auto", fast: FastMode | None = None, compile: bool = False,
+             attention: str = "auto"):
         """Load the models ``plan`` includes. ``parallel`` (a DistContext, on every rank alike): choose the split
         (``cp_scheme``: auto, sequence or cfg) first; the ranks other than 0 load the network only. ``fast`` and
-        ``compile``: the speed options (:mod:`cosmos_cli.fastmode`, :mod:`.fast`)."""
+        ``compile``: the speed options (:mod:`cosmos_cli.fastmode`, :mod:`.fast`); ``attention``: the blocks'
+        self-attention kernel (``--attention``: auto, sdpa or flash-attn-4, checked here before anything loads)."""
         from .checkpoint import load_network
         from .text_encoder import T5TextEncoder
         from .tokenizer.loading import load_tokenizer
@@ -216,6 +236,7 @@ class Predict1Pipeline:
         check_optional_files(spec, paths, upsampler=plan.placement(UPSAMPLER) != "absent",
                              guardrail=plan.placement(GUARDRAIL) != "absent")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        check_attention(attention, spec, device, dtype, parallel is not None)
         cp = None
         if parallel is not None:
             cp = _context_parallel(spec, plan, parallel, cp_scheme)
@@ -229,7 +250,8 @@ class Predict1Pipeline:
                 network = load_network(paths.network, spec.network, device=where(NETWORK), dtype=dtype,
                                        rope_mode="compat" if numerics == "original" else "fp32",
                                        map_blocks=plan.placement(NETWORK) == "map")
-            return cls(spec, plan, device, network, None, None, numerics, cp=cp, fast=fast, compile=compile)
+            return cls(spec, plan, device, network, None, None, numerics, cp=cp, fast=fast, compile=compile,
+                       attention=attention)
 
         with progress.stage("loading the text encoder"):
             text_encoder = T5TextEncoder.load(paths.text_encoder, device=where(TEXT_ENCODER),
@@ -260,7 +282,8 @@ class Predict1Pipeline:
                 text_guardrail = TextGuardrail.load(folder, device=str(where(GUARDRAIL)), dtype=dtype)
                 video_guardrail = VideoGuardrail.load(folder, device=str(where(GUARDRAIL)))
         return cls(spec, plan, device, network, tokenizer, text_encoder, numerics, upsampler, text_guardrail,
-                   video_guardrail, cp=cp, fast=fast, compile=compile)
+                   video_guardrail, cp=cp, fast=fast, compile=compile,
+                       attention=attention)
 
     def close(self) -> None:
         for part in (self.network, self.tokenizer, self.text_encoder, self.upsampler, self.text_guardrail,
@@ -318,15 +341,21 @@ class Predict1Pipeline:
             emb = te.encode([prompt, negative_prompt])
         return emb.to(self.device, torch.bfloat16)
 
-    def attention_kernel(self, dtype: torch.dtype):
+    def attention_kernel(self, dtype: torch.dtype, progress: Progress | None = None):
         """The blocks' self-attention kernel (:mod:`.flash4`): flash-attn-4 where it is installed and runs on this
         GPU, for the plain forward in one process (the memory-lean forward and a token shard keep their own);
         None: PyTorch's SDPA. ``self.attention`` names the one the last generation used."""
         if self.cp is not None or lean_network(self.plan):
             kernel = None
+            if self.attention_choice == FLASH4_DIST and self.cp is None:
+                note = (f"--attention {FLASH4_DIST}: memory strategy {self.plan.strategy} runs the network's chunked "
+                        f"forward, which has its own attention (SDPA)")
+                self.notes.append(note)
+                if progress is not None:
+                    progress.warning(f"note: {note}")
         else:
             kernel = self_attention_kernel(self.device, dtype, self.spec.network.head_dim, self.attention_choice)
-        self.attention = "sdpa" if kernel is None else "flash-attn-4"
+        self.attention = "sdpa" if kernel is None else FLASH4_DIST
         return kernel
 
     def denoise(self, job: GenerationJob, condition_latent: torch.Tensor, num_condition_frames: int,
@@ -343,7 +372,7 @@ class Predict1Pipeline:
                                   "decide on its own tokens whether to skip", hint="Run the step cache on one GPU.")
         with self.network.active() as net:
             dtype = net.x_embedder.proj[1].weight.dtype
-            forward = network_forward(self.network, lean_network(self.plan), attention=self.attention_kernel(dtype))
+            forward = network_forward(self.network, lean_network(self.plan), attention=self.attention_kernel(dtype, progress))
             tables = net.prepare(T, H, W, float(job.fps), device=self.device, dtype=dtype)
             mask = torch.zeros(1, 1, T, H, W, dtype=dtype, device=self.device)
             mask[:, :, :num_condition_frames] = 1
@@ -413,6 +442,7 @@ class Predict1Pipeline:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.stage_reserved_bytes = {}
+        details: dict[str, str] = {}  # how it ran: the attention kernel the denoising used
 
         def share(fn, what: str):
             return fn() if cp is None else cp.ctx.share(fn, what)
@@ -448,10 +478,12 @@ class Predict1Pipeline:
                         peaks[f"denoise_gpu{r}"] = b
                 status, message = share(lambda: self.finish(job, latent, prompt, timed, video_path=video_path,
                                                             prompt_path=prompt_path), "decoding and writing")
+                details["attention"] = self.attention
         written = main and status == "ok"
         overall = max(peaks.values()) if cuda and peaks else None
         return GenerationResult(video_path if written else None, prompt_path if written else None, prompt, status,
-                                message, timings, overall, peaks, notes=tuple(self.notes))
+                                message, timings, overall, peaks, notes=tuple(self.notes),
+                                details=details)
 
     # The stages before and after denoising (under context parallelism rank 0 runs them alone, see generate).
     # ``timed(name, label)`` is the caller's context manager that times a stage.
