@@ -11,7 +11,9 @@ timings), achieved TFLOP/s, peak memory, and the relative difference of the outp
 
 Where flash-attn-4 can run (``plugins/predict1/flash4.py``) the step is also timed with it as the blocks'
 self-attention (``flash4``; with ``--compile``: ``compile`` and ``compile_flash4`` too), each against diffusers in
-the same run.
+the same run. The eager variants run before the blocks are compiled. (Before 2026-12-04 evening, ``flash4`` ran
+after ``compile_blocks`` under ``--compile``: its figure in ``network-7b-flash4-h200.json`` and
+``network-14b-compile-flash4-h200.json`` is the compiled step; see their ``erratum`` key.)
 """
 
 from __future__ import annotations
@@ -185,11 +187,14 @@ def run_model(label: str, p: DiTParams, args) -> dict:
     res["ours_step_batched_tflops"] = forward_flops(p, 2) / res["ours_step_batched_s"] / 1e12
     variants = {}  # the other ways of computing a step, each timed here: name -> output of one branch (B=1)
     kernel = self_attention_kernel(torch.device("cuda", 0), torch.bfloat16, p.head_dim)
-    runs = [("flash4", kernel)] if kernel is not None else []
+    runs = [("flash4", kernel, False)] if kernel is not None else []
     if args.compile:
-        compile_blocks(net)
-        runs += [("compile", None)] + ([("compile_flash4", kernel)] if kernel is not None else [])
-    for name, attention in runs:
+        runs += [("compile", None, True)] + ([("compile_flash4", kernel, True)] if kernel is not None else [])
+    blocks_compiled = False
+    for name, attention, compiled in runs:
+        if compiled and not blocks_compiled:  # after every eager variant (compiling the blocks cannot be undone)
+            compile_blocks(net)
+            blocks_compiled = True
         runner = PlainBlocks(attention)
         with torch.no_grad():
             res[f"ours_{name}_step_batched_s"] = timed(

@@ -1,0 +1,121 @@
+"""The pipeline's denoising step against the bare network step, same process, same random 7B weights (GPU).
+
+``bench_network.py`` times ``net(x, ...)`` on both guidance branches at once; the CLI runs the same network through
+``Predict1Pipeline.denoise`` (the sampler, ``branches.branch_model_fn``, ``torch.inference_mode``). This times, for
+each self-attention kernel (SDPA, and flash-attn-4 where it can run):
+
+* ``bare``: the network step as ``bench_network`` runs it, under ``torch.no_grad`` and under ``torch.inference_mode``;
+* ``pipeline``: ``denoise`` per step (2 steps after a 1-step warm-up), as the CLI runs it;
+
+and profiles one step of each with ``torch.profiler`` (the GPU kernels with the most time, and the GPU's busy
+time against the wall time), so that a gap between the two says where it is.
+
+    python benchmarks/bench_pipeline_step.py --out benchmarks/results/pipeline-step-7b-h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_network import LATENT, make_inputs, random_network, timed  # noqa: E402
+
+from cosmos_cli.jobs import GenerationJob  # noqa: E402
+from cosmos_cli.planner import plan_memory  # noqa: E402
+from cosmos_cli.progress import NullProgress  # noqa: E402
+from cosmos_plugins.predict1.flash4 import self_attention_kernel  # noqa: E402
+from cosmos_plugins.predict1.network import PlainBlocks  # noqa: E402
+from cosmos_plugins.predict1.pipeline import Predict1Pipeline  # noqa: E402
+from cosmos_plugins.predict1.specs import PREDICT1_7B  # noqa: E402
+
+
+def profile(fn, top: int = 12) -> dict:
+    """One call of ``fn`` under the profiler: wall seconds, GPU kernel seconds, the ``top`` kernels by GPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    torch.cuda.synchronize()
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    kernels = [e for e in p.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
+    return {"wall_s": round(wall, 3), "gpu_kernel_s": round(busy, 3),
+            "top": [{"kernel": e.key[:120], "s": round(e.self_device_time_total / 1e6, 4), "calls": e.count}
+                    for e in kernels[:top]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    spec, device = PREDICT1_7B, torch.device("cuda", 0)
+    p = spec.network
+    net = random_network(p, seed=0)
+    x, emb, mask, t = make_inputs(p, seed=1)
+    x2, t2 = torch.cat([x, x]), t.expand(2)
+    tables = net.prepare(*LATENT, 24.0)
+    flash4 = self_attention_kernel(device, torch.bfloat16, p.head_dim)
+    kernels = {"sdpa": None, **({"flash-attn-4": flash4} if flash4 is not None else {})}
+    report = {"benchmark": "pipeline denoising step vs bare network step, 7B random bf16 weights, default job",
+              "command": "python " + " ".join(sys.argv),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "results": {}}
+    plan = plan_memory(spec, torch.cuda.mem_get_info(device)[0], strategy="resident", upsampler=False,
+                       guardrail=False)
+    gen = torch.Generator("cuda").manual_seed(2)
+    latent = (torch.randn(1, p.in_channels, *LATENT, generator=gen, device=device) * 0.5).to(torch.bfloat16)
+    job = GenerationJob(visual_input=Path("<random>"), prompt="random", negative_prompt="", seed=1,
+                        num_input_frames=1, guidance=spec.guidance, num_steps=args.steps, fps=spec.fps)
+    for name, kernel in kernels.items():
+        runner = PlainBlocks(kernel)
+        res: dict = {}
+
+        def bare(runner=runner):
+            return net(x2, t2, emb, 24.0, mask, tables=tables, runner=runner)
+
+        with torch.no_grad():
+            res["bare_no_grad_s"] = round(timed(bare, 1, 2), 3)
+        with torch.inference_mode():
+            res["bare_inference_mode_s"] = round(timed(bare, 1, 2), 3)
+            res["bare_profile"] = profile(bare)
+        pipe = Predict1Pipeline(spec, plan, device, net, None, None, attention="sdpa" if kernel is None else "auto")
+        with torch.inference_mode():
+            pipe.denoise(dataclasses.replace(job, num_steps=1), latent, 1, emb, NullProgress())
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            pipe.denoise(job, latent, 1, emb, NullProgress())
+            torch.cuda.synchronize()
+            res["pipeline_s_per_step"] = round((time.perf_counter() - t0) / args.steps, 3)
+            res["pipeline_attention"] = pipe.attention
+            res["pipeline_profile_1_step"] = profile(
+                lambda pipe=pipe: pipe.denoise(dataclasses.replace(job, num_steps=1), latent, 1, emb, NullProgress()))
+        res["pipeline_over_bare"] = round(res["pipeline_s_per_step"] / res["bare_inference_mode_s"], 3)
+        report["results"][name] = res
+        print(name, json.dumps({k: v for k, v in res.items() if not k.endswith("profile") and "profile_" not in k}),
+              flush=True)
+        for what in ("bare_profile", "pipeline_profile_1_step"):
+            pr = res[what]
+            print(f"  {what}: wall {pr['wall_s']} s, GPU kernels {pr['gpu_kernel_s']} s", flush=True)
+            for row in pr["top"][:8]:
+                print(f"    {row['s']:8.4f} s {row['calls']:5d}x {row['kernel'][:90]}", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
