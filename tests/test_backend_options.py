@@ -62,6 +62,13 @@ def test_predict1_options_are_typed_and_checked():
     assert Predict1Backend.parse_options({"attention": "sdpa"}).key_params() == {"numerics": "fp32"}
 
 
+def test_flash_attn_4_is_refused_for_a_split_generation_before_joining():
+    """Before torchrun's rendezvous (start_parallel would otherwise join it): one line naming the flag."""
+    with pytest.raises(UsageError, match=r"^--attention flash-attn-4: a generation split over GPUs \(--num-gpus 2\) "
+                                         r"runs its own distributed attention$"):
+        Predict1Backend().start_parallel(PREDICT1_TINY, 2, device="cpu", options=Predict1Options(attention="flash-attn-4"))
+
+
 def test_predict1_choices_are_the_engines():
     """options.py imports no torch, so it writes the choices out; they must be the sampler's, the layout's and the
     attention kernels' (each one a name flash4.self_attention_kernel takes)."""

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from cosmos_cli.backend import Backend
+from cosmos_cli.errors import UsageError
 from cosmos_cli.hookspecs import hookimpl
 
 from .options import ATTENTION, Predict1Options
@@ -92,7 +93,11 @@ class Predict1Backend(Backend):
         (before joining, so no process waits for the others to fail alike), then join torchrun's run."""
         from . import parallel as P
 
-        scheme = (options or Predict1Options()).cp_scheme
+        options = options or Predict1Options()
+        scheme = options.cp_scheme
+        if num_gpus > 1 and options.attention == ATTENTION[2]:  # (checked again at load, for one process too)
+            raise UsageError(f"--attention {ATTENTION[2]}: a generation split over GPUs (--num-gpus {num_gpus}) runs "
+                             f"its own distributed attention", hint="Drop --attention, or use --num-gpus 1.")
         if num_gpus > 1:  # the same checks as the layout choice after the memory plan (they do not depend on it)
             P.choose_layout(num_gpus, spec.network, P.latent_shape_of(spec),
                             scheme=os.environ.get(P.SCHEME_ENV, "auto") if scheme == "auto" else scheme,
