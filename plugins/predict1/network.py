@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -236,23 +236,31 @@ class FeedForward(nn.Module):
         return self.layer2(F.gelu(self.layer1(x)))  # exact (erf) GELU
 
 
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """AdaLN's modulation of a sub-block's input: LN(x) * (1 + scale) + shift (layer norm without affine, eps 1e-6)."""
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
+
+
 def adaln_lora(dim: int, lora_dim: int, chunks: int) -> nn.Sequential:
     return nn.Sequential(nn.SiLU(), nn.Linear(dim, lora_dim, bias=False), nn.Linear(lora_dim, chunks * dim, bias=False))
 
 
 class AdaLNSubBlock(nn.Module):
-    """x + gate * f(LN(x) * (1 + scale) + shift), with (shift, scale, gate) from AdaLN-LoRA."""
+    """x + gate * f(LN(x) * (1 + scale) + shift), with (shift, scale, gate) from AdaLN-LoRA.
+
+    ``modulate`` computes f's input (:func:`modulate`); ``fast.to_fp8`` replaces it by one that hands f's FP8
+    linears the same values already quantized (``fast.Fp8Modulate``)."""
 
     def __init__(self, block: nn.Module, dim: int, lora_dim: int):
         super().__init__()
         self.block = block
         self.adaLN_modulation = adaln_lora(dim, lora_dim, 3)
+        self.modulate: Callable[[Tensor, Tensor, Tensor], Any] = modulate
 
     def forward(self, x: Tensor, emb: Tensor, adaln_lora_3d: Tensor, *args) -> Tensor:
         mod = self.adaLN_modulation(emb) + adaln_lora_3d  # (B, 3D)
         shift, scale, gate = mod.unsqueeze(1).chunk(3, dim=-1)  # 3 x (B, 1, D)
-        h = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
-        return x + gate * self.block(h, *args)
+        return x + gate * self.block(self.modulate(x, shift, scale), *args)
 
 
 class TransformerBlock(nn.Module):

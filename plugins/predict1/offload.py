@@ -40,7 +40,6 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosmos_torch.placement import (
@@ -94,10 +93,6 @@ def _spans(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
 
 
-def _modulated(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
-
-
 def _lean_self_attention(sub: nn.Module, x: Tensor, emb: Tensor, adaln_lora_3d: Tensor,
                          rope: tuple[Tensor, Tensor], chunk: int) -> None:
     """``x = sub(x, emb, adaln_lora_3d, None, rope)`` in place, holding keys and values and one chunk of the rest."""
@@ -111,13 +106,13 @@ def _lean_self_attention(sub: nn.Module, x: Tensor, emb: Tensor, adaln_lora_3d: 
     v = x.new_empty(B, heads, S, D // heads)
     spans = _spans(S, chunk)
     for a, b in spans:  # keys and values of every token
-        h = _modulated(x[:, a:b], shift, scale)  # (B, c, D)
+        h = _network.modulate(x[:, a:b], shift, scale)  # (B, c, D)
         kc = attn.to_k[1](attn.to_k[0](h).unflatten(-1, (heads, -1)))  # (B, c, H, hd)
         k[:, :, a:b] = _network.apply_rope(kc, cos[a:b], sin[a:b]).transpose(1, 2)
         v[:, :, a:b] = attn.to_v[0](h).unflatten(-1, (heads, -1)).transpose(1, 2)
         del h, kc
     for a, b in spans:  # queries chunk by chunk; each chunk reads only its own rows of x before updating them
-        h = _modulated(x[:, a:b], shift, scale)
+        h = _network.modulate(x[:, a:b], shift, scale)
         q = attn.to_q[1](attn.to_q[0](h).unflatten(-1, (heads, -1)))  # (B, c, H, hd)
         q = _network.apply_rope(q, cos[a:b], sin[a:b]).transpose(1, 2)  # (B, H, c, hd)
         out = _network.attention(q, k, v).transpose(1, 2).reshape(B, b - a, D)  # (B, c, D)
