@@ -336,7 +336,7 @@ def test_fp8_sub_blocks_hand_their_linears_the_input_quantized_once(monkeypatch)
 def test_fp8_modulation_in_scaled_mm_mode_feeds_scaled_mm(monkeypatch):
     """The scaled_mm wiring on the CPU (where this torch has a CPU ``_scaled_mm``), with the compiled functions
     replaced by the eager ones they compile (no C++ toolchain needed): the same products as each linear quantizing
-    its own input, bit for bit. The compiled kernels themselves are the GPU test below."""
+    its own input, bit for bit. The compiled kernels themselves are a GPU test in test_fp8_fused.py."""
     try:
         q = torch.ones(16, 16).to(F.FP8)
         torch._scaled_mm(q, q.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.float32)
@@ -345,16 +345,13 @@ def test_fp8_modulation_in_scaled_mm_mode_feeds_scaled_mm(monkeypatch):
     monkeypatch.setattr(F, "_modulate_quantized_compiled", lambda: F.modulate_quantized)
     monkeypatch.setattr(F, "fp8_linear_fused", F.fp8_linear_eager)
     monkeypatch.setattr(F, "_fp8_matmul_compiled", lambda: F.fp8_matmul_scaled_mm)
-    net, simulated = _network(), _network()
+    net = _network()
     F.to_fp8(net, "scaled_mm")
-    F.to_fp8(simulated, "simulate")
     plain = _plain_modulation(copy.deepcopy(net))
     args = _forward_inputs()
     with torch.inference_mode():
         out, ref = net(*args[:3], 24.0, args[3]), plain(*args[:3], 24.0, args[3])
-        sim = simulated(*args[:3], 24.0, args[3])
-    assert torch.equal(out, ref)
-    assert ((out - sim).norm() / sim.norm()).item() < 1e-5  # the same e4m3 products, accumulated by other kernels
+    assert torch.equal(out, ref)  # the same e4m3 values into the same _scaled_mm calls
 
 
 def test_fp8_modulation_is_the_plain_one_inside_a_compiled_block():
@@ -375,30 +372,6 @@ def test_fp8_modulation_is_the_plain_one_inside_a_compiled_block():
         torch._dynamo.reset()
         compiled = torch.compile(block.forward, backend="eager", fullgraph=True)(*args)
     assert torch.equal(compiled, eager)
-
-
-@pytest.mark.gpu
-def test_fp8_network_with_the_compiled_modulation_on_the_gpu():
-    """The compiled modulation + quantization (Fp8Modulate, scaled_mm) in a bf16 network on FP8 tensor cores, against
-    the same network whose linears quantize their own input and the bf16 network. The compiled kernel keeps the
-    modulated input in fp32 up to its e4m3 cast (no bf16 rounding of it, as inside --compile's block graph), so an
-    element whose bf16 rounding crossed an e4m3 rounding boundary lands one step away: the two FP8 networks differ
-    by about half their error against bf16 (2-4% vs 3-7% on six seeds of the CPU analogue: fp32 vs bf16 input to
-    the simulated quantization), and neither is the less accurate one (ratio of errors 0.97-1.03 there)."""
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("needs a GPU with FP8 tensor cores")
-    net, ref = _network().to("cuda", torch.bfloat16), _network().to("cuda", torch.bfloat16)
-    F.to_fp8(net, "scaled_mm")
-    plain = _plain_modulation(copy.deepcopy(net))
-    args = _forward_inputs("cuda", torch.bfloat16)
-    with torch.inference_mode():
-        out, base, exact = (m(*args[:3], 24.0, args[3]).float() for m in (net, plain, ref))
-
-    def err(a):
-        return ((a - exact).norm() / exact.norm()).item()
-
-    assert err(out) < 0.1 and err(base) < 0.1
-    assert err(out) < 1.25 * err(base)
 
 
 @pytest.mark.gpu

@@ -124,3 +124,36 @@ def test_fused_scaled_mm_matches_the_simulation_on_the_gpu():
         assert ((y.float() - y_sim.float()).norm() / y_sim.float().norm()).item() < 2 * BF16_ULP
     ref = x.float() @ w.float().t()
     assert ((real(x).float() - ref).norm() / ref.norm()).item() < 0.06  # e4m3 of both operands: ~2.5% each
+
+
+@pytest.mark.gpu
+def test_compiled_modulation_quantizes_and_multiplies_within_the_bounds_on_the_gpu():
+    """``Fp8Modulate``'s compiled kernel (layer norm, scale, shift, row amax and e4m3 cast in one) and the product of
+    the ``QuantizedRows`` it hands over, on FP8 tensor cores.
+
+    The kernel keeps the modulated activation h in fp32 up to the cast (no bf16 rounding in between, as inside
+    ``--compile``'s block graph). Against h computed in float64 from the same bf16 inputs, each dequantized value is
+    within one e4m3 step (half a step of rounding, and the fp32 evaluation can move a value across a rounding
+    boundary) plus h's own fp32 error: the layer norm's mean and variance are sums of K terms, at most about
+    2 K 2^-24 relative (the standard gamma_K bound, once for each) of |h|, and a few more u for the scale and shift.
+    The product of those e4m3 values is then within the product bound of the same values multiplied in fp32."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs a GPU with FP8 tensor cores")
+    from cosmos_plugins.predict1.network import modulate
+
+    g = torch.Generator("cuda").manual_seed(4)
+    k, n = 512, 384
+    x = (torch.randn(2, 300, k, generator=g, device="cuda") * 3 + 1).to(torch.bfloat16)
+    shift, scale = (torch.randn(2, 1, k, generator=g, device="cuda").to(torch.bfloat16) for _ in range(2))
+    rows = F.Fp8Modulate("scaled_mm")(x, shift, scale)
+    assert isinstance(rows, F.QuantizedRows) and rows.values.dtype == F.FP8 and rows.values.shape == (600, k)
+    h64 = modulate(x.double(), shift.double(), scale.double()).reshape(-1, k)
+    slack = (2 * k + 8) * FP32_U * h64.abs().amax(-1, keepdim=True)
+    back = F.dequantize(rows.values, rows.scale).double()
+    assert ((back - h64).abs() <= _one_step(rows.values, rows.scale).double() + slack).all()
+    lin = F.Fp8Linear((torch.randn(n, k, generator=g, device="cuda") / k**0.5).to(torch.bfloat16), "scaled_mm")
+    y = lin(rows)
+    assert y.shape == (2, 300, n) and y.dtype == torch.bfloat16
+    y_ref = F.fp8_matmul_reference(rows.values, rows.scale, lin.qweight, lin.weight_scale, torch.bfloat16)
+    bound = _product_bound(rows.values, rows.scale, lin.qweight, lin.weight_scale, y_ref)
+    assert ((y.reshape(-1, n).float() - y_ref.float()).abs() <= bound).all()
