@@ -163,19 +163,16 @@ def _context_parallel(spec: ModelSpec, plan: MemoryPlan, ctx, scheme: str):
                                   scheme=None if scheme == "auto" else scheme)
 
 
-def check_attention(choice: str, spec: ModelSpec, device: torch.device, dtype: torch.dtype, parallel: bool) -> None:
-    """Refuse ``--attention flash-attn-4`` where it cannot run (before anything loads). Under a memory-lean plan the
-    network's chunked forward keeps its own attention and a note says so (not refused: ``--offload auto`` may retry
-    a batch line under such a plan after running out of memory)."""
+def check_attention(choice: str, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse ``--attention flash-attn-4`` where it cannot run (before anything loads; with ``--num-gpus`` the
+    backend's ``start_parallel`` refused it already). Under a memory-lean plan the network's chunked forward keeps
+    its own attention and a note says so (not refused: ``--offload auto`` may retry a batch line under such a plan
+    after running out of memory)."""
     if choice != FLASH4_DIST:
         return
-    flag = f"--attention {FLASH4_DIST}"
-    if parallel:
-        raise UsageError(f"{flag}: a generation split over GPUs (--num-gpus) runs its own distributed attention",
-                         hint="Drop --attention, or use --num-gpus 1.")
     reason = unusable_reason(device, dtype, spec.network.head_dim)
     if reason is not None:
-        raise UsageError(f"{flag}: it cannot run here: {reason}",
+        raise UsageError(f"--attention {FLASH4_DIST}: it cannot run here: {reason}",
                          hint="Use --attention auto (the default: flash-attn-4 where it can run, else SDPA); "
                               "flash-attn-4 needs `pip install flash-attn-4` and a GPU of compute capability 9.x "
                               "or 10.x.")
@@ -236,7 +233,7 @@ class Predict1Pipeline:
         check_optional_files(spec, paths, upsampler=plan.placement(UPSAMPLER) != "absent",
                              guardrail=plan.placement(GUARDRAIL) != "absent")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        check_attention(attention, spec, device, dtype, parallel is not None)
+        check_attention(attention, spec, device, dtype)
         cp = None
         if parallel is not None:
             cp = _context_parallel(spec, plan, parallel, cp_scheme)
