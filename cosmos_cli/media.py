@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CRF",
+    "DEFAULT_PRESET",
     "MediaInfo",
     "frames_to_tensor",
     "probe",
@@ -64,11 +65,13 @@ __all__ = [
 # The original saved with imageio quality 5, which imageio-ffmpeg maps to libx264 -crf 25 at x264's default speed
 # preset, medium: 4.2-5.3 s per 121-frame 704x1280 video on an H200 machine's 16 cores (benchmarks/results/
 # e2e-h200.md). We write with the veryfast preset at crf 24 instead, which keeps the quality: on a moving real clip
-# (shared/media/video2world_input1.mp4 scaled to 1280x704, shifted 3-5 px a frame, 121 frames, 2 CPU cores)
-# medium/crf 25 took 4.60 s for 1.42 MB at PSNR 36.12 dB to the source frames, veryfast/crf 24 1.76 s for 1.65 MB
-# at 35.91 dB (veryfast/crf 25: 2.03 s, 1.40 MB, 35.35 dB). Pass a lower crf for fewer artefacts at a larger size.
+# (benchmarks/bench_mp4.py, results/mp4-presets-cpu.json: 121 frames at 704x1280, 2 CPU cores) medium/crf 25 took
+# 3.83 s for 1.85 MB at PSNR 34.96 dB to the frames written, veryfast/crf 24 1.58 s for 2.33 MB at 34.80 dB
+# (veryfast/crf 25: 1.67 s, 1.99 MB, 34.20 dB). Pass a lower crf for fewer artefacts at a larger size.
 DEFAULT_CRF = 24
 DEFAULT_PRESET = "veryfast"
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
 
 _READABLE_HINT = "Pass an image (jpg, png, webp, bmp, tiff) or a video (mp4, mov, avi, webm, mkv)."
 # ffmpeg demuxers that read single still images, or text as pictures: a file only they accept is not a
@@ -513,6 +516,7 @@ def write_video(
     frames: np.ndarray | Iterable[np.ndarray],
     fps: float,
     crf: int = DEFAULT_CRF,
+    preset: str = DEFAULT_PRESET,
 ) -> Path:
     """Write uint8 RGB frames as an H.264 / yuv420p MP4 with ``+faststart`` (plays in browsers).
 
@@ -524,7 +528,8 @@ def write_video(
 
     yuv420p needs an even width and height: an odd size is padded by one pixel, repeating the last row or
     column, so nothing is lost or resampled (the file is then one pixel larger than the frames).
-    ``crf`` is libx264's constant rate factor (lower is better and larger; see :data:`DEFAULT_CRF`).
+    ``crf`` is libx264's constant rate factor (lower is better and larger; see :data:`DEFAULT_CRF`), ``preset``
+    its speed preset (:data:`DEFAULT_PRESET`).
     Always MP4, whatever the extension of ``path``. Returns ``path``.
     """
     import imageio_ffmpeg
@@ -533,6 +538,8 @@ def write_video(
         raise ValueError(f"fps must be positive, got {fps}")
     if not 0 <= crf <= 51:
         raise ValueError(f"crf must be between 0 and 51, got {crf}")
+    if preset not in X264_PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}, got {preset!r}")
     target = Path(path)
     iterator = iter(frames)
     first = next(iterator, None)
@@ -553,7 +560,7 @@ def write_video(
             quality=None,
             macro_block_size=1,
             ffmpeg_log_level="error",
-            output_params=["-preset", DEFAULT_PRESET, "-crf", str(crf), "-movflags", "+faststart", "-f", "mp4"],
+            output_params=["-preset", preset, "-crf", str(crf), "-movflags", "+faststart", "-f", "mp4"],
         )
         count = 0
         try:

@@ -686,7 +686,11 @@ def test_write_video_rejects_bad_arguments(tmp_path):
         media.write_video(tmp_path / "a.mp4", solid_frames(2), fps=0)
     with pytest.raises(ValueError):
         media.write_video(tmp_path / "a.mp4", solid_frames(0), fps=24)
+    with pytest.raises(ValueError, match="^preset must be one of ultrafast, "):
+        media.write_video(tmp_path / "a.mp4", solid_frames(2), fps=24, preset="nosuch")
     assert os.listdir(tmp_path) == []
+    media.write_video(tmp_path / "b.mp4", solid_frames(2), fps=24, preset="ultrafast")  # another preset: a video
+    assert media.probe(tmp_path / "b.mp4").num_frames == 2
 
 
 def test_write_text_utf8_atomic(tmp_path):
