@@ -15,7 +15,8 @@ from cosmos_cli.errors import UsageError
 
 NUMERICS = ("fp32", "original")  # fp32: as the model was trained (default); original: the original script's bf16
 CP_SCHEMES = ("auto", "sequence", "cfg")  # how --num-gpus N splits a generation (see .parallel)
-ATTENTION = ("auto", "sdpa", "flash-attn-4")  # the blocks' self-attention kernel (see .flash4)
+FLASH4 = "flash-attn-4"  # the --attention value and the package's name (flash4.FLASH4_DIST)
+ATTENTION = ("auto", "sdpa", FLASH4)  # the blocks' self-attention kernel (see .flash4)
 
 
 @dataclass(frozen=True)

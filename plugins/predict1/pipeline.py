@@ -279,8 +279,7 @@ class Predict1Pipeline:
                 text_guardrail = TextGuardrail.load(folder, device=str(where(GUARDRAIL)), dtype=dtype)
                 video_guardrail = VideoGuardrail.load(folder, device=str(where(GUARDRAIL)))
         return cls(spec, plan, device, network, tokenizer, text_encoder, numerics, upsampler, text_guardrail,
-                   video_guardrail, cp=cp, fast=fast, compile=compile,
-                       attention=attention)
+                   video_guardrail, cp=cp, fast=fast, compile=compile, attention=attention)
 
     def close(self) -> None:
         for part in (self.network, self.tokenizer, self.text_encoder, self.upsampler, self.text_guardrail,
