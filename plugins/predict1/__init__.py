@@ -13,7 +13,7 @@ from cosmos_cli.backend import Backend
 from cosmos_cli.errors import UsageError
 from cosmos_cli.hookspecs import hookimpl
 
-from .options import ATTENTION, Predict1Options
+from .options import FLASH4, Predict1Options
 from .specs import BACKEND_ID, PREDICT1_DEMO, SPECS
 
 __version__ = "0.1.0"
@@ -46,7 +46,7 @@ class Predict1Backend(Backend):
         GPU has its kernels is known at the first generation, whose ``--json`` details name the kernel used)."""
         from importlib import metadata
 
-        dist = ATTENTION[2]
+        dist = FLASH4
         try:
             found = f"{dist} {metadata.version(dist)} installed (used on GPUs of compute capability 9.x and 10.x)"
         except metadata.PackageNotFoundError:
@@ -95,8 +95,8 @@ class Predict1Backend(Backend):
 
         options = options or Predict1Options()
         scheme = options.cp_scheme
-        if num_gpus > 1 and options.attention == ATTENTION[2]:  # (checked again at load, for one process too)
-            raise UsageError(f"--attention {ATTENTION[2]}: a generation split over GPUs (--num-gpus {num_gpus}) runs "
+        if num_gpus > 1 and options.attention == FLASH4:  # before the rendezvous (the load checks the device)
+            raise UsageError(f"--attention {FLASH4}: a generation split over GPUs (--num-gpus {num_gpus}) runs "
                              f"its own distributed attention", hint="Drop --attention, or use --num-gpus 1.")
         if num_gpus > 1:  # the same checks as the layout choice after the memory plan (they do not depend on it)
             P.choose_layout(num_gpus, spec.network, P.latent_shape_of(spec),
