@@ -196,6 +196,7 @@ def run_full_size(args) -> dict:
     from bench_network import LATENT, make_inputs, random_network
 
     from cosmos_cli.planner import plan_memory
+    from cosmos_plugins.predict1.network import AdaLNSubBlock, modulate
     from cosmos_plugins.predict1.pipeline import Predict1Pipeline
     from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B
 
@@ -213,11 +214,20 @@ def run_full_size(args) -> dict:
     free, _ = torch.cuda.mem_get_info(device)
     plan = plan_memory(spec, free, strategy="resident", upsampler=False, guardrail=False)
     results, exact_steps, exact_latent = {}, None, None
-    runs = [(s, mode == "compile") for mode in args.modes for s in settings]
-    for s, compiled in runs:
+    runs = [(s, mode == "compile", False) for mode in args.modes for s in settings]
+    if args.unfused_modulation:  # the same FP8 settings with each sub-block's plain modulation, eager only
+        at = next((i for i, r in enumerate(runs) if r[1]), len(runs))
+        runs[at:at] = [(s, False, True) for s in settings if "fp8" in s and "eager" in args.modes]
+    for s, compiled, unfused in runs:
         key, exact_key = (f"{s} --compile", "exact --compile") if compiled else (s, "exact")
+        if unfused:
+            key += " (modulation unfused)"
         net = random_network(p, seed=0, device=args.device)
         pipe = Predict1Pipeline(spec, plan, device, net, None, None, fast=fast_of(s), compile=compiled)
+        if unfused:  # undo fast.to_fp8's Fp8Modulate: each FP8 linear quantizes the modulated bf16 input itself
+            for sub in pipe.network.obj.modules():
+                if isinstance(sub, AdaLNSubBlock):
+                    sub.modulate = modulate
         t_warm = time.perf_counter()
         with torch.inference_mode():  # warm-up (kernels, allocator, compilation), not timed
             pipe.denoise(dataclasses.replace(job, num_steps=1), latent, 1, emb, NullProgress())
@@ -292,6 +302,9 @@ def main() -> None:
     ap.add_argument("--model", default="7B", choices=["7B", "14B"], help="--full-size: which network")
     ap.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile"],
                     help="--full-size: run the settings without and/or with --compile (exact first in each)")
+    ap.add_argument("--unfused-modulation", action="store_true",
+                    help="--full-size: also run each eager FP8 setting without fast.Fp8Modulate (the same run's "
+                         "measure of what the fused modulation + quantization saves)")
     ap.add_argument("--partial-out", type=Path, default=None,
                     help="--full-size: rewrite this JSON after each setting (results so far)")
     ap.add_argument("--out", type=Path, default=None,

@@ -11,6 +11,11 @@ and profiles one step of each with ``torch.profiler`` (the GPU kernels with the 
 time against the wall time), so that a gap between the two says where it is.
 
     python benchmarks/bench_pipeline_step.py --out benchmarks/results/pipeline-step-7b-h200.json
+    python benchmarks/bench_pipeline_step.py --compile --out benchmarks/results/pipeline-step-7b-compile-h200.json
+
+``--compile`` runs only the pipeline, its blocks compiled, with the kernel the CLI picks (flash-attn-4 where it
+runs), and profiles 30 kernels; each profile also sums the GPU
+time by kernel family (attention, matrix products, inductor's Triton kernels, other).
 """
 
 from __future__ import annotations
@@ -38,6 +43,18 @@ from cosmos_plugins.predict1.pipeline import Predict1Pipeline  # noqa: E402
 from cosmos_plugins.predict1.specs import PREDICT1_7B  # noqa: E402
 
 
+def kernel_kind(name: str) -> str:
+    """A GPU kernel's family from its name: attention, matrix product, inductor-generated (triton), or other."""
+    n = name.lower()
+    if "flash" in n or "fmha" in n or "cudnn" in n or "attention" in n:
+        return "attention"
+    if "nvjet" in n or "gemm" in n or "xmma" in n or "cutlass" in n or "scaled_mm" in n:
+        return "matmul"
+    if n.startswith("triton_"):
+        return "triton (inductor)"
+    return "other (eager elementwise, copies)"
+
+
 def profile(fn, top: int = 12) -> dict:
     """One call of ``fn`` under the profiler: wall seconds, GPU kernel seconds, the ``top`` kernels by GPU time."""
     from torch.profiler import ProfilerActivity
@@ -52,7 +69,11 @@ def profile(fn, top: int = 12) -> dict:
     kernels = [e for e in p.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
     busy = sum(e.self_device_time_total for e in kernels) / 1e6
+    by_kind: dict[str, float] = {}
+    for e in kernels:
+        by_kind[kernel_kind(e.key)] = by_kind.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / 1e6
     return {"wall_s": round(wall, 3), "gpu_kernel_s": round(busy, 3),
+            "by_kind_s": {k: round(v, 3) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
             "top": [{"kernel": e.key[:120], "s": round(e.self_device_time_total / 1e6, 4), "calls": e.count}
                     for e in kernels[:top]]}
 
@@ -60,6 +81,8 @@ def profile(fn, top: int = 12) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--compile", action="store_true",
+                    help="only the pipeline, with its blocks compiled (--compile), profiled over more kernels")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     spec, device = PREDICT1_7B, torch.device("cuda", 0)
@@ -80,6 +103,20 @@ def main() -> None:
     latent = (torch.randn(1, p.in_channels, *LATENT, generator=gen, device=device) * 0.5).to(torch.bfloat16)
     job = GenerationJob(visual_input=Path("<random>"), prompt="random", negative_prompt="", seed=1,
                         num_input_frames=1, guidance=spec.guidance, num_steps=args.steps, fps=spec.fps)
+    if args.compile:  # the pipeline compiles the blocks in place: the bare (eager) step is not run here
+        report["benchmark"] += ", blocks compiled (--compile)"
+        for name, kernel in list(kernels.items())[-1:]:  # flash-attn-4 where it runs (the CLI's choice), else SDPA
+            net = random_network(p, seed=0)
+            pipe = Predict1Pipeline(spec, plan, device, net, None, None, compile=True,
+                                    attention="sdpa" if kernel is None else "auto")
+            res = run_pipeline(pipe, job, latent, emb, args.steps, top=30)
+            res["pipeline_attention"] = pipe.attention  # set by the generation (denoise), not before it
+            report["results"][f"{name} --compile"] = res
+            show(f"{name} --compile", res)
+            del pipe, net
+            torch.cuda.empty_cache()
+        write(report, args.out)
+        return
     for name, kernel in kernels.items():
         runner = PlainBlocks(kernel)
         res: dict = {}
@@ -93,28 +130,45 @@ def main() -> None:
             res["bare_inference_mode_s"] = round(timed(bare, 1, 2), 3)
             res["bare_profile"] = profile(bare)
         pipe = Predict1Pipeline(spec, plan, device, net, None, None, attention="sdpa" if kernel is None else "auto")
-        with torch.inference_mode():
-            pipe.denoise(dataclasses.replace(job, num_steps=1), latent, 1, emb, NullProgress())
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            pipe.denoise(job, latent, 1, emb, NullProgress())
-            torch.cuda.synchronize()
-            res["pipeline_s_per_step"] = round((time.perf_counter() - t0) / args.steps, 3)
-            res["pipeline_attention"] = pipe.attention
-            res["pipeline_profile_1_step"] = profile(
-                lambda pipe=pipe: pipe.denoise(dataclasses.replace(job, num_steps=1), latent, 1, emb, NullProgress()))
+        res.update(run_pipeline(pipe, job, latent, emb, args.steps))
+        res["pipeline_attention"] = pipe.attention
         res["pipeline_over_bare"] = round(res["pipeline_s_per_step"] / res["bare_inference_mode_s"], 3)
         report["results"][name] = res
-        print(name, json.dumps({k: v for k, v in res.items() if not k.endswith("profile") and "profile_" not in k}),
+        show(name, res)
+    write(report, args.out)
+
+
+def run_pipeline(pipe, job, latent, emb, steps: int, top: int = 12) -> dict:
+    """``denoise`` per step (after a 1-step warm-up: kernels, compilation) and a profile of one more step."""
+    one = dataclasses.replace(job, num_steps=1)
+    with torch.inference_mode():
+        pipe.denoise(one, latent, 1, emb, NullProgress())
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        pipe.denoise(job, latent, 1, emb, NullProgress())
+        torch.cuda.synchronize()
+        per_step = round((time.perf_counter() - t0) / steps, 3)
+        prof = profile(lambda: pipe.denoise(one, latent, 1, emb, NullProgress()), top)
+    return {"pipeline_s_per_step": per_step, "pipeline_profile_1_step": prof}
+
+
+def show(name: str, res: dict) -> None:
+    print(name, json.dumps({k: v for k, v in res.items() if not k.endswith("profile") and "profile_" not in k}),
+          flush=True)
+    for what in ("bare_profile", "pipeline_profile_1_step"):
+        if what not in res:
+            continue
+        pr = res[what]
+        print(f"  {what}: wall {pr['wall_s']} s, GPU kernels {pr['gpu_kernel_s']} s, by kind {pr['by_kind_s']}",
               flush=True)
-        for what in ("bare_profile", "pipeline_profile_1_step"):
-            pr = res[what]
-            print(f"  {what}: wall {pr['wall_s']} s, GPU kernels {pr['gpu_kernel_s']} s", flush=True)
-            for row in pr["top"][:8]:
-                print(f"    {row['s']:8.4f} s {row['calls']:5d}x {row['kernel'][:90]}", flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        for row in pr["top"][:8]:
+            print(f"    {row['s']:8.4f} s {row['calls']:5d}x {row['kernel'][:90]}", flush=True)
+
+
+def write(report: dict, out: Path | None) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
