@@ -214,17 +214,19 @@ def run_full_size(args) -> dict:
     free, _ = torch.cuda.mem_get_info(device)
     plan = plan_memory(spec, free, strategy="resident", upsampler=False, guardrail=False)
     results, exact_steps, exact_latent = {}, None, None
-    runs = [(s, mode == "compile", False) for mode in args.modes for s in settings]
-    if args.unfused_modulation:  # the same FP8 settings with each sub-block's plain modulation, eager only
-        at = next((i for i, r in enumerate(runs) if r[1]), len(runs))
-        runs[at:at] = [(s, False, True) for s in settings if "fp8" in s and "eager" in args.modes]
+    runs = []  # (setting, compiled, modulation unfused): the unfused one right after its setting
+    for mode in args.modes:
+        for s in settings:
+            runs.append((s, mode == "compile", False))
+            if args.unfused_modulation and "fp8" in s:
+                runs.append((s, mode == "compile", True))
     for s, compiled, unfused in runs:
         key, exact_key = (f"{s} --compile", "exact --compile") if compiled else (s, "exact")
         if unfused:
             key += " (modulation unfused)"
         net = random_network(p, seed=0, device=args.device)
         pipe = Predict1Pipeline(spec, plan, device, net, None, None, fast=fast_of(s), compile=compiled)
-        if unfused:  # undo fast.to_fp8's Fp8Modulate: each FP8 linear quantizes the modulated bf16 input itself
+        if unfused:  # undo fast.to_fp8's Fp8Modulate: each FP8 linear quantizes the modulated input itself
             for sub in pipe.network.obj.modules():
                 if isinstance(sub, AdaLNSubBlock):
                     sub.modulate = modulate
@@ -303,8 +305,8 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile"],
                     help="--full-size: run the settings without and/or with --compile (exact first in each)")
     ap.add_argument("--unfused-modulation", action="store_true",
-                    help="--full-size: also run each eager FP8 setting without fast.Fp8Modulate (the same run's "
-                         "measure of what the fused modulation + quantization saves)")
+                    help="--full-size: also run each FP8 setting without fast.Fp8Modulate, each linear quantizing "
+                         "the plain modulation itself (the same run's measure of what quantizing once saves)")
     ap.add_argument("--partial-out", type=Path, default=None,
                     help="--full-size: rewrite this JSON after each setting (results so far)")
     ap.add_argument("--out", type=Path, default=None,
