@@ -354,10 +354,9 @@ def test_fp8_modulation_in_scaled_mm_mode_feeds_scaled_mm(monkeypatch):
     assert torch.equal(out, ref)  # the same e4m3 values into the same _scaled_mm calls
 
 
-def test_fp8_modulation_inside_a_compiled_block_is_the_eager_one():
-    """Under --compile the block's graph quantizes each sub-block's modulated input once too (the same function as
-    in eager, traced: the same output bit for bit); traced with fullgraph (no graph break: QuantizedRows is made
-    inside the graph) and backend "eager" (no C++ toolchain)."""
+def test_fp8_modulation_is_the_plain_one_inside_a_compiled_block():
+    """Under --compile the block's graph has the plain modulation (inductor fuses it with each linear's
+    quantization); traced with fullgraph (no graph break) and backend "eager" (no C++ toolchain)."""
     net = _network()
     F.to_fp8(net, "simulate")
     block = net.blocks["block0"]

@@ -20,9 +20,9 @@
   (:func:`fp8_linear_fused`: amax per row -> scale -> e4m3 cast in one fused kernel, then ``_scaled_mm``), so the
   activations go from bf16 to e4m3 with no fp32 copies; done in eager ops (:func:`fp8_linear_eager`) the
   quantization makes ~5 passes in fp32 and costs more than FP8 saves. Inside a compiled block (``--compile``) the
-  same operations are traced into the block's graph, where they can fuse with the op before them. Each AdaLN
-  sub-block quantizes its modulated input once, with the modulation (:class:`Fp8Modulate`: one compiled kernel,
-  or traced into the compiled block), and hands it to its linears as :class:`QuantizedRows`.
+  same operations are traced into the block's graph, where they can fuse with the op before them. Outside
+  ``--compile``, each AdaLN sub-block quantizes its modulated input once, in one compiled kernel with the
+  modulation (:class:`Fp8Modulate`), and hands it to its linears as :class:`QuantizedRows`.
 """
 
 from __future__ import annotations
@@ -256,16 +256,14 @@ class Fp8Modulate:
     four eager passes over the activation and one fused quantization per linear. In ``simulate`` mode the e4m3
     values are those each linear took before (the products are bit-identical); the compiled kernel keeps the
     modulated activation in fp32 up to the e4m3 cast instead of rounding it to bf16 first, as inductor does inside
-    a compiled block. Inside a compiled block (``--compile``) the same function is traced into the block's graph:
-    one quantization there too, fused with the modulation, instead of one per linear."""
+    a compiled block, where this is the plain modulation (``--compile`` fuses it with each linear's quantization)."""
 
     def __init__(self, mode: str):
         self.mode = mode
 
     def __call__(self, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor | QuantizedRows:
         if torch.compiler.is_compiling():
-            values, row_scale = modulate_quantized(x, shift, scale)
-            return QuantizedRows(values, row_scale, x.shape, x.dtype)
+            return _network.modulate(x, shift, scale)
         if self.mode == "scaled_mm":
             for t, dim in ((x, 0), (x, 1), (shift, 0), (scale, 0)):  # batch and tokens vary; the width does not
                 torch._dynamo.maybe_mark_dynamic(t, dim)
