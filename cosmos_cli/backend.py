@@ -33,14 +33,19 @@ if TYPE_CHECKING:
     from cosmos_cli.planner import MemoryPlan
     from cosmos_cli.progress import Progress
     from cosmos_cli.specs import ModelSpec
+    from cosmos_cli.writes import WriteSlot
 
 
 class Pipeline(Protocol):
     """Loaded models placed by a memory plan; generates one job at a time and keeps its models loaded."""
 
     def generate(self, job: GenerationJob, progress: Progress, *, video_path: Path,
-                 prompt_path: Path | None = None) -> GenerationResult:
-        """Generate ``job``; write the video (atomically) to ``video_path`` and the final prompt to ``prompt_path``."""
+                 prompt_path: Path | None = None, writes: WriteSlot | None = None) -> GenerationResult:
+        """Generate ``job``; write the video (atomically) to ``video_path`` and the final prompt to ``prompt_path``.
+
+        ``writes`` is given only to a pipeline whose ``background_writes`` attribute is True (a batch line in one
+        process): the pipeline then hands that last stage, the files' encoding and writing, to ``writes.submit``
+        instead of running it (:mod:`cosmos_cli.writes`), and the batch waits for it before it commits them."""
 
     def close(self) -> None:
         """Release the models."""

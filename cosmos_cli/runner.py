@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from cosmos_cli.jobs import GenerationJob, GenerationResult
     from cosmos_cli.progress import Progress
     from cosmos_cli.specs import ModelSpec
+    from cosmos_cli.writes import WriteSlot
 
 
 class Blocked(GuardrailBlocked):
@@ -91,17 +92,26 @@ class JobRunner:
         return (req.offload == "auto" and not req.original_offload_flags and self.run_ is None
                 and self.device != "cpu")
 
+    @property
+    def background_writes(self) -> bool:
+        """Whether the loaded pipeline takes ``writes=`` (:mod:`cosmos_cli.writes`) in ``generate``."""
+        return getattr(self.pipeline, "background_writes", False) is True
+
     def run(self, job: GenerationJob, progress: Progress, *, video_path: Path,
-            prompt_path: Path | None = None) -> JobOutcome:
+            prompt_path: Path | None = None, writes: WriteSlot | None = None) -> JobOutcome:
         """Generate ``job``; a CUDA out-of-memory is retried once with a leaner pipeline when :attr:`may_retry`
-        (the pipeline writes its files only at the end, atomically, so none is half-written), else propagates."""
+        (the pipeline writes its files only at the end, atomically, so none is half-written), else propagates.
+        ``writes``: the line's slot of a :class:`~cosmos_cli.writes.BackgroundWriter`, passed on when the
+        pipeline takes it (:attr:`background_writes`)."""
         import torch
 
+        extra = {"writes": writes} if writes is not None and self.background_writes else {}
         retried_from = None
         for attempt in (1, 2):
             oom = None
             try:
-                result = self.pipeline.generate(job, progress, video_path=video_path, prompt_path=prompt_path)
+                result = self.pipeline.generate(job, progress, video_path=video_path, prompt_path=prompt_path,
+                                                **extra)
             except torch.cuda.OutOfMemoryError as exc:
                 if attempt == 2 or not self.may_retry or self.leaner() is None:
                     raise

@@ -408,16 +408,16 @@ def test_sigterm_between_lines_writes_the_report_and_exits_143(cli, ckpt, refere
     from cosmos_cli.batch import item as batch_item
 
     jsonl, ref_out, _ = reference
-    real, calls = batch_item.run_item, []
+    real, calls = batch_item.start_item, []
 
-    def run_item(*args, **kwargs):
+    def start_item(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 2:  # line 1's video may still be being written in the background: it must be kept
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises inside the sleep
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch_item, "run_item", run_item)
+    monkeypatch.setattr(batch_item, "start_item", start_item)
     out = tmp_path / "out"
     res = cli(*batch_args(ckpt, jsonl, out))
     assert res.exit_code == 143, res.stderr

@@ -131,7 +131,8 @@ class BatchDisplay:
             self._bar.advance(task, data[0])
         elif kind == "record":
             self.finished(data[0])
-            self.current.pop(slot, None)
+            if self.current.get(slot) == data[0].name:  # (a line written in the background ends after the next starts)
+                self.current.pop(slot)
 
     def finished(self, rec: ItemRecord) -> None:
         self.done += 1

@@ -28,6 +28,7 @@ from cosmos_cli.jobs import GenerationJob, GenerationResult
 from cosmos_cli.planner import MemoryPlan
 from cosmos_cli.progress import NullProgress, Progress
 from cosmos_cli.specs import GUARDRAIL, NETWORK, TEXT_ENCODER, TOKENIZER, UPSAMPLER, ModelSpec
+from cosmos_cli.writes import WriteSlot
 
 from . import sampler as S
 from .fast import StepCache, compile_blocks, to_fp8
@@ -428,9 +429,16 @@ class Predict1Pipeline:
         with self.upsampler.active() as ups:
             return ups.upsample(image, job.prompt, seed=job.seed, ignore_prompt=job.upsampler_ignores_prompt)
 
-    def generate(self, job: GenerationJob, progress: Progress, *, video_path: Path, prompt_path: Path | None = None
-                 ) -> GenerationResult:
-        """One job: prepare (upsample, check, encode), denoise, finish (decode, check, write).
+    @property
+    def background_writes(self) -> bool:
+        """Whether ``generate`` takes ``writes=`` (:mod:`cosmos_cli.writes`): in one process; a generation split
+        over ranks writes on rank 0 in line."""
+        return self.cp is None
+
+    def generate(self, job: GenerationJob, progress: Progress, *, video_path: Path, prompt_path: Path | None = None,
+                 writes: WriteSlot | None = None) -> GenerationResult:
+        """One job: prepare (upsample, check, encode), denoise, finish (decode, check, write; with ``writes`` the
+        write is handed to it, to run in the background).
 
         Under context parallelism (``self.cp``) every rank calls this alike: rank 0 runs ``prepare`` and
         ``finish`` alone and shares their results (``DistContext.share``: the condition latent, the text
@@ -482,7 +490,8 @@ class Predict1Pipeline:
                     for r, b in enumerate(cp.ctx.gather_ints(peaks.get("denoise", 0))):
                         peaks[f"denoise_gpu{r}"] = b
                 status, message = share(lambda: self.finish(job, latent, prompt, timed, video_path=video_path,
-                                                            prompt_path=prompt_path), "decoding and writing")
+                                                            prompt_path=prompt_path, writes=writes),
+                                        "decoding and writing")
                 details["attention"] = self.attention
         written = main and status == "ok"
         overall = max(peaks.values()) if cuda and peaks else None
@@ -515,8 +524,9 @@ class Predict1Pipeline:
         return "ok", "", prompt, (condition_latent, n_cond, text_emb)
 
     def finish(self, job: GenerationJob, latent: torch.Tensor, prompt: str, timed, *, video_path: Path,
-               prompt_path: Path | None) -> tuple[str, str]:
-        """Decode, check the video and write the files: ``(status, message)``; a blocked video writes nothing."""
+               prompt_path: Path | None, writes: WriteSlot | None = None) -> tuple[str, str]:
+        """Decode, check the video and write the files: ``(status, message)``; a blocked video writes nothing.
+        ``writes``: the files are written in the background (``generate``)."""
         from cosmos_cli.media import write_text, write_video
 
         if not bool(torch.isfinite(latent).all()):  # it would decode to a black (or garbage) video
@@ -530,8 +540,14 @@ class Predict1Pipeline:
                 verdict, frames = guard.check(frames)
             if not verdict.safe:
                 return "blocked", f"{verdict.component}: {verdict.reason}"
-        with timed("write", f"writing {video_path}"):
+        def write() -> None:
             write_video(video_path, frames, fps=job.fps)
             if prompt_path is not None:
                 write_text(prompt_path, prompt)
+
+        if writes is not None:
+            writes.submit(write)  # the H.264 encoding runs while the batch's next line starts
+        else:
+            with timed("write", f"writing {video_path}"):
+                write()
         return "ok", ""
