@@ -23,7 +23,10 @@ imports, planning, loading every model, the report), *first video* (includes the
 1,000 prompts pays per video), *cold single video* = startup + load + first video (what one ``cosmos generate``
 costs). ``--warmup-steps K`` puts a line of K steps before a batch's videos (not counted as one; its time is
 ``warmup_line``): then every counted video is warm, and *per video, warm* is the median of all of them. Each run
-also records ``attention``, the self-attention kernel its videos used (their ``details``).
+also records ``attention``, the self-attention kernel its videos used (their ``details``). Since 2026-12-04 a batch
+writes each video's mp4 while its next line generates (``cosmos_cli.writes``): a video's ``write`` seconds are then
+outside its own time, and the last video's write falls in *startup + load* (results before that date include the
+write in every video's time).
 
     python benchmarks/bench_e2e.py --model 7B --root /local/nvme/e2e --runs exact:1 fast-compile:3 \\
         --out benchmarks/results/e2e-7b-h200.json
