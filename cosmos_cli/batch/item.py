@@ -87,18 +87,19 @@ def start_item(runner: JobRunner, item: BatchItem, progress: Progress, device: s
     rec.timings["total"] = time.perf_counter() - t0
     if deferred is None:
         return StartedItem(lambda: rec, deferred=False)
-    commit_later = deferred
+    return StartedItem(functools.partial(_complete_later, deferred, item, rec, runner, device), deferred=True)
 
-    def complete() -> ItemRecord:
-        try:
-            commit_later()
-        except Exception as exc:  # the background write failed: this line's record says so
-            _failure(rec, exc, runner, device)
-        finally:
-            _remove_staged(item)
-        return rec
 
-    return StartedItem(complete, deferred=True)
+def _complete_later(commit_files: Callable[[], None], item: BatchItem, rec: ItemRecord, runner: JobRunner,
+                    device: str) -> ItemRecord:
+    """A deferred item's ``complete``: wait for its background write and commit (``commit_files``)."""
+    try:
+        commit_files()
+    except Exception as exc:  # the background write failed: this line's record says so
+        _failure(rec, exc, runner, device)
+    finally:
+        _remove_staged(item)
+    return rec
 
 
 def _commit_files(item: BatchItem, rec: ItemRecord, done, slot: WriteSlot | None) -> None:
@@ -161,27 +162,27 @@ def run_items(backend, spec: ModelSpec, req: BatchRequest, items: list[BatchItem
     progress = EventProgress(emit, slot)
     writer = BackgroundWriter()  # each line's files are written while the next line generates (cosmos_cli.writes)
     with JobRunner(backend, spec, req.defaults, device, progress) as runner:
-        last: StartedItem | None = None  # the line before, its files still being written
+        def finished(done: StartedItem) -> bool:
+            """Record ``done``; whether --fail-fast stops the batch there."""
+            rec = done.complete()
+            emit(Event("record", slot, (rec,)))
+            return req.fail_fast and not rec.has_output
+
+        last: StartedItem | None = None  # generated, not yet recorded (its files perhaps still being written)
         try:
             for item in items:
                 if should_stop():
                     break
                 emit(Event("start", slot, (item.line, item.job.name)))
                 started = start_item(runner, item, progress, device, writer=writer)
-                if last is not None:
-                    rec, last = last.complete(), None
-                    emit(Event("record", slot, (rec,)))
-                    if req.fail_fast and not rec.has_output:
-                        last = started  # (already generated: completed below)
-                        break
-                if started.deferred:
-                    last = started
-                    continue
-                rec = started.complete()
-                emit(Event("record", slot, (rec,)))
-                if req.fail_fast and not rec.has_output:
+                previous, last = last, started
+                if previous is not None and finished(previous):
                     break
+                if not started.deferred:
+                    last = None
+                    if finished(started):
+                        break
         finally:
             if last is not None:  # also on Ctrl-C and SIGTERM: a video being written is finished and kept
-                emit(Event("record", slot, (last.complete(),)))
+                finished(last)
             writer.drain()
