@@ -191,12 +191,46 @@ def run_demo(args) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # Full size, random weights (GPU)
 
+PERSISTENT_ROWS_MAX = 16384  # the MLP's hidden width (7B and 14B): every row reduction of a block
+
+
+def persistent_rows_choices(max_numel: int):
+    """Inductor heuristics (``InductorChoices``) that keep a whole row in registers (a "persistent" reduction) for
+    inner reductions up to ``max_numel`` columns instead of 1,024: the layer norms over 4,096 / 5,120 channels and
+    the FP8 quantizations' row amax (K up to 16,384) then read their row once instead of looping over it twice."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.runtime.hints import ReductionHint
+    from torch._inductor.virtualized import V
+
+    class PersistentRows(InductorChoices):
+        @staticmethod
+        def should_use_persistent_reduction(features, cooperative_reduction, *args, **kwargs) -> bool:
+            if InductorChoices.should_use_persistent_reduction(features, cooperative_reduction, *args, **kwargs):
+                return True
+            if cooperative_reduction or features.get_reduction_hint() != ReductionHint.INNER:
+                return False
+            return V.graph.sizevars.statically_known_leq(features.reduction_numel, max_numel)
+
+    return PersistentRows()
+
+
+def with_choices(handler, fn):
+    """``fn`` (a compiled block's forward) called with inductor's heuristics set to ``handler``: its compilation,
+    at the first call, makes its kernels with them."""
+    from torch._inductor.virtualized import V
+
+    def call(*args, **kwargs):
+        with V.set_choices_handler(handler):
+            return fn(*args, **kwargs)
+
+    return call
+
 
 def run_full_size(args) -> dict:
     from bench_network import LATENT, make_inputs, random_network
 
     from cosmos_cli.planner import plan_memory
-    from cosmos_plugins.predict1.network import AdaLNSubBlock, modulate
+    from cosmos_plugins.predict1.network import AdaLNSubBlock, FeedForward, gelu, modulate
     from cosmos_plugins.predict1.pipeline import Predict1Pipeline
     from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B
 
@@ -214,22 +248,34 @@ def run_full_size(args) -> dict:
     free, _ = torch.cuda.mem_get_info(device)
     plan = plan_memory(spec, free, strategy="resident", upsampler=False, guardrail=False)
     results, exact_steps, exact_latent = {}, None, None
-    runs = []  # (setting, compiled, modulation unfused): the unfused one right after its setting
+    runs = []  # (setting, compiled, variant): each variant right after its setting
     for mode in args.modes:
         for s in settings:
-            runs.append((s, mode == "compile", False))
+            runs.append((s, mode == "compile", None))
             if args.unfused_modulation and "fp8" in s:
-                runs.append((s, mode == "compile", True))
-    for s, compiled, unfused in runs:
+                runs.append((s, mode == "compile", "modulation unfused"))
+            if args.unfused_gelu and "fp8" in s:
+                runs.append((s, mode == "compile", "gelu unfused"))
+            if args.persistent_rows and mode == "compile":
+                runs.append((s, True, "persistent rows"))
+    if args.persistent_rows:  # the variant compiles the same graphs: no cache may hand it the default's kernels
+        torch._inductor.config.fx_graph_cache = False
+        torch._functorch.config.enable_autograd_cache = False
+    for s, compiled, variant in runs:
         key, exact_key = (f"{s} --compile", "exact --compile") if compiled else (s, "exact")
-        if unfused:
-            key += " (modulation unfused)"
+        if variant:
+            key += f" ({variant})"
         net = random_network(p, seed=0, device=args.device)
         pipe = Predict1Pipeline(spec, plan, device, net, None, None, fast=fast_of(s), compile=compiled)
-        if unfused:  # undo fast.to_fp8's Fp8Modulate: each FP8 linear quantizes the modulated input itself
-            for sub in pipe.network.obj.modules():
-                if isinstance(sub, AdaLNSubBlock):
-                    sub.modulate = modulate
+        for sub in pipe.network.obj.modules():
+            if variant == "modulation unfused" and isinstance(sub, AdaLNSubBlock):
+                sub.modulate = modulate  # undo fast.to_fp8's Fp8Modulate: each linear quantizes its own input
+            if variant == "gelu unfused" and isinstance(sub, FeedForward):
+                sub.activation = gelu  # undo fast.to_fp8's Fp8Gelu: the down projection quantizes GELU's output
+        if variant == "persistent rows":
+            handler = persistent_rows_choices(PERSISTENT_ROWS_MAX)
+            for block in pipe.network.obj.blocks.values():
+                block.forward = with_choices(handler, block.forward)
         t_warm = time.perf_counter()
         with torch.inference_mode():  # warm-up (kernels, allocator, compilation), not timed
             pipe.denoise(dataclasses.replace(job, num_steps=1), latent, 1, emb, NullProgress())
@@ -307,6 +353,12 @@ def main() -> None:
     ap.add_argument("--unfused-modulation", action="store_true",
                     help="--full-size: also run each FP8 setting without fast.Fp8Modulate, each linear quantizing "
                          "the plain modulation itself (the same run's measure of what quantizing once saves)")
+    ap.add_argument("--unfused-gelu", action="store_true",
+                    help="--full-size: also run each FP8 setting without fast.Fp8Gelu (the down projection "
+                         "quantizing GELU's output itself, its row amax from the GELU'd values)")
+    ap.add_argument("--persistent-rows", action="store_true",
+                    help="--full-size: also run each compiled setting with inductor's persistent row reductions up "
+                         f"to {PERSISTENT_ROWS_MAX} columns (an experiment; turns off inductor's on-disk caches)")
     ap.add_argument("--partial-out", type=Path, default=None,
                     help="--full-size: rewrite this JSON after each setting (results so far)")
     ap.add_argument("--out", type=Path, default=None,

@@ -14,7 +14,7 @@ time against the wall time), so that a gap between the two says where it is.
     python benchmarks/bench_pipeline_step.py --compile --out benchmarks/results/pipeline-step-7b-compile-h200.json
 
 ``--compile`` runs only the pipeline, its blocks compiled, with the kernel the CLI picks (flash-attn-4 where it
-runs), and profiles 30 kernels; each profile also sums the GPU
+runs), and profiles 30 kernels (``--fast fp8``: the compiled FP8 step); each profile also sums the GPU
 time by kernel family (attention, matrix products, inductor's Triton kernels, other).
 """
 
@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_network import LATENT, make_inputs, random_network, timed  # noqa: E402
 
+from cosmos_cli.fastmode import parse_fast  # noqa: E402
 from cosmos_cli.jobs import GenerationJob  # noqa: E402
 from cosmos_cli.planner import plan_memory  # noqa: E402
 from cosmos_cli.progress import NullProgress  # noqa: E402
@@ -83,6 +84,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--compile", action="store_true",
                     help="only the pipeline, with its blocks compiled (--compile), profiled over more kernels")
+    ap.add_argument("--fast", default=None, metavar="OPTIONS",
+                    help="with --compile: the pipeline's --fast value (fp8: the compiled FP8 step's kernels)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     spec, device = PREDICT1_7B, torch.device("cuda", 0)
@@ -103,11 +106,13 @@ def main() -> None:
     latent = (torch.randn(1, p.in_channels, *LATENT, generator=gen, device=device) * 0.5).to(torch.bfloat16)
     job = GenerationJob(visual_input=Path("<random>"), prompt="random", negative_prompt="", seed=1,
                         num_input_frames=1, guidance=spec.guidance, num_steps=args.steps, fps=spec.fps)
+    if args.fast and not args.compile:
+        ap.error("--fast needs --compile")
     if args.compile:  # the pipeline compiles the blocks in place: the bare (eager) step is not run here
-        report["benchmark"] += ", blocks compiled (--compile)"
+        report["benchmark"] += ", blocks compiled (--compile)" + (f", --fast {args.fast}" if args.fast else "")
         for name, kernel in list(kernels.items())[-1:]:  # flash-attn-4 where it runs (the CLI's choice), else SDPA
             net = random_network(p, seed=0)
-            pipe = Predict1Pipeline(spec, plan, device, net, None, None, compile=True,
+            pipe = Predict1Pipeline(spec, plan, device, net, None, None, compile=True, fast=parse_fast(args.fast),
                                     attention="sdpa" if kernel is None else "auto")
             res = run_pipeline(pipe, job, latent, emb, args.steps, top=30)
             res["pipeline_attention"] = pipe.attention  # set by the generation (denoise), not before it

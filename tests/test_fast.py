@@ -26,7 +26,7 @@ from cosmos_cli.progress import NullProgress
 from cosmos_plugins.predict1 import fast as F
 from cosmos_plugins.predict1 import offload as O
 from cosmos_plugins.predict1 import sampler as S
-from cosmos_plugins.predict1.network import AdaLNSubBlock, VideoExtendGeneralDIT, modulate
+from cosmos_plugins.predict1.network import AdaLNSubBlock, FeedForward, VideoExtendGeneralDIT, gelu, modulate
 from cosmos_plugins.predict1.pipeline import Predict1Pipeline
 from cosmos_plugins.predict1.specs import DIT_TINY, PREDICT1_TINY
 
@@ -292,11 +292,14 @@ def _forward_inputs(device: str = "cpu", dtype: torch.dtype = torch.float32):
     return x, torch.tensor([0.3, 0.3], device=device, dtype=dtype), text, mask
 
 
-def _plain_modulation(net: VideoExtendGeneralDIT) -> VideoExtendGeneralDIT:
-    """``net`` with every AdaLN sub-block's modulation back to the plain one (each FP8 linear quantizes itself)."""
+def _plain_fp8_inputs(net: VideoExtendGeneralDIT) -> VideoExtendGeneralDIT:
+    """``net`` with every AdaLN sub-block's modulation and every MLP's GELU back to the plain ones (each FP8 linear
+    quantizes its own input)."""
     for sub in net.modules():
         if isinstance(sub, AdaLNSubBlock):
             sub.modulate = modulate
+        if isinstance(sub, FeedForward):
+            sub.activation = gelu
     return net
 
 
@@ -313,14 +316,17 @@ def _counting_quantizations(monkeypatch) -> list[int]:
 
 
 def test_fp8_sub_blocks_hand_their_linears_the_input_quantized_once(monkeypatch):
-    """to_fp8 gives every AdaLN sub-block an Fp8Modulate: its linears get the modulated input as QuantizedRows,
-    the e4m3 values each linear computed itself before (simulate: the same products, so the same output bit for
-    bit), and the self-attention's q, k and v share one quantization instead of three."""
+    """to_fp8 gives every AdaLN sub-block an Fp8Modulate and every MLP an Fp8Gelu: the linears get their input as
+    QuantizedRows, the e4m3 values each linear computed itself before (simulate: the same products, so the same
+    output bit for bit; the GELU's row amax is taken from the row's maximum, the same number here), and the
+    self-attention's q, k and v share one quantization instead of three."""
     net = _network()
     F.to_fp8(net, "simulate")
     subs = [m for m in net.modules() if isinstance(m, AdaLNSubBlock)]
     assert len(subs) == 3 * DIT_TINY.num_blocks and all(isinstance(m.modulate, F.Fp8Modulate) for m in subs)
-    plain = _plain_modulation(copy.deepcopy(net))
+    mlps = [m for m in net.modules() if isinstance(m, FeedForward)]
+    assert len(mlps) == DIT_TINY.num_blocks and all(isinstance(m.activation, F.Fp8Gelu) for m in mlps)
+    plain = _plain_fp8_inputs(copy.deepcopy(net))
     args = _forward_inputs()
     calls = _counting_quantizations(monkeypatch)
     with torch.inference_mode():
@@ -329,8 +335,9 @@ def test_fp8_sub_blocks_hand_their_linears_the_input_quantized_once(monkeypatch)
         ref = plain(*args[:3], 24.0, args[3])
     assert torch.equal(out, ref)
     # per block: self-attention's input once (was q, k, v: 3) and its out projection; cross-attention's q (the
-    # modulated input), k, v (the text) and out; the MLP's input and its down projection (after the GELU)
-    assert (shared, calls[0]) == (8 * DIT_TINY.num_blocks, 10 * DIT_TINY.num_blocks)
+    # modulated input), k, v (the text) and out; the MLP's input (its down projection's input is quantized with
+    # the GELU, by gelu_quantized: plain, one more quantize_rows)
+    assert (shared, calls[0]) == (7 * DIT_TINY.num_blocks, 10 * DIT_TINY.num_blocks)
 
 
 def test_fp8_modulation_in_scaled_mm_mode_feeds_scaled_mm(monkeypatch):
@@ -345,9 +352,10 @@ def test_fp8_modulation_in_scaled_mm_mode_feeds_scaled_mm(monkeypatch):
     monkeypatch.setattr(F, "_modulate_quantized_compiled", lambda: F.modulate_quantized)
     monkeypatch.setattr(F, "fp8_linear_fused", F.fp8_linear_eager)
     monkeypatch.setattr(F, "_fp8_matmul_compiled", lambda: F.fp8_matmul_scaled_mm)
+    monkeypatch.setattr(F, "_gelu_quantized_compiled", lambda: F.gelu_quantized)
     net = _network()
     F.to_fp8(net, "scaled_mm")
-    plain = _plain_modulation(copy.deepcopy(net))
+    plain = _plain_fp8_inputs(copy.deepcopy(net))
     args = _forward_inputs()
     with torch.inference_mode():
         out, ref = net(*args[:3], 24.0, args[3]), plain(*args[:3], 24.0, args[3])

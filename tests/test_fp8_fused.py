@@ -100,6 +100,34 @@ def test_quantization_round_trip_within_half_a_step():
     assert (q.float().abs() < 2.0**-6).any()  # the subnormal range is exercised
 
 
+def _gelu_rows(device: str = "cpu", seed: int = 5) -> torch.Tensor:
+    """MLP hidden rows (B, S, K) in bf16 of very different magnitudes, and rows whose largest GELU is under 0.17:
+    all large negatives (|h| up to 6 but GELU ~0: an amax of |h| would be 10^4 times too coarse), all small."""
+    g = torch.Generator(device).manual_seed(seed)
+    h = torch.randn(2, 40, 256, generator=g, device=device) * torch.logspace(-1, 1.5, 40, device=device)[:, None]
+    h[0, 3] = -h[0, 3].abs() - 3  # GELU in (-0.004, 0)
+    h[1, 7] = h[1, 7].clamp(-1.0, 0.2)  # largest GELU 0.116 (at 0.2) or |GELU(-0.75)| = 0.16997: under the bound
+    h[1, 8] = -0.7518  # every value at the negative extreme of GELU
+    return h.to(torch.bfloat16)
+
+
+def test_gelu_quantization_takes_the_amax_from_the_row_maximum():
+    """``gelu_quantized`` (the MLP's down projection input, ``Fp8Gelu``) against quantizing GELU's output: the same
+    scales and e4m3 values, bit for bit, in every row whose largest |GELU| is at least 0.17; in the others the
+    scale is 0.17 / 448 (not below the row's own: no overflow) and each value is that scale's nearest e4m3."""
+    h = _gelu_rows()
+    q, s = F.gelu_quantized(h)
+    assert q.shape == (80, 256) and q.dtype == F.FP8 and s.shape == (80, 1)
+    g = torch.nn.functional.gelu(h).reshape(80, 256)
+    q0, s0 = F.quantize_rows(g)
+    big = (g.float().abs().amax(-1) >= F.GELU_NEGATIVE_BOUND)
+    assert 0 < (~big).sum() < 10  # both kinds of row are exercised
+    assert torch.equal(s[big], s0[big]) and torch.equal(q[big].float(), q0[big].float())
+    assert torch.equal(s[~big], torch.full_like(s[~big], F.GELU_NEGATIVE_BOUND / F.FP8_MAX))
+    assert (s[~big] >= s0[~big]).all()
+    assert torch.equal(q[~big].float(), (g[~big].float() / s[~big]).to(F.FP8).float())
+
+
 @pytest.mark.slow
 def test_compiled_quantization_equals_the_eager_one():
     """``torch.compile`` of the quantization (the fused kernel's code, here generated for the CPU): same scales,
@@ -133,6 +161,28 @@ def test_fused_scaled_mm_matches_the_simulation_on_the_gpu():
         assert ((y.float() - y_sim.float()).norm() / y_sim.float().norm()).item() < 2 * BF16_ULP
     ref = x.float() @ w.float().t()
     assert ((real(x).float() - ref).norm() / ref.norm()).item() < 0.06  # e4m3 of both operands: ~2.5% each
+
+
+@pytest.mark.gpu
+def test_compiled_gelu_quantization_within_one_step_on_the_gpu():
+    """``Fp8Gelu``'s compiled kernel (row max, GELU, scale and e4m3 cast in one) against GELU in float64 of the same
+    bf16 values: each row's scale within a bf16 rounding of amax / 448 (inductor may keep GELU's value in fp32
+    where eager rounds it to bf16; never below it by more than that rounding) for rows over the bound, exactly
+    0.17 / 448 under it, and each dequantized value within one e4m3 step of GELU (half a step of rounding; fp32
+    evaluation can cross a rounding boundary) plus GELU's fp32 error (a few u of the row's amax)."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs a GPU with FP8 tensor cores")
+    h = _gelu_rows("cuda")
+    rows = F.Fp8Gelu("scaled_mm")(h)
+    assert isinstance(rows, F.QuantizedRows) and rows.values.shape == (80, 256) and rows.shape == h.shape
+    g64 = torch.nn.functional.gelu(h.double()).reshape(80, 256)
+    amax = g64.abs().amax(-1, keepdim=True)
+    big = amax >= F.GELU_NEGATIVE_BOUND
+    expect = torch.where(big, amax, torch.full_like(amax, F.GELU_NEGATIVE_BOUND)) / F.FP8_MAX
+    assert ((rows.scale.double() - expect).abs() <= BF16_ULP * expect).all()
+    back = F.dequantize(rows.values, rows.scale).double()
+    slack = 16 * FP32_U * amax
+    assert ((back - g64).abs() <= _one_step(rows.values, rows.scale).double() + slack).all()
 
 
 @pytest.mark.gpu

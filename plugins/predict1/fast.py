@@ -22,7 +22,9 @@
   quantization makes ~5 passes in fp32 and costs more than FP8 saves. Inside a compiled block (``--compile``) the
   same operations are traced into the block's graph, where they can fuse with the op before them. Outside
   ``--compile``, each AdaLN sub-block quantizes its modulated input once, in one compiled kernel with the
-  modulation (:class:`Fp8Modulate`), and hands it to its linears as :class:`QuantizedRows`.
+  modulation (:class:`Fp8Modulate`), and hands it to its linears as :class:`QuantizedRows`; in and out of
+  ``--compile``, the MLP's GELU and the quantization of its output are one function (:class:`Fp8Gelu`), whose row
+  amax is GELU of the row's maximum (:func:`gelu_quantized`: the same scale, GELU computed once per value).
 """
 
 from __future__ import annotations
@@ -273,6 +275,49 @@ class Fp8Modulate:
         return QuantizedRows(values, row_scale, x.shape, x.dtype)
 
 
+# max |GELU(x)| over x < 0 is 0.169971 (at x = -0.7518): above this bound, the largest |GELU| of a row is GELU of
+# the row's largest value, GELU being increasing for x >= 0.
+GELU_NEGATIVE_BOUND = 0.17
+
+
+def gelu_quantized(h: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`quantize_rows` of ``GELU(h)``'s rows (..., K) -> (M, K) e4m3, (M, 1) fp32, with each row's amax taken
+    as ``max(GELU(max(row)), 0.17)`` instead of from the GELU'd values: the same number wherever the row's
+    largest GELU is at least 0.17 (any row with a value above 0.28; every row of a real or random network), else
+    a scale a little coarser than needed (still no overflow). The reduction then reads ``h`` without computing
+    GELU, and GELU is computed once per value, at the cast (a fused row reduction over K = 16,384 loops over the
+    row twice, so taking the amax of the GELU'd values computed the GELU twice)."""
+    h2 = h.reshape(-1, h.shape[-1])
+    amax = _network.gelu(h2.amax(-1, keepdim=True)).float().clamp_min(GELU_NEGATIVE_BOUND)
+    scale = amax / FP8_MAX
+    q = (_network.gelu(h2).float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+@functools.cache
+def _gelu_quantized_compiled() -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    return torch.compile(gelu_quantized, dynamic=False, fullgraph=True, options=FP8_INDUCTOR_OPTIONS)
+
+
+class Fp8Gelu:
+    """The MLP's GELU (``network.FeedForward.activation``) when its output goes only to an :class:`Fp8Linear`:
+    GELU and the row quantization as one function (:func:`gelu_quantized`), handed over as :class:`QuantizedRows`;
+    compiled in ``scaled_mm`` mode (outside ``--compile``: one kernel instead of the eager GELU and a fused
+    quantization; inside, the same operations traced into the block's graph)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, h: Tensor) -> QuantizedRows:
+        if self.mode == "scaled_mm" and not torch.compiler.is_compiling():
+            torch._dynamo.maybe_mark_dynamic(h, 0)
+            torch._dynamo.maybe_mark_dynamic(h, 1)
+            values, row_scale = _gelu_quantized_compiled()(h)
+        else:
+            values, row_scale = gelu_quantized(h)
+        return QuantizedRows(values, row_scale, h.shape, h.dtype)
+
+
 class Fp8Linear(nn.Module):
     """A bias-free linear layer, ``y = x W^T``, with W in e4m3 (per-output-channel scales, taken once here) and x
     quantized per token at each call. ``mode``: ``scaled_mm`` (FP8 tensor cores, the quantization fused into one
@@ -313,7 +358,8 @@ class Fp8Linear(nn.Module):
 def to_fp8(net: nn.Module, mode: str) -> int:
     """Replace the linear layers of the transformer blocks (attention projections, MLP) by :class:`Fp8Linear`,
     in place; the AdaLN modulation, embedders and final layer keep their weights. Every AdaLN sub-block then
-    hands its linears their input quantized (:class:`Fp8Modulate`). Returns the layers replaced."""
+    hands its linears their input quantized (:class:`Fp8Modulate`), and every MLP its second linear the GELU's
+    output (:class:`Fp8Gelu`). Returns the layers replaced."""
     replaced = 0
     for block in net.blocks.values():
         keep = {id(m) for sub in block.modules() if hasattr(sub, "adaLN_modulation")
@@ -328,4 +374,6 @@ def to_fp8(net: nn.Module, mode: str) -> int:
         for sub in block.modules():
             if isinstance(sub, _network.AdaLNSubBlock):
                 sub.modulate = Fp8Modulate(mode)  # its block's input goes to linears only, all of them now FP8
+            if isinstance(sub, _network.FeedForward) and isinstance(sub.layer2, Fp8Linear):
+                sub.activation = Fp8Gelu(mode)
     return replaced

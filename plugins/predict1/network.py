@@ -226,14 +226,22 @@ class VideoAttn(nn.Module):
         return self.attn(x, context, rope, attn_fn)
 
 
+def gelu(x: Tensor) -> Tensor:
+    return F.gelu(x)  # exact (erf) GELU
+
+
 class FeedForward(nn.Module):
+    """layer2(GELU(layer1(x))). ``activation`` is the GELU (:func:`gelu`); ``fast.to_fp8`` replaces it by one that
+    hands the FP8 ``layer2`` the same values already quantized (``fast.Fp8Gelu``)."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.layer1 = nn.Linear(dim, hidden, bias=False)
         self.layer2 = nn.Linear(hidden, dim, bias=False)
+        self.activation: Callable[[Tensor], Any] = gelu
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layer2(F.gelu(self.layer1(x)))  # exact (erf) GELU
+        return self.layer2(self.activation(self.layer1(x)))
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
