@@ -191,13 +191,13 @@ def run_demo(args) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # Full size, random weights (GPU)
 
-PERSISTENT_ROWS_MAX = 16384  # the MLP's hidden width (7B and 14B): every row reduction of a block
+PERSISTENT_ROWS_MAX = 8192  # the layer norms (4,096 / 5,120 channels) and the K = 4,096 quantizations; not the MLP's 16,384
 
 
 def persistent_rows_choices(max_numel: int):
     """Inductor heuristics (``InductorChoices``) that keep a whole row in registers (a "persistent" reduction) for
     inner reductions up to ``max_numel`` columns instead of 1,024: the layer norms over 4,096 / 5,120 channels and
-    the FP8 quantizations' row amax (K up to 16,384) then read their row once instead of looping over it twice."""
+    the FP8 quantizations' row amax (K = 4,096) then read their row once instead of looping over it twice."""
     from torch._inductor.choices import InductorChoices
     from torch._inductor.runtime.hints import ReductionHint
     from torch._inductor.virtualized import V
