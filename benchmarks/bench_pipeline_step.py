@@ -7,8 +7,9 @@ each self-attention kernel (SDPA, and flash-attn-4 where it can run):
 * ``bare``: the network step as ``bench_network`` runs it, under ``torch.no_grad`` and under ``torch.inference_mode``;
 * ``pipeline``: ``denoise`` per step (2 steps after a 1-step warm-up), as the CLI runs it;
 
-and profiles one step of each with ``torch.profiler`` (the GPU kernels with the most time, and the GPU's busy
-time against the wall time), so that a gap between the two says where it is.
+and profiles one step of each with ``torch.profiler`` (the GPU kernels with the most time, the GPU's busy
+time against the wall time, and the longest gaps between kernels with the kernels around them), so that a gap
+between the two says where it is.
 
     python benchmarks/bench_pipeline_step.py --out benchmarks/results/pipeline-step-7b-h200.json
     python benchmarks/bench_pipeline_step.py --compile --out benchmarks/results/pipeline-step-7b-compile-h200.json
@@ -47,12 +48,12 @@ from cosmos_plugins.predict1.specs import PREDICT1_7B  # noqa: E402
 def kernel_kind(name: str) -> str:
     """A GPU kernel's family from its name: attention, matrix product, inductor-generated (triton), or other."""
     n = name.lower()
+    if n.startswith("triton_"):  # first: inductor names a kernel after every op fused into it (_scaled_mm, ...)
+        return "triton (inductor)"
     if "flash" in n or "fmha" in n or "cudnn" in n or "attention" in n:
         return "attention"
     if "nvjet" in n or "gemm" in n or "xmma" in n or "cutlass" in n or "scaled_mm" in n:
         return "matmul"
-    if n.startswith("triton_"):
-        return "triton (inductor)"
     return "other (eager elementwise, copies)"
 
 
@@ -76,7 +77,30 @@ def profile(fn, top: int = 12) -> dict:
     return {"wall_s": round(wall, 3), "gpu_kernel_s": round(busy, 3),
             "by_kind_s": {k: round(v, 3) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
             "top": [{"kernel": e.key[:120], "s": round(e.self_device_time_total / 1e6, 4), "calls": e.count}
-                    for e in kernels[:top]]}
+                    for e in kernels[:top]],
+            "gpu_gaps": gaps([e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA])}
+
+
+def gaps(events, top: int = 12, least_us: float = 200.0) -> dict:
+    """Where the GPU waited, from the trace's kernels (their start and end on one timeline, in us): the time from
+    the first kernel's start to the last one's end with no kernel running, the gaps of at least ``least_us``
+    (their count and sum), and the ``top`` longest with the kernels on either side."""
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in events if e.time_range.end > 0)
+    if not spans:
+        return {}
+    idle, found, end, last = 0.0, [], spans[0][1], spans[0][2]
+    for start, stop, name in spans[1:]:
+        if start > end:
+            idle += start - end
+            if start - end >= least_us:
+                found.append((start - end, last, name))
+        if stop >= end:
+            end, last = stop, name
+    found.sort(reverse=True)
+    return {"span_s": round((end - spans[0][0]) / 1e6, 3), "idle_s": round(idle / 1e6, 3),
+            f"gaps_over_{int(least_us)}us": len(found), f"gaps_over_{int(least_us)}us_s": round(
+                sum(g for g, _, _ in found) / 1e6, 3),
+            "longest": [{"ms": round(g / 1e3, 2), "after": a[:80], "before": b[:80]} for g, a, b in found[:top]]}
 
 
 def main() -> None:
@@ -84,6 +108,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--compile", action="store_true",
                     help="only the pipeline, with its blocks compiled (--compile), profiled over more kernels")
+    ap.add_argument("--profile-steps", type=int, default=1,
+                    help="with --compile: steps of the profiled generation (more: the per-step gaps stand out)")
     ap.add_argument("--fast", default=None, metavar="OPTIONS",
                     help="with --compile: the pipeline's --fast value (fp8: the compiled FP8 step's kernels)")
     ap.add_argument("--out", type=Path, default=None)
@@ -114,7 +140,7 @@ def main() -> None:
             net = random_network(p, seed=0)
             pipe = Predict1Pipeline(spec, plan, device, net, None, None, compile=True, fast=parse_fast(args.fast),
                                     attention="sdpa" if kernel is None else "auto")
-            res = run_pipeline(pipe, job, latent, emb, args.steps, top=30)
+            res = run_pipeline(pipe, job, latent, emb, args.steps, top=30, profile_steps=args.profile_steps)
             res["pipeline_attention"] = pipe.attention  # set by the generation (denoise), not before it
             report["results"][f"{name} --compile"] = res
             show(f"{name} --compile", res)
@@ -143,8 +169,9 @@ def main() -> None:
     write(report, args.out)
 
 
-def run_pipeline(pipe, job, latent, emb, steps: int, top: int = 12) -> dict:
-    """``denoise`` per step (after a 1-step warm-up: kernels, compilation) and a profile of one more step."""
+def run_pipeline(pipe, job, latent, emb, steps: int, top: int = 12, profile_steps: int = 1) -> dict:
+    """``denoise`` per step (after a 1-step warm-up: kernels, compilation) and a profile of a generation of
+    ``profile_steps`` more steps (its per-generation setup included)."""
     one = dataclasses.replace(job, num_steps=1)
     with torch.inference_mode():
         pipe.denoise(one, latent, 1, emb, NullProgress())
@@ -153,19 +180,24 @@ def run_pipeline(pipe, job, latent, emb, steps: int, top: int = 12) -> dict:
         pipe.denoise(job, latent, 1, emb, NullProgress())
         torch.cuda.synchronize()
         per_step = round((time.perf_counter() - t0) / steps, 3)
-        prof = profile(lambda: pipe.denoise(one, latent, 1, emb, NullProgress()), top)
-    return {"pipeline_s_per_step": per_step, "pipeline_profile_1_step": prof}
+        some = dataclasses.replace(job, num_steps=profile_steps)
+        prof = profile(lambda: pipe.denoise(some, latent, 1, emb, NullProgress()), top)
+    key = "pipeline_profile_1_step" if profile_steps == 1 else f"pipeline_profile_{profile_steps}_steps"
+    return {"pipeline_s_per_step": per_step, key: prof}
 
 
 def show(name: str, res: dict) -> None:
     print(name, json.dumps({k: v for k, v in res.items() if not k.endswith("profile") and "profile_" not in k}),
           flush=True)
-    for what in ("bare_profile", "pipeline_profile_1_step"):
+    for what in ("bare_profile", *(k for k in res if k.startswith("pipeline_profile_"))):
         if what not in res:
             continue
         pr = res[what]
         print(f"  {what}: wall {pr['wall_s']} s, GPU kernels {pr['gpu_kernel_s']} s, by kind {pr['by_kind_s']}",
               flush=True)
+        g = pr.get("gpu_gaps") or {}
+        print(f"  GPU idle between kernels {g.get('idle_s')} s of {g.get('span_s')} s; longest gaps (ms): "
+              f"{[(x['ms'], x['before'][:40]) for x in g.get('longest', [])[:6]]}", flush=True)
         for row in pr["top"][:8]:
             print(f"    {row['s']:8.4f} s {row['calls']:5d}x {row['kernel'][:90]}", flush=True)
 
