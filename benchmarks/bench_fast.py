@@ -231,6 +231,7 @@ def run_full_size(args) -> dict:
     from bench_network import LATENT, make_inputs, random_network
 
     from cosmos_cli.planner import plan_memory
+    from cosmos_plugins.predict1 import fast as fast_mod
     from cosmos_plugins.predict1.network import AdaLNSubBlock, FeedForward, gelu, modulate
     from cosmos_plugins.predict1.pipeline import Predict1Pipeline
     from cosmos_plugins.predict1.specs import PREDICT1_7B, PREDICT1_14B
@@ -259,6 +260,8 @@ def run_full_size(args) -> dict:
                 runs.append((s, mode == "compile", "gelu unfused"))
             if args.persistent_rows and mode == "compile":
                 runs.append((s, True, "persistent rows"))
+            if args.inductor_options and mode == "compile":
+                runs.append((s, True, "inductor options"))
     if args.persistent_rows:  # the variant compiles the same graphs: no cache may hand it the default's kernels
         torch._inductor.config.fx_graph_cache = False
         torch._functorch.config.enable_autograd_cache = False
@@ -268,7 +271,12 @@ def run_full_size(args) -> dict:
             key += f" ({variant})"
         before = torch.cuda.memory_allocated(device)  # what earlier runs left (their peaks would count it)
         net = random_network(p, seed=0, device=args.device)
-        pipe = Predict1Pipeline(spec, plan, device, net, None, None, fast=fast_of(s), compile=compiled)
+        if variant == "inductor options":  # the blocks compiled with them (read by fast.compile_blocks)
+            fast_mod.BLOCK_INDUCTOR_OPTIONS.update(json.loads(args.inductor_options))
+        try:
+            pipe = Predict1Pipeline(spec, plan, device, net, None, None, fast=fast_of(s), compile=compiled)
+        finally:
+            fast_mod.BLOCK_INDUCTOR_OPTIONS.clear()
         for sub in pipe.network.obj.modules():
             if variant == "modulation unfused" and isinstance(sub, AdaLNSubBlock):
                 sub.modulate = modulate  # undo fast.to_fp8's Fp8Modulate: each linear quantizes its own input
@@ -316,7 +324,9 @@ def run_full_size(args) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     return {"benchmark": f"fast mode vs exact mode, {args.model} random bf16 weights, default job, denoising stage",
-            "model": spec.name, "num_steps": args.steps, "modes": args.modes, "results": results}
+            "model": spec.name, "num_steps": args.steps, "modes": args.modes,
+            "inductor_options": json.loads(args.inductor_options) if args.inductor_options else None,
+            "results": results}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -364,6 +374,9 @@ def main() -> None:
     ap.add_argument("--persistent-rows", action="store_true",
                     help="--full-size: also run each compiled setting with inductor's persistent row reductions up "
                          f"to {PERSISTENT_ROWS_MAX} columns (an experiment; turns off inductor's on-disk caches)")
+    ap.add_argument("--inductor-options", default=None, metavar="JSON",
+                    help="--full-size: also run each compiled setting with these inductor options for its blocks, "
+                         'e.g. \'{"coordinate_descent_tuning": true}\' (fast.BLOCK_INDUCTOR_OPTIONS)')
     ap.add_argument("--partial-out", type=Path, default=None,
                     help="--full-size: rewrite this JSON after each setting (results so far)")
     ap.add_argument("--out", type=Path, default=None,
@@ -373,6 +386,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.full_size and not args.device.startswith("cuda"):
         ap.error("--full-size needs --device cuda")
+    if args.inductor_options is not None:
+        try:
+            if not isinstance(json.loads(args.inductor_options), dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            ap.error(f"--inductor-options: expected a JSON object, {exc}")
     t0 = time.perf_counter()
     report = run_full_size(args) if args.full_size else run_demo(args)
     dev = args.device.split(":")[0]

@@ -50,12 +50,18 @@ CACHE_FIRST_BLOCKS = 1  # blocks computed at every step; their residual decides
 # torch.compile of the blocks (exact mode)
 
 
+# Inductor options of the compiled blocks: none (the defaults). Measured on an H200 (fp8-h200.md): rows of up to
+# 8,192 columns kept in registers made the exact step slower. ``bench_fast.py --inductor-options`` tries others.
+BLOCK_INDUCTOR_OPTIONS: dict[str, object] = {}
+
+
 def compile_blocks(net: nn.Module) -> float:
     """Compile each transformer block's ``forward`` in place (weights and names unchanged); seconds spent
     wrapping (the compilation itself happens at the first call). Hooks on the blocks (streaming) still run."""
     t0 = time.perf_counter()
+    options = dict(BLOCK_INDUCTOR_OPTIONS) or None
     for block in net.blocks.values():
-        block.forward = torch.compile(block.forward, dynamic=False, fullgraph=False)
+        block.forward = torch.compile(block.forward, dynamic=False, fullgraph=False, options=options)
     return time.perf_counter() - t0
 
 
