@@ -8,6 +8,7 @@ tensors that the network's Attention hands over. Reports the median of CUDA-even
 (all keys): ``|out - ref| / |ref|`` over those rows.
 
     python benchmarks/bench_attention.py --out benchmarks/results/attention-h200.json
+    python benchmarks/bench_attention.py --heads 32 40 --flash4-tiles 128x176 128x192 --out ...  # tile sweep
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def sdpa_backend(backend):
     return run
 
 
+def flash4_tile(tile_m: int, tile_n: int):
+    """flash-attn-4 with its forward tile set to ``tile_m`` x ``tile_n`` (its private ``_flash_attn_fwd``: the
+    public call picks the tile itself, 128 x 128 for head dim 128 on Hopper), on the network's (B, H, S, hd) views."""
+    fwd = flash4.flash4_module()._flash_attn_fwd
+
+    def run(q, k, v):
+        out = fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), tile_mn=(tile_m, tile_n))
+        return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+
+    return run
+
+
 def main() -> None:
     from torch.nn.attention import SDPBackend
 
@@ -54,8 +67,16 @@ def main() -> None:
     ap.add_argument("--heads", type=int, nargs="+", default=[32, 40])
     ap.add_argument("--tokens", type=int, default=TOKENS)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--flash4-tiles", nargs="*", default=[], metavar="MxN",
+                    help="also time flash-attn-4 with these forward tiles (e.g. 128x176), where it is installed")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    try:
+        tiles = [tuple(int(n) for n in t.lower().split("x")) for t in args.flash4_tiles]
+        if any(len(t) != 2 for t in tiles):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--flash4-tiles: expected MxN values such as 128x176, got {' '.join(args.flash4_tiles)}")
     device = torch.device("cuda", 0)
     reason = flash4.unusable_reason(device, torch.bfloat16, HEAD_DIM)
     kernels = {"sdpa (dispatcher's choice)": sdpa_default,
@@ -64,6 +85,8 @@ def main() -> None:
     if reason is None:
         flash4.register()
         kernels["flash-attn-4"] = flash4.flash4_attention
+        for m, n in tiles:
+            kernels[f"flash-attn-4 tile {m}x{n}"] = flash4_tile(m, n)
     report = {"benchmark": "self-attention kernels, B=2, head dim 128, bf16",
               "command": "python " + " ".join(sys.argv),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -323,6 +323,7 @@ def main() -> None:
         "model": args.model, "steps": args.steps, "input": INPUT.name,
         "disk": disk_of(args.root), "folder": {k: v for k, v in folder.items() if k != "files"},
         "cold_cache": not args.warm_cache, "ram_limit": args.ram_limit,
+        "flash4_tile": os.environ.get("COSMOS_BENCH_FLASH4_TILE") or "flash-attn-4's choice",
         "not_included": "prompt upsampler and guardrails (--no-upsampler --no-guardrail): not written, not run",
         "runs": [],
     }

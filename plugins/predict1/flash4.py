@@ -80,9 +80,18 @@ def self_attention_kernel(device: torch.device, dtype: torch.dtype, head_dim: in
     return flash4_attention
 
 
+# The forward tile on Hopper: None leaves it to flash-attn-4 (128 x 128 at head dim 128); (M, N) asks for it through
+# the package's ``_flash_attn_fwd`` (``benchmarks/bench_attention.py --flash4-tiles`` measures the choices).
+SM90_TILE: tuple[int, int] | None = None
+
+
 def _flash4_bshd(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """flash-attn-4 on (B, S, H, hd) tensors (last dim contiguous) -> (B, S, H, hd)."""
-    out = flash4_module().flash_attn_func(q, k, v)
+    module = flash4_module()
+    if SM90_TILE is not None and torch.cuda.get_device_capability(q.device)[0] == 9:
+        out = module._flash_attn_fwd(q, k, v, tile_mn=SM90_TILE)
+    else:
+        out = module.flash_attn_func(q, k, v)
     return out[0] if isinstance(out, tuple) else out
 
 
