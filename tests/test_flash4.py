@@ -103,6 +103,29 @@ def test_same_function_as_sdpa_on_the_networks_layout(fake_flash4):
     assert fake_flash4 == [(2, 48, DIT_TINY.num_heads, DIT_TINY.head_dim)]
 
 
+def test_a_set_tile_is_asked_for_on_hopper_only(monkeypatch, fake_flash4):
+    """``flash4.SM90_TILE`` goes to the package's ``_flash_attn_fwd(..., tile_mn=)`` on compute capability 9 (the
+    tile flash_attn_func does not take); elsewhere, and while it is None, the public call runs."""
+    tiles: list[tuple[int, int]] = []
+
+    def _flash_attn_fwd(q, k, v, tile_mn=None):
+        tiles.append(tile_mn)
+        return sys.modules[flash4.FLASH4_MODULE].flash_attn_func(q, k, v)
+
+    sys.modules[flash4.FLASH4_MODULE]._flash_attn_fwd = _flash_attn_fwd
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 48, DIT_TINY.num_heads, DIT_TINY.head_dim, generator=g) for _ in range(3))
+    args = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    assert torch.equal(flash4.flash4_attention(*args), N.attention(*args)) and tiles == []  # None: the public call
+    monkeypatch.setattr(flash4, "SM90_TILE", (128, 176))
+    assert torch.equal(flash4.flash4_attention(*args), N.attention(*args))
+    capability[0] = (10, 0)
+    flash4.flash4_attention(*args)
+    assert tiles == [(128, 176)] and len(fake_flash4) == 3
+
+
 def test_network_forward_with_the_kernel_equals_the_plain_one(fake_flash4):
     net, (x, t, text, mask) = _net(), _inputs()
     with torch.inference_mode():
