@@ -4,7 +4,7 @@ on Hopper), SDPA's flash kernel, and flash-attn-4 (``plugins/predict1/flash4.py`
 Shapes: both guidance branches batched (B = 2), 56,320 tokens (121 x 704 x 1280 -> 16 x 44 x 80 patches),
 head dim 128; 32 heads (7B) and 40 heads (14B). Each kernel gets the (B, H, S, hd) views of (B, S, H, hd)
 tensors that the network's Attention hands over. Reports the median of CUDA-event timings, TFLOP/s
-(4 S^2 hd per head and batch row), and each kernel's error against a float64 reference on 512 query rows
+(4 S S_kv hd per head and batch row; ``--kv-tokens 512``: the cross-attention to the text), and each kernel's error against a float64 reference on 512 query rows
 (all keys): ``|out - ref| / |ref|`` over those rows.
 
     python benchmarks/bench_attention.py --out benchmarks/results/attention-h200.json
@@ -66,6 +66,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--heads", type=int, nargs="+", default=[32, 40])
     ap.add_argument("--tokens", type=int, default=TOKENS)
+    ap.add_argument("--kv-tokens", type=int, default=None,
+                    help="keys and values of another length (512: the cross-attention to the text); default --tokens")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--flash4-tiles", nargs="*", default=[], metavar="MxN",
                     help="also time flash-attn-4 with these forward tiles (e.g. 128x176), where it is installed")
@@ -92,15 +94,17 @@ def main() -> None:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "cudnn": torch.backends.cudnn.version(), "flash4": reason or "installed", "results": []}
-    S = args.tokens
+    S, SK = args.tokens, args.kv_tokens or args.tokens
+    if SK != S:
+        report["benchmark"] = f"attention kernels, {S} queries x {SK} keys, B=2, head dim 128, bf16"
     for H in args.heads:
         g = torch.Generator(device).manual_seed(H)
-        qkv = [torch.randn(2, S, H, HEAD_DIM, generator=g, device=device, dtype=torch.bfloat16) for _ in range(3)]
+        qkv = [torch.randn(2, n, H, HEAD_DIM, generator=g, device=device, dtype=torch.bfloat16) for n in (S, SK, SK)]
         q, k, v = (t.transpose(1, 2) for t in qkv)  # (B, H, S, hd) views, as the network passes them
         ref = F.scaled_dot_product_attention(q[:, :, :CHECK_ROWS].double(), k.double(), v.double())
-        flops = 2 * H * 4 * S * S * HEAD_DIM
+        flops = 2 * H * 4 * S * SK * HEAD_DIM
         for name, fn in kernels.items():
-            row = {"heads": H, "tokens": S, "kernel": name}
+            row = {"heads": H, "tokens": S, "kv_tokens": SK, "kernel": name}
             try:
                 out = fn(q, k, v)
                 row["rel_err"] = ((out[:, :, :CHECK_ROWS].double() - ref).norm() / ref.norm()).item()
