@@ -4,8 +4,8 @@ on Hopper), SDPA's flash kernel, and flash-attn-4 (``plugins/predict1/flash4.py`
 Shapes: both guidance branches batched (B = 2), 56,320 tokens (121 x 704 x 1280 -> 16 x 44 x 80 patches),
 head dim 128; 32 heads (7B) and 40 heads (14B). Each kernel gets the (B, H, S, hd) views of (B, S, H, hd)
 tensors that the network's Attention hands over. Reports the median of CUDA-event timings, TFLOP/s
-(4 S S_kv hd per head and batch row; ``--kv-tokens 512``: the cross-attention to the text), and each kernel's error against a float64 reference on 512 query rows
-(all keys): ``|out - ref| / |ref|`` over those rows.
+(4 S S_kv hd per head and batch row; ``--kv-tokens 512``: the cross-attention to the text), and each kernel's
+error against a float64 reference on 512 query rows (all keys): ``|out - ref| / |ref|`` over those rows.
 
     python benchmarks/bench_attention.py --out benchmarks/results/attention-h200.json
     python benchmarks/bench_attention.py --heads 32 40 --flash4-tiles 128x176 128x192 --out ...  # tile sweep
