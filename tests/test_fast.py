@@ -206,6 +206,19 @@ def test_fast_options_under_other_memory_strategies(net, inputs, strategy):
     assert rel == 0.0 if strategy == "stream" else rel < 1e-3, rel
 
 
+@pytest.mark.parametrize("strategy", ["stream-sequential", "stream-lean"])
+def test_fp8_under_other_memory_strategies(net, inputs, strategy):
+    """FP8 (simulated: the same e4m3 values and scales as scaled_mm) with the branches one after the other and with
+    the lean forward, whose self-attention calls the sub-block's pieces itself (its linears quantize their own
+    input; the MLP still goes through Fp8Gelu): the resident FP8 video within fp32 rounding."""
+    fast = FastMode(fp8="simulate")
+    resident = _denoise(net, inputs, fast, steps=4)
+    out, stats = _denoise(net, inputs, fast, steps=4, strategy=strategy)
+    assert stats == resident[1]
+    rel = ((out.float() - resident[0].float()).norm() / resident[0].float().norm()).item()
+    assert rel < 1e-3, rel
+
+
 def test_streamed_forward_with_skipped_blocks_uses_the_right_weights():
     torch.manual_seed(0)
     blocks = nn.ModuleList(nn.Linear(4, 4, bias=False) for _ in range(5))
