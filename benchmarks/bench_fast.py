@@ -23,7 +23,9 @@ Exact mode always runs first, in the same process; at 35 steps each 7B setting t
 (8.5 s per exact step), so give one call one or two ``--settings`` (or fewer ``--steps``). ``--modes eager
 compile`` runs every setting twice, without and with ``--compile`` (the blocks through ``torch.compile``), each
 against exact mode in the same mode (``time_vs_exact``) and against eager exact mode (``time_vs_exact_eager``);
-the compiled settings are keyed ``"<setting> --compile"``.
+the compiled settings are keyed ``"<setting> --compile"``. Each full-size setting also times a 1-step generation:
+``marginal_s_per_step`` = (the N-step generation - the 1-step one) / (N - 1), a step without the generation's
+setup (what each step of a 35-step video costs), and ``marginal_vs_exact``.
 """
 
 from __future__ import annotations
