@@ -289,8 +289,8 @@ GELU_NEGATIVE_BOUND = 0.17
 def gelu_quantized(h: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`quantize_rows` of ``GELU(h)``'s rows (..., K) -> (M, K) e4m3, (M, 1) fp32, with each row's amax taken
     as ``max(GELU(max(row)), 0.17)`` instead of from the GELU'd values: the same number wherever the row's
-    largest GELU is at least 0.17 (any row with a value above 0.28; every row of a real or random network), else
-    a scale a little coarser than needed (still no overflow). The reduction then reads ``h`` without computing
+    largest GELU is at least 0.17 (any row with a value above 0.28: all 537,600 MLP rows of 3 demo generations,
+    the smallest row maximum 0.95), else a scale a little coarser than needed (still no overflow). The reduction then reads ``h`` without computing
     GELU, and GELU is computed once per value, at the cast (a fused row reduction over K = 16,384 loops over the
     row twice, so taking the amax of the GELU'd values computed the GELU twice)."""
     h2 = h.reshape(-1, h.shape[-1])
