@@ -11,7 +11,8 @@ for 14B), the same functions
   row quantization, as inductor fuses them before a sub-block's FP8 linears,
 
 compiled by inductor (what ``--compile`` runs) and as one hand-written Triton kernel each (a whole row in registers,
-read once; ``ROWS`` rows per program, several warp counts), and reports ms, TB/s (bytes read and written) and the
+read once; ``ROWS`` rows per program, several warp counts; the first is the network's ``fp8_kernels``, used for the
+attention outputs where ``fast.ATTENTION_OUTPUT_ROW_KERNEL`` is on, the second an experiment), and reports ms, TB/s (bytes read and written) and the
 agreement with the eager function (scales bit for bit, e4m3 values equal or one step apart). It says whether
 kernels of our own would pay before any is wired into the network.
 
@@ -35,6 +36,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_network import timed  # noqa: E402  (CUDA-event median)
 
 from cosmos_plugins.predict1 import fast as F  # noqa: E402
+from cosmos_plugins.predict1 import fp8_kernels  # noqa: E402
 from cosmos_plugins.predict1.network import modulate  # noqa: E402
 
 TOKENS = 16 * 44 * 80
@@ -49,23 +51,12 @@ def residual_ln_quantize(x, y, gate, shift, scale):
     return x, q, s
 
 
-def triton_kernels():
-    """The two hand-written kernels (Triton is imported here: the GPU machine's torch ships it)."""
+def triton_residual_kernel():
+    """The hand-written residual + layer norm + modulation + quantization kernel (an experiment, not in the network;
+    Triton is imported here: the GPU machine's torch ships it). The row quantization is the network's own,
+    ``fp8_kernels.quantize_rows_triton``."""
     import triton
     import triton.language as tl
-
-    @triton.jit
-    def quantize_kernel(x_ptr, q_ptr, s_ptr, M, K: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
-        cols = tl.arange(0, BLOCK)
-        inside = cols < K
-        for r in range(ROWS):
-            row = tl.program_id(0) * ROWS + r
-            if row < M:
-                x = tl.load(x_ptr + row * K + cols, mask=inside, other=0.0).to(tl.float32)
-                s = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12) / 448.0
-                v = tl.minimum(tl.maximum(tl.math.div_rn(x, s), -448.0), 448.0)
-                tl.store(q_ptr + row * K + cols, v.to(tl.float8e4nv), mask=inside)
-                tl.store(s_ptr + row, s)
 
     @triton.jit
     def residual_ln_quantize_kernel(x_ptr, y_ptr, gate_ptr, shift_ptr, scale_ptr, xo_ptr, q_ptr, s_ptr, M, S,
@@ -93,14 +84,6 @@ def triton_kernels():
                 tl.store(q_ptr + row * K + cols, v.to(tl.float8e4nv), mask=inside)
                 tl.store(s_ptr + row, s)
 
-    def quantize(x, rows: int, warps: int):
-        M, K = x.shape
-        q = torch.empty(M, K, device=x.device, dtype=F.FP8)
-        s = torch.empty(M, 1, device=x.device, dtype=torch.float32)
-        quantize_kernel[(triton.cdiv(M, rows),)](x, q, s, M, K=K, BLOCK=triton.next_power_of_2(K), ROWS=rows,
-                                                 num_warps=warps)
-        return q, s
-
     def residual(x, y, gate, shift, scale, rows: int, warps: int):
         B, S, K = x.shape
         M = B * S
@@ -112,7 +95,7 @@ def triton_kernels():
             num_warps=warps)
         return xo, q, s
 
-    return quantize, residual
+    return residual
 
 
 def agreement(q, s, exact: torch.Tensor, eager: tuple | None = None) -> dict:
@@ -146,7 +129,7 @@ def main() -> None:
     y = torch.randn(B, S, K, generator=g, device=device).to(bf)
     gate, shift, scale = ((torch.randn(B, 1, K, generator=g, device=device) * 0.3).to(bf) for _ in range(3))
     rows = x.reshape(M, K)
-    quantize, residual = triton_kernels()
+    residual = triton_residual_kernel()
     report = {"benchmark": "the compiled FP8 step's quantizing kernels: inductor vs hand-written Triton",
               "command": "python " + " ".join(sys.argv),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -170,8 +153,8 @@ def main() -> None:
     record("quantize", "inductor", lambda: compiled(rows), moved, rows, eager, lambda o: o)
     for r in ROWS:
         for w in WARPS:
-            record("quantize", f"triton rows={r} warps={w}", lambda r=r, w=w: quantize(rows, r, w), moved, rows,
-                   eager, lambda o: o)
+            record("quantize", f"triton rows={r} warps={w}",
+                   lambda r=r, w=w: fp8_kernels.quantize_rows_triton(rows, r, w), moved, rows, eager, lambda o: o)
     # residual + layer norm + modulation + quantization: read x, y (bf16), write x (bf16), e4m3 and scales; the
     # exact rows: the modulation in float64 of the new x as eager rounds it (bf16)
     x_new = x + gate * y

@@ -375,6 +375,54 @@ def test_fp8_modulation_in_scaled_mm_mode_feeds_scaled_mm(monkeypatch):
     assert torch.equal(out, ref)  # the same e4m3 values into the same _scaled_mm calls
 
 
+def test_attention_outputs_row_kernel_wiring(monkeypatch):
+    """With ``ATTENTION_OUTPUT_ROW_KERNEL`` on, to_fp8 hands the attention outputs' linears (and only those: two a
+    block) the operator ``cosmos_predict1::quantize_rows`` (on the CPU: quantize_rows itself, the GPU's Triton
+    kernel is a GPU test in test_fp8_fused.py): the same products as without it, bit for bit, eager and traced in
+    a compiled block (one opaque call: no graph break)."""
+    try:
+        q = torch.ones(16, 16).to(F.FP8)
+        torch._scaled_mm(q, q.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.float32)
+    except (RuntimeError, NotImplementedError):
+        pytest.skip("this torch has no CPU torch._scaled_mm")
+    monkeypatch.setattr(F, "_modulate_quantized_compiled", lambda: F.modulate_quantized)
+    monkeypatch.setattr(F, "fp8_linear_fused", F.fp8_linear_eager)
+    monkeypatch.setattr(F, "_fp8_matmul_compiled", lambda: F.fp8_matmul_scaled_mm)
+    monkeypatch.setattr(F, "_gelu_quantized_compiled", lambda: F.gelu_quantized)
+    plain = _network()
+    F.to_fp8(plain, "scaled_mm")
+    monkeypatch.setattr(F, "ATTENTION_OUTPUT_ROW_KERNEL", True)
+    net = _network()
+    F.to_fp8(net, "scaled_mm")
+    with_kernel = [n for n, m in net.named_modules() if isinstance(m, F.Fp8Linear) and m.row_quantize is not None]
+    assert len(with_kernel) == 2 * DIT_TINY.num_blocks and all(n.endswith("attn.to_out.0") for n in with_kernel)
+    assert not any(m.row_quantize for m in plain.modules() if isinstance(m, F.Fp8Linear))
+    x = torch.randn(37, 96).to(torch.bfloat16)
+    (q_op, s_op), (q_ref, s_ref) = torch.ops.cosmos_predict1.quantize_rows(x), F.quantize_rows(x)
+    assert torch.equal(s_op, s_ref) and torch.equal(q_op.float(), q_ref.float())
+    calls = [0]
+    for m in net.modules():
+        if isinstance(m, F.Fp8Linear) and m.row_quantize is not None:
+            m.row_quantize = (lambda op: lambda t: calls.__setitem__(0, calls[0] + 1) or op(t))(m.row_quantize)
+    args = _forward_inputs()
+    with torch.inference_mode():
+        assert torch.equal(net(*args[:3], 24.0, args[3]), plain(*args[:3], 24.0, args[3]))
+    assert calls[0] == 2 * DIT_TINY.num_blocks  # used: one call per attention output
+    block = net.blocks["block0"]
+    tables = net.prepare(*LATENT[2:], 24.0)
+    g = torch.Generator().manual_seed(6)
+    h = torch.randn(2, 48, DIT_TINY.model_channels, generator=g)
+    emb = torch.randn(2, DIT_TINY.model_channels, generator=g)
+    lora = torch.randn(2, 3 * DIT_TINY.model_channels, generator=g)
+    text = torch.randn(2, 8, DIT_TINY.crossattn_emb_channels, generator=g)
+    block_args = (h, emb, lora, text, tables.rope, tables.extra_pos)
+    with torch.inference_mode():
+        eager = block(*block_args)
+        torch._dynamo.reset()
+        compiled = torch.compile(block.forward, backend="eager", fullgraph=True)(*block_args)
+    assert torch.equal(compiled, eager)
+
+
 def test_fp8_modulation_is_the_plain_one_inside_a_compiled_block():
     """Under --compile the block's graph has the plain modulation (inductor fuses it with each linear's
     quantization); traced with fullgraph (no graph break) and backend "eager" (no C++ toolchain)."""

@@ -223,3 +223,22 @@ def test_compiled_modulation_quantizes_and_multiplies_within_the_bounds_on_the_g
     bound = _product_bound(rows.values, rows.scale, lin.qweight, lin.weight_scale, y_ref, acc_u=HOPPER_FP8_ACC_U,
                            terms=nonzero)
     assert ((y.reshape(-1, n).float() - y_ref.float()).abs() <= bound).all()
+
+
+@pytest.mark.gpu
+def test_triton_row_quantization_equals_quantize_rows_on_the_gpu():
+    """``fp8_kernels.quantize_rows_triton`` (the attention outputs' quantization, one Triton kernel) computes
+    ``quantize_rows``'s operations in the same order (the row amax, the same fp32 scale, an IEEE division, round to
+    nearest even): the same scales bit for bit and the same e4m3 values, for a power-of-two width and one that is
+    not (14B: 5,120, a masked row), one and two rows a program, and rows of very different magnitudes."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs a GPU with FP8 tensor cores")
+    from cosmos_plugins.predict1 import fp8_kernels
+
+    for k, rows in ((4096, 1), (5120, 1), (5120, 2)):
+        x, _ = _inputs(301, k, 16, device="cuda", seed=k)
+        q0, s0 = F.quantize_rows(x)
+        q, s = fp8_kernels.quantize_rows_triton(x, rows=rows)
+        assert q.dtype == F.FP8 and q.shape == (301, k) and s.shape == (301, 1)
+        assert torch.equal(s, s0), (k, rows)
+        assert torch.equal(q.float(), q0.float()), (k, rows, (q.float() != q0.float()).sum().item())

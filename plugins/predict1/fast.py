@@ -338,6 +338,9 @@ class Fp8Linear(nn.Module):
         if mode == "scaled_mm" and (in_features % 16 or out_features % 16):
             raise ValueError(f"FP8 matrix products need sizes divisible by 16, got {out_features}x{in_features}")
         self.mode, self.in_features, self.out_features = mode, in_features, out_features
+        # x (M, K) -> (values, scales) for an input that is not QuantizedRows; None: quantize_rows, compiled with the
+        # product (to_fp8 sets fp8_kernels' operator on the attention outputs' linears where asked)
+        self.row_quantize: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
         q, scale = quantize_rows(weight.detach())
         self.register_buffer("qweight", q)  # (N, K) e4m3
         self.register_buffer("weight_scale", scale.reshape(1, out_features).contiguous())  # (1, N) fp32
@@ -350,7 +353,10 @@ class Fp8Linear(nn.Module):
                 y = fp8_matmul_reference(x.values, x.scale, self.qweight, self.weight_scale, x.dtype)
             return y.reshape(*x.shape[:-1], self.out_features)
         lead, x2 = x.shape[:-1], x.reshape(-1, self.in_features)  # (M, K)
-        if self.mode == "scaled_mm":
+        if self.mode == "scaled_mm" and self.row_quantize is not None:
+            values, row_scale = self.row_quantize(x2)
+            y = fp8_matmul_rows(QuantizedRows(values, row_scale, x.shape, x.dtype), self.qweight, self.weight_scale)
+        elif self.mode == "scaled_mm":
             y = fp8_linear_fused(x2, self.qweight, self.weight_scale)
         else:
             xq, x_scale = quantize_rows(x2)  # (M, K), (M, 1)
@@ -359,6 +365,11 @@ class Fp8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}"
+
+
+# The attention outputs' quantization by the hand-written Triton kernel (fp8_kernels) in scaled_mm mode, instead of
+# inductor's: off until measured in the step (bench_fast.py --row-kernel; the kernel alone: bench_quant_kernels.py).
+ATTENTION_OUTPUT_ROW_KERNEL = False
 
 
 def to_fp8(net: nn.Module, mode: str) -> int:
@@ -382,4 +393,10 @@ def to_fp8(net: nn.Module, mode: str) -> int:
                 sub.modulate = Fp8Modulate(mode)  # its block's input goes to linears only, all of them now FP8
             if isinstance(sub, _network.FeedForward) and isinstance(sub.layer2, Fp8Linear):
                 sub.activation = Fp8Gelu(mode)
+            if (ATTENTION_OUTPUT_ROW_KERNEL and mode == "scaled_mm" and isinstance(sub, _network.Attention)
+                    and isinstance(sub.to_out[0], Fp8Linear)):
+                from . import fp8_kernels
+
+                fp8_kernels.register()  # here, outside any compiled region
+                sub.to_out[0].row_quantize = fp8_kernels.quantize_rows_op
     return replaced
