@@ -269,7 +269,7 @@ def run_full_size(args) -> dict:
             if args.inductor_options and mode == "compile":
                 runs.append((s, True, "inductor options"))
             if args.row_kernel and "fp8" in s:
-                runs.append((s, mode == "compile", "row kernel"))
+                runs.append((s, mode == "compile", "row kernels"))
     if args.persistent_rows:  # the variant compiles the same graphs: no cache may hand it the default's kernels
         torch._inductor.config.fx_graph_cache = False
         torch._functorch.config.enable_autograd_cache = False
@@ -281,12 +281,12 @@ def run_full_size(args) -> dict:
         net = random_network(p, seed=0, device=args.device)
         if variant == "inductor options":  # the blocks compiled with them (read by fast.compile_blocks)
             fast_mod.BLOCK_INDUCTOR_OPTIONS.update(json.loads(args.inductor_options))
-        fast_mod.ATTENTION_OUTPUT_ROW_KERNEL = variant == "row kernel"  # read by fast.to_fp8
+        fast_mod.ROW_KERNELS = variant == "row kernels"  # read by fast.to_fp8
         try:
             pipe = Predict1Pipeline(spec, plan, device, net, None, None, fast=fast_of(s), compile=compiled)
         finally:
             fast_mod.BLOCK_INDUCTOR_OPTIONS.clear()
-            fast_mod.ATTENTION_OUTPUT_ROW_KERNEL = False
+            fast_mod.ROW_KERNELS = False
         for sub in pipe.network.obj.modules():
             if variant == "modulation unfused" and isinstance(sub, AdaLNSubBlock):
                 sub.modulate = modulate  # undo fast.to_fp8's Fp8Modulate: each linear quantizes its own input
@@ -403,8 +403,8 @@ def main() -> None:
                     help="--full-size: also run each compiled setting with these inductor options for its blocks, "
                          'e.g. \'{"coordinate_descent_tuning": true}\' (fast.BLOCK_INDUCTOR_OPTIONS)')
     ap.add_argument("--row-kernel", action="store_true",
-                    help="--full-size: also run each FP8 setting with the attention outputs quantized by the "
-                         "hand-written Triton kernel (fast.ATTENTION_OUTPUT_ROW_KERNEL, fp8_kernels)")
+                    help="--full-size: also run each FP8 setting with the attention outputs' quantization and the "
+                         "MLP's GELU + quantization by the hand-written Triton kernels (fast.ROW_KERNELS, fp8_kernels)")
     ap.add_argument("--partial-out", type=Path, default=None,
                     help="--full-size: rewrite this JSON after each setting (results so far)")
     ap.add_argument("--out", type=Path, default=None,

@@ -7,12 +7,13 @@ channels move their bytes at 0.7-0.9 TB/s, a fifth of an H200's bandwidth: the a
 for 14B), the same functions
 
 * ``quantize``: rows -> e4m3 values and a per-row fp32 scale (``fast.quantize_rows``), as after attention;
+* ``gelu-quantize``: the MLP's GELU and its output's quantization (``fast.gelu_quantized``, 4 K channels);
 * ``residual-ln-quantize``: x + gate * y (kept: the block's next input), then LN(.) * (1 + scale) + shift, then the
   row quantization, as inductor fuses them before a sub-block's FP8 linears,
 
 compiled by inductor (what ``--compile`` runs) and as one hand-written Triton kernel each (a whole row in registers,
 read once; ``ROWS`` rows per program, several warp counts; the first is the network's ``fp8_kernels``, used for the
-attention outputs where ``fast.ATTENTION_OUTPUT_ROW_KERNEL`` is on, the second an experiment), and reports ms, TB/s (bytes read and written) and the
+attention outputs where ``fast.ROW_KERNELS`` is on, the second an experiment), and reports ms, TB/s (bytes read and written) and the
 agreement with the eager function (scales bit for bit, e4m3 values equal or one step apart). It says whether
 kernels of our own would pay before any is wired into the network.
 
@@ -98,12 +99,12 @@ def triton_residual_kernel():
     return residual
 
 
-def agreement(q, s, exact: torch.Tensor, eager: tuple | None = None) -> dict:
-    """How far the dequantized rows are from ``exact`` (the rows in float64), in e4m3 steps at ``exact``'s own
-    row scale (round to nearest: at most 0.5, plus what fp32 and bf16 roundings of the input add), over a sample
-    of rows; with ``eager`` (values, scales) of the same function: the fractions of scales and values equal."""
+def agreement(q, s, exact, eager: tuple | None = None) -> dict:
+    """How far the dequantized rows are from ``exact(rows)`` (those rows in float64), in e4m3 steps at the exact
+    rows' own scale (round to nearest: at most 0.5, plus what fp32 and bf16 roundings of the input add), over a
+    sample of rows; with ``eager`` (values, scales) of the same function: the fractions of scales and values equal."""
     rows = torch.arange(0, q.shape[0], max(1, q.shape[0] // 4096), device=q.device)
-    ref = exact[rows].double()
+    ref = exact(rows)
     scale64 = ref.abs().amax(-1, keepdim=True).clamp_min(1e-12) / F.FP8_MAX
     step = torch.maximum((ref / scale64).abs() * 2.0**-3, torch.full_like(ref, 2.0**-9)) * scale64
     out = {"max_steps": ((F.dequantize(q[rows], s[rows]).double() - ref).abs() / step).max().item()}
@@ -150,15 +151,28 @@ def main() -> None:
     eager = F.quantize_rows(rows)
     moved = M * K * 3 + M * 4
     compiled = torch.compile(F.quantize_rows, dynamic=False, fullgraph=True)
-    record("quantize", "inductor", lambda: compiled(rows), moved, rows, eager, lambda o: o)
+    exact = lambda i: rows[i].double()  # noqa: E731
+    record("quantize", "inductor", lambda: compiled(rows), moved, exact, eager, lambda o: o)
     for r in ROWS:
         for w in WARPS:
             record("quantize", f"triton rows={r} warps={w}",
-                   lambda r=r, w=w: fp8_kernels.quantize_rows_triton(rows, r, w), moved, rows, eager, lambda o: o)
+                   lambda r=r, w=w: fp8_kernels.quantize_rows_triton(rows, r, w), moved, exact, eager, lambda o: o)
+    # the MLP's GELU + quantization (fast.gelu_quantized): read M x 16,384 bf16, write e4m3 and scales
+    hidden = torch.randn(B, S, 4 * K, generator=g, device=device).to(bf)
+    eager = F.gelu_quantized(hidden)
+    moved = M * 4 * K * 3 + M * 4
+    flat = hidden.reshape(M, 4 * K)
+    exact = lambda i: torch.nn.functional.gelu(flat[i].double())  # noqa: E731
+    compiled = torch.compile(F.gelu_quantized, dynamic=False, fullgraph=True)
+    record("gelu-quantize", "inductor", lambda: compiled(hidden), moved, exact, eager, lambda o: o)
+    for w in (8, 16, 32):
+        record("gelu-quantize", f"triton rows=1 warps={w}",
+               lambda w=w: fp8_kernels.gelu_quantize_rows_triton(hidden, 1, w), moved, exact, eager, lambda o: o)
     # residual + layer norm + modulation + quantization: read x, y (bf16), write x (bf16), e4m3 and scales; the
     # exact rows: the modulation in float64 of the new x as eager rounds it (bf16)
     x_new = x + gate * y
-    exact = modulate(x_new.double(), shift.double(), scale.double()).reshape(M, K)
+    mod = modulate(x_new.double(), shift.double(), scale.double()).reshape(M, K)
+    exact = lambda i: mod[i]  # noqa: E731
     moved = M * K * (2 + 2 + 2 + 1) + M * 4
     compiled = torch.compile(residual_ln_quantize, dynamic=False, fullgraph=True)
     record("residual-ln-quantize", "inductor", lambda: compiled(x, y, gate, shift, scale), moved, exact, None,

@@ -375,11 +375,12 @@ def test_fp8_modulation_in_scaled_mm_mode_feeds_scaled_mm(monkeypatch):
     assert torch.equal(out, ref)  # the same e4m3 values into the same _scaled_mm calls
 
 
-def test_attention_outputs_row_kernel_wiring(monkeypatch):
-    """With ``ATTENTION_OUTPUT_ROW_KERNEL`` on, to_fp8 hands the attention outputs' linears (and only those: two a
-    block) the operator ``cosmos_predict1::quantize_rows`` (on the CPU: quantize_rows itself, the GPU's Triton
-    kernel is a GPU test in test_fp8_fused.py): the same products as without it, bit for bit, eager and traced in
-    a compiled block (one opaque call: no graph break)."""
+def test_row_kernels_wiring(monkeypatch):
+    """With ``ROW_KERNELS`` on, to_fp8 hands the attention outputs' linears (and only those: two a block) the
+    operator ``cosmos_predict1::quantize_rows`` and each MLP's Fp8Gelu ``cosmos_predict1::gelu_quantize_rows`` (on
+    the CPU: quantize_rows and gelu_quantized themselves; the GPU's Triton kernels are GPU tests in
+    test_fp8_fused.py): the same products as without them, bit for bit, eager and traced in a compiled block (one
+    opaque call each: no graph break)."""
     try:
         q = torch.ones(16, 16).to(F.FP8)
         torch._scaled_mm(q, q.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.float32)
@@ -391,23 +392,34 @@ def test_attention_outputs_row_kernel_wiring(monkeypatch):
     monkeypatch.setattr(F, "_gelu_quantized_compiled", lambda: F.gelu_quantized)
     plain = _network()
     F.to_fp8(plain, "scaled_mm")
-    monkeypatch.setattr(F, "ATTENTION_OUTPUT_ROW_KERNEL", True)
+    monkeypatch.setattr(F, "ROW_KERNELS", True)
     net = _network()
     F.to_fp8(net, "scaled_mm")
     with_kernel = [n for n, m in net.named_modules() if isinstance(m, F.Fp8Linear) and m.row_quantize is not None]
     assert len(with_kernel) == 2 * DIT_TINY.num_blocks and all(n.endswith("attn.to_out.0") for n in with_kernel)
+    mlps = [m for m in net.modules() if isinstance(m, FeedForward)]
+    assert all(m.activation.kernel is not None for m in mlps)
     assert not any(m.row_quantize for m in plain.modules() if isinstance(m, F.Fp8Linear))
+    assert not any(m.activation.kernel for m in plain.modules() if isinstance(m, FeedForward))
     x = torch.randn(37, 96).to(torch.bfloat16)
     (q_op, s_op), (q_ref, s_ref) = torch.ops.cosmos_predict1.quantize_rows(x), F.quantize_rows(x)
     assert torch.equal(s_op, s_ref) and torch.equal(q_op.float(), q_ref.float())
+    (q_op, s_op), (q_ref, s_ref) = torch.ops.cosmos_predict1.gelu_quantize_rows(x), F.gelu_quantized(x)
+    assert torch.equal(s_op, s_ref) and torch.equal(q_op.float(), q_ref.float())
     calls = [0]
+
+    def counted(op):
+        return lambda t: calls.__setitem__(0, calls[0] + 1) or op(t)
+
     for m in net.modules():
         if isinstance(m, F.Fp8Linear) and m.row_quantize is not None:
-            m.row_quantize = (lambda op: lambda t: calls.__setitem__(0, calls[0] + 1) or op(t))(m.row_quantize)
+            m.row_quantize = counted(m.row_quantize)
+        if isinstance(m, FeedForward):
+            m.activation.kernel = counted(m.activation.kernel)
     args = _forward_inputs()
     with torch.inference_mode():
         assert torch.equal(net(*args[:3], 24.0, args[3]), plain(*args[:3], 24.0, args[3]))
-    assert calls[0] == 2 * DIT_TINY.num_blocks  # used: one call per attention output
+    assert calls[0] == 3 * DIT_TINY.num_blocks  # used: one call per attention output and per MLP
     block = net.blocks["block0"]
     tables = net.prepare(*LATENT[2:], 24.0)
     g = torch.Generator().manual_seed(6)

@@ -242,3 +242,30 @@ def test_triton_row_quantization_equals_quantize_rows_on_the_gpu():
         assert q.dtype == F.FP8 and q.shape == (301, k) and s.shape == (301, 1)
         assert torch.equal(s, s0), (k, rows)
         assert torch.equal(q.float(), q0.float()), (k, rows, (q.float() != q0.float()).sum().item())
+
+
+@pytest.mark.gpu
+def test_triton_gelu_quantization_equals_gelu_quantized_on_the_gpu():
+    """``fp8_kernels.gelu_quantize_rows_triton`` (the MLP's GELU + quantization, one Triton kernel) against the eager
+    ``gelu_quantized`` on the same GPU: GELU is PyTorch's formula (x * 0.5 * (1 + erf(x / sqrt 2)) in fp32, rounded
+    to bf16), so scales and values are expected equal; the bound allowed is one bf16 rounding of a row's GELU
+    maximum (2^-8 relative) in the scale and one e4m3 step in a value (an erf evaluated one fp32 ulp apart can move
+    a value across a rounding boundary), with rows under and over the 0.17 bound, 16,384 wide (the MLP's) and not
+    a power of two."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs a GPU with FP8 tensor cores")
+    from cosmos_plugins.predict1 import fp8_kernels
+
+    for k in (256, 16384, 5000):
+        g = torch.Generator("cuda").manual_seed(k)
+        h = (torch.randn(2, 40, k, generator=g, device="cuda") *
+             torch.logspace(-1, 1.5, 40, device="cuda")[:, None]).to(torch.bfloat16)
+        h[0, 3] = -h[0, 3].abs() - 3  # a row under the bound
+        q0, s0 = F.gelu_quantized(h)
+        q, s = fp8_kernels.gelu_quantize_rows_triton(h)
+        assert q.shape == q0.shape and s.shape == s0.shape
+        assert ((s - s0).abs() <= BF16_ULP / 2 * s0).all(), k
+        assert s[3].item() == s0[3].item() == F.GELU_NEGATIVE_BOUND / F.FP8_MAX
+        step = _one_step(q0, s0)
+        assert ((F.dequantize(q, s) - F.dequantize(q0, s0)).abs() <= step * (1 + 2**-4)).all(), k
+        assert (q.float() == q0.float()).float().mean().item() > 0.999, k

@@ -311,11 +311,14 @@ class Fp8Gelu:
     compiled in ``scaled_mm`` mode (outside ``--compile``: one kernel instead of the eager GELU and a fused
     quantization; inside, the same operations traced into the block's graph)."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, kernel: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None):
         self.mode = mode
+        self.kernel = kernel  # h -> (values, scales) in one call (fp8_kernels' operator), in and out of --compile
 
     def __call__(self, h: Tensor) -> QuantizedRows:
-        if self.mode == "scaled_mm" and not torch.compiler.is_compiling():
+        if self.kernel is not None:
+            values, row_scale = self.kernel(h)
+        elif self.mode == "scaled_mm" and not torch.compiler.is_compiling():
             torch._dynamo.maybe_mark_dynamic(h, 0)
             torch._dynamo.maybe_mark_dynamic(h, 1)
             values, row_scale = _gelu_quantized_compiled()(h)
@@ -367,9 +370,10 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}"
 
 
-# The attention outputs' quantization by the hand-written Triton kernel (fp8_kernels) in scaled_mm mode, instead of
-# inductor's: off until measured in the step (bench_fast.py --row-kernel; the kernel alone: bench_quant_kernels.py).
-ATTENTION_OUTPUT_ROW_KERNEL = False
+# The attention outputs' quantization and the MLP's GELU + quantization by the hand-written Triton kernels
+# (fp8_kernels) in scaled_mm mode, instead of inductor's (and, outside --compile, the compiled functions): off until
+# measured in the step (bench_fast.py --row-kernel; the kernels alone: bench_quant_kernels.py).
+ROW_KERNELS = False
 
 
 def to_fp8(net: nn.Module, mode: str) -> int:
@@ -391,12 +395,13 @@ def to_fp8(net: nn.Module, mode: str) -> int:
         for sub in block.modules():
             if isinstance(sub, _network.AdaLNSubBlock):
                 sub.modulate = Fp8Modulate(mode)  # its block's input goes to linears only, all of them now FP8
-            if isinstance(sub, _network.FeedForward) and isinstance(sub.layer2, Fp8Linear):
-                sub.activation = Fp8Gelu(mode)
-            if (ATTENTION_OUTPUT_ROW_KERNEL and mode == "scaled_mm" and isinstance(sub, _network.Attention)
-                    and isinstance(sub.to_out[0], Fp8Linear)):
+            kernels = ROW_KERNELS and mode == "scaled_mm"
+            if kernels:
                 from . import fp8_kernels
 
                 fp8_kernels.register()  # here, outside any compiled region
+            if isinstance(sub, _network.FeedForward) and isinstance(sub.layer2, Fp8Linear):
+                sub.activation = Fp8Gelu(mode, fp8_kernels.gelu_quantize_rows_op if kernels else None)
+            if kernels and isinstance(sub, _network.Attention) and isinstance(sub.to_out[0], Fp8Linear):
                 sub.to_out[0].row_quantize = fp8_kernels.quantize_rows_op
     return replaced
