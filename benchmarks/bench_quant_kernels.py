@@ -119,9 +119,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=TOKENS)
     ap.add_argument("--k", type=int, default=4096, help="channels (4,096: 7B; 5,120: 14B)")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--device", default="cuda",
+                    help="cuda; cpu only for a dry run in Triton's interpreter (TRITON_INTERPRET=1, tiny --tokens)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    device = torch.device("cuda", 0)
+    device = torch.device(args.device)
     g = torch.Generator(device).manual_seed(0)
     B, S, K = 2, args.tokens, args.k
     M = B * S
@@ -134,7 +136,8 @@ def main() -> None:
     report = {"benchmark": "the compiled FP8 step's quantizing kernels: inductor vs hand-written Triton",
               "command": "python " + " ".join(sys.argv),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "M": M, "K": K, "results": []}
+              "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (Triton's interpreter)",
+              "torch": torch.__version__, "M": M, "K": K, "results": []}
 
     def record(kind: str, name: str, fn, moved: int, exact, eager, outputs) -> None:
         row = {"kernel": kind, "variant": name}
