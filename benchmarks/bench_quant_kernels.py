@@ -80,7 +80,7 @@ def triton_residual_kernel():
                 sh = tl.load(shift_ptr + b * K + cols, mask=inside, other=0.0).to(tl.float32)
                 sc = tl.load(scale_ptr + b * K + cols, mask=inside, other=0.0).to(tl.float32)
                 m = tl.where(inside, d * rstd * (1.0 + sc) + sh, 0.0)
-                s = tl.maximum(tl.max(tl.abs(m), axis=0), 1e-12) / 448.0
+                s = tl.math.div_rn(tl.maximum(tl.max(tl.abs(m), axis=0), 1e-12), 448.0)
                 v = tl.minimum(tl.maximum(tl.math.div_rn(m, s), -448.0), 448.0)
                 tl.store(q_ptr + row * K + cols, v.to(tl.float8e4nv), mask=inside)
                 tl.store(s_ptr + row, s)

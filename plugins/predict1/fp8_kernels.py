@@ -44,7 +44,7 @@ def _quantize_kernel():
             row = tl.program_id(0) * ROWS + r
             if row < M:
                 x = tl.load(x_ptr + row * K + cols, mask=inside, other=0.0).to(tl.float32)
-                s = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12) / LIMIT
+                s = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12), LIMIT)  # IEEE, as torch's
                 v = tl.minimum(tl.maximum(tl.math.div_rn(x, s), -LIMIT), LIMIT)
                 tl.store(q_ptr + row * K + cols, v.to(tl.float8e4nv), mask=inside)
                 tl.store(s_ptr + row, s)
@@ -70,7 +70,7 @@ def _gelu_kernel():
                 h = tl.load(h_ptr + row * K + cols, mask=inside, other=float("-inf")).to(tl.float32)
                 m = tl.max(h, axis=0)
                 gm = (m * 0.5 * (1.0 + tl.math.erf(m * 0.7071067811865476))).to(tl.bfloat16).to(tl.float32)
-                s = tl.maximum(gm, BOUND) / LIMIT
+                s = tl.math.div_rn(tl.maximum(gm, BOUND), LIMIT)
                 g = (h * 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))).to(tl.bfloat16).to(tl.float32)
                 v = tl.minimum(tl.maximum(tl.math.div_rn(g, s), -LIMIT), LIMIT)
                 tl.store(q_ptr + row * K + cols, v.to(tl.float8e4nv), mask=inside)
