@@ -122,7 +122,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def measure(name: str, encoders: dict, prompts: list, labels: list, device: torch.device, repeats: int) -> dict:
     """Compare the encoders of ``encoders`` (dtype name -> T5TextEncoder) on ``prompts``."""
     rows = []
-    for label, prompt in zip(labels, prompts):
+    for label, prompt in zip(labels, prompts, strict=True):
         emb = {k: enc.encode([prompt]) for k, enc in encoders.items()}
         e32 = emb["float32"]
         row = {"prompt": label, "tokens": int((e32.abs().sum(-1) > 0).sum()),
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     print(f"{'encoder':8} {'params':>8} {'bf16 rel err':>14} {'cast floor':>11} {'fp32 vs fp64':>13} "
           f"{'fp32 s':>8} {'bf16 s':>8} {'fp32 weights':>13} {'bf16 weights':>13} {'fp32 act':>9} {'bf16 act':>9}")
     for r in results:
-        act = lambda k: "-" if r[k] is None else f"{r[k] / GiB:.2f}G"  # noqa: E731
+        act = lambda k, r=r: "-" if r[k] is None else f"{r[k] / GiB:.2f}G"  # noqa: E731
         fp64 = f"{r['rel_err_fp32_max']:.1e}" if "rel_err_fp32_max" in r else "-"
         print(f"{r['encoder']:8} {r['num_params'] / 1e6:7.1f}M "
               f"{r['rel_err_bf16_mean']:.2e}/{r['rel_err_bf16_max']:.1e} {r['rel_err_cast_mean']:11.2e} {fp64:>13} "
