@@ -353,10 +353,9 @@ def test_fp8_sub_blocks_hand_their_linears_the_input_quantized_once(monkeypatch)
     assert (shared, calls[0]) == (7 * DIT_TINY.num_blocks, 10 * DIT_TINY.num_blocks)
 
 
-def test_fp8_modulation_in_scaled_mm_mode_feeds_scaled_mm(monkeypatch):
-    """The scaled_mm wiring on the CPU (where this torch has a CPU ``_scaled_mm``), with the compiled functions
-    replaced by the eager ones they compile (no C++ toolchain needed): the same products as each linear quantizing
-    its own input, bit for bit. The compiled kernels themselves are a GPU test in test_fp8_fused.py."""
+def _eager_scaled_mm(monkeypatch) -> None:
+    """scaled_mm mode on the CPU (skipped where this torch has no CPU ``_scaled_mm``), with the compiled functions
+    replaced by the eager ones they compile (no C++ toolchain needed)."""
     try:
         q = torch.ones(16, 16).to(F.FP8)
         torch._scaled_mm(q, q.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.float32)
@@ -366,6 +365,31 @@ def test_fp8_modulation_in_scaled_mm_mode_feeds_scaled_mm(monkeypatch):
     monkeypatch.setattr(F, "fp8_linear_fused", F.fp8_linear_eager)
     monkeypatch.setattr(F, "_fp8_matmul_compiled", lambda: F.fp8_matmul_scaled_mm)
     monkeypatch.setattr(F, "_gelu_quantized_compiled", lambda: F.gelu_quantized)
+
+
+def _assert_block_traces_to_itself(net: VideoExtendGeneralDIT, seed: int) -> None:
+    """The first block of ``net`` traced by torch.compile with fullgraph (no graph break) and backend "eager" (no
+    C++ toolchain) gives its eager output on random inputs."""
+    block = net.blocks["block0"]
+    tables = net.prepare(*LATENT[2:], 24.0)
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(2, 48, DIT_TINY.model_channels, generator=g)
+    emb = torch.randn(2, DIT_TINY.model_channels, generator=g)
+    lora = torch.randn(2, 3 * DIT_TINY.model_channels, generator=g)
+    text = torch.randn(2, 8, DIT_TINY.crossattn_emb_channels, generator=g)
+    args = (h, emb, lora, text, tables.rope, tables.extra_pos)
+    with torch.inference_mode():
+        eager = block(*args)
+        torch._dynamo.reset()
+        compiled = torch.compile(block.forward, backend="eager", fullgraph=True)(*args)
+    assert torch.equal(compiled, eager)
+
+
+def test_fp8_modulation_in_scaled_mm_mode_feeds_scaled_mm(monkeypatch):
+    """The scaled_mm wiring on the CPU (where this torch has a CPU ``_scaled_mm``), with the compiled functions
+    replaced by the eager ones they compile (no C++ toolchain needed): the same products as each linear quantizing
+    its own input, bit for bit. The compiled kernels themselves are a GPU test in test_fp8_fused.py."""
+    _eager_scaled_mm(monkeypatch)
     net = _network()
     F.to_fp8(net, "scaled_mm")
     plain = _plain_fp8_inputs(copy.deepcopy(net))
@@ -381,15 +405,7 @@ def test_row_kernels_wiring(monkeypatch):
     the CPU: quantize_rows and gelu_quantized themselves; the GPU's Triton kernels are GPU tests in
     test_fp8_fused.py): the same products as without them, bit for bit, eager and traced in a compiled block (one
     opaque call each: no graph break)."""
-    try:
-        q = torch.ones(16, 16).to(F.FP8)
-        torch._scaled_mm(q, q.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.float32)
-    except (RuntimeError, NotImplementedError):
-        pytest.skip("this torch has no CPU torch._scaled_mm")
-    monkeypatch.setattr(F, "_modulate_quantized_compiled", lambda: F.modulate_quantized)
-    monkeypatch.setattr(F, "fp8_linear_fused", F.fp8_linear_eager)
-    monkeypatch.setattr(F, "_fp8_matmul_compiled", lambda: F.fp8_matmul_scaled_mm)
-    monkeypatch.setattr(F, "_gelu_quantized_compiled", lambda: F.gelu_quantized)
+    _eager_scaled_mm(monkeypatch)
     plain = _network()
     F.to_fp8(plain, "scaled_mm")
     monkeypatch.setattr(F, "ROW_KERNELS", True)
@@ -420,19 +436,7 @@ def test_row_kernels_wiring(monkeypatch):
     with torch.inference_mode():
         assert torch.equal(net(*args[:3], 24.0, args[3]), plain(*args[:3], 24.0, args[3]))
     assert calls[0] == 3 * DIT_TINY.num_blocks  # used: one call per attention output and per MLP
-    block = net.blocks["block0"]
-    tables = net.prepare(*LATENT[2:], 24.0)
-    g = torch.Generator().manual_seed(6)
-    h = torch.randn(2, 48, DIT_TINY.model_channels, generator=g)
-    emb = torch.randn(2, DIT_TINY.model_channels, generator=g)
-    lora = torch.randn(2, 3 * DIT_TINY.model_channels, generator=g)
-    text = torch.randn(2, 8, DIT_TINY.crossattn_emb_channels, generator=g)
-    block_args = (h, emb, lora, text, tables.rope, tables.extra_pos)
-    with torch.inference_mode():
-        eager = block(*block_args)
-        torch._dynamo.reset()
-        compiled = torch.compile(block.forward, backend="eager", fullgraph=True)(*block_args)
-    assert torch.equal(compiled, eager)
+    _assert_block_traces_to_itself(net, seed=6)
 
 
 def test_fp8_modulation_is_the_plain_one_inside_a_compiled_block():
@@ -440,19 +444,7 @@ def test_fp8_modulation_is_the_plain_one_inside_a_compiled_block():
     quantization); traced with fullgraph (no graph break) and backend "eager" (no C++ toolchain)."""
     net = _network()
     F.to_fp8(net, "simulate")
-    block = net.blocks["block0"]
-    tables = net.prepare(*LATENT[2:], 24.0)
-    g = torch.Generator().manual_seed(5)
-    h = torch.randn(2, 48, DIT_TINY.model_channels, generator=g)
-    emb, lora = torch.randn(2, DIT_TINY.model_channels, generator=g), torch.randn(2, 3 * DIT_TINY.model_channels,
-                                                                               generator=g)
-    text = torch.randn(2, 8, DIT_TINY.crossattn_emb_channels, generator=g)
-    args = (h, emb, lora, text, tables.rope, tables.extra_pos)
-    with torch.inference_mode():
-        eager = block(*args)
-        torch._dynamo.reset()
-        compiled = torch.compile(block.forward, backend="eager", fullgraph=True)(*args)
-    assert torch.equal(compiled, eager)
+    _assert_block_traces_to_itself(net, seed=5)
 
 
 @pytest.mark.gpu

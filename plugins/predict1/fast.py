@@ -382,6 +382,11 @@ def to_fp8(net: nn.Module, mode: str) -> int:
     hands its linears their input quantized (:class:`Fp8Modulate`), and every MLP its second linear the GELU's
     output (:class:`Fp8Gelu`). Returns the layers replaced."""
     replaced = 0
+    kernels = ROW_KERNELS and mode == "scaled_mm"
+    if kernels:
+        from . import fp8_kernels
+
+        fp8_kernels.register()  # here, outside any compiled region
     for block in net.blocks.values():
         keep = {id(m) for sub in block.modules() if hasattr(sub, "adaLN_modulation")
                 for m in sub.adaLN_modulation.modules()}
@@ -395,11 +400,6 @@ def to_fp8(net: nn.Module, mode: str) -> int:
         for sub in block.modules():
             if isinstance(sub, _network.AdaLNSubBlock):
                 sub.modulate = Fp8Modulate(mode)  # its block's input goes to linears only, all of them now FP8
-            kernels = ROW_KERNELS and mode == "scaled_mm"
-            if kernels:
-                from . import fp8_kernels
-
-                fp8_kernels.register()  # here, outside any compiled region
             if isinstance(sub, _network.FeedForward) and isinstance(sub.layer2, Fp8Linear):
                 sub.activation = Fp8Gelu(mode, fp8_kernels.gelu_quantize_rows_op if kernels else None)
             if kernels and isinstance(sub, _network.Attention) and isinstance(sub.to_out[0], Fp8Linear):

@@ -79,29 +79,27 @@ def _gelu_kernel():
     return triton, kernel
 
 
-def gelu_quantize_rows_triton(h: Tensor, rows: int = QUANTIZE_ROWS, warps: int = GELU_WARPS) -> tuple[Tensor, Tensor]:
-    """h (..., K) on a GPU (bf16) -> (M, K) e4m3 values of GELU(h), (M, 1) fp32 scales, as
-    :func:`.fast.gelu_quantized`."""
-    triton, kernel = _gelu_kernel()
-    h = h.reshape(-1, h.shape[-1]).contiguous()
-    M, K = h.shape
-    q = torch.empty(M, K, device=h.device, dtype=FP8)
-    s = torch.empty(M, 1, device=h.device, dtype=torch.float32)
-    kernel[(triton.cdiv(M, rows),)](h, q, s, M, K=K, BLOCK=triton.next_power_of_2(K), ROWS=rows, LIMIT=FP8_MAX,
-                                    BOUND=GELU_NEGATIVE_BOUND, num_warps=warps)
-    return q, s
-
-
-def quantize_rows_triton(x: Tensor, rows: int = QUANTIZE_ROWS, warps: int = QUANTIZE_WARPS) -> tuple[Tensor, Tensor]:
-    """x (M, K) on a GPU -> (M, K) e4m3 values, (M, 1) fp32 scales, as :func:`.fast.quantize_rows`."""
-    triton, kernel = _quantize_kernel()
+def _rows(compiled, x: Tensor, rows: int, warps: int, **constants) -> tuple[Tensor, Tensor]:
+    """Launch one of the row kernels (``(triton, kernel)``) over x (M, K): one program a ``rows`` rows."""
+    triton, kernel = compiled
     x = x.contiguous()
     M, K = x.shape
     q = torch.empty(M, K, device=x.device, dtype=FP8)
     s = torch.empty(M, 1, device=x.device, dtype=torch.float32)
     kernel[(triton.cdiv(M, rows),)](x, q, s, M, K=K, BLOCK=triton.next_power_of_2(K), ROWS=rows, LIMIT=FP8_MAX,
-                                    num_warps=warps)
+                                    num_warps=warps, **constants)
     return q, s
+
+
+def gelu_quantize_rows_triton(h: Tensor, rows: int = QUANTIZE_ROWS, warps: int = GELU_WARPS) -> tuple[Tensor, Tensor]:
+    """h (..., K) on a GPU (bf16) -> (M, K) e4m3 values of GELU(h), (M, 1) fp32 scales, as
+    :func:`.fast.gelu_quantized`."""
+    return _rows(_gelu_kernel(), h.reshape(-1, h.shape[-1]), rows, warps, BOUND=GELU_NEGATIVE_BOUND)
+
+
+def quantize_rows_triton(x: Tensor, rows: int = QUANTIZE_ROWS, warps: int = QUANTIZE_WARPS) -> tuple[Tensor, Tensor]:
+    """x (M, K) on a GPU -> (M, K) e4m3 values, (M, 1) fp32 scales, as :func:`.fast.quantize_rows`."""
+    return _rows(_quantize_kernel(), x, rows, warps)
 
 
 @functools.cache
