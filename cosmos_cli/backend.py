@@ -5,11 +5,13 @@ A backend is registered by a plugin (see :mod:`cosmos_cli.hookspecs`). The core 
 under one :class:`~cosmos_cli.planner.MemoryPlan`. The core never imports a backend's modules directly.
 
 Options of a backend's own (Predict1's ``--numerics``, ``--cp-scheme``): each backend has a typed
-:class:`Backend.Options` (a frozen dataclass; the base's has no field) and :meth:`Backend.parse_options` builds it
-from the values the command line gave, refusing an option the backend does not have, or a bad value, in one
-line before anything loads. The core never reads a backend's options; it hands the typed object to
-:meth:`Backend.start_parallel` and :meth:`Backend.build_pipeline`, and puts :meth:`Backend.Options.key_params` in a
-batch line's resume key.
+:class:`Backend.Options` (a frozen dataclass; the base's has no field) whose fields are flags of `generate` and
+`batch`, declared with :func:`option` (the help, the value's name, the help panel): the core adds the flags of every
+registered backend to those commands (:func:`cosmos_cli.registry.option_flags`) and names none itself.
+:meth:`Backend.parse_options` builds the object from the values the command line gave, refusing an option the
+backend does not have, or a bad value, in one line before anything loads. The core never reads a backend's
+options; it hands the typed object to :meth:`Backend.start_parallel` and :meth:`Backend.build_pipeline`, and puts
+:meth:`Backend.Options.key_params` in a batch line's resume key.
 
 One generation on several GPUs (``torchrun ... --num-gpus N``): the core asks the backend to join the run
 (:meth:`Backend.start_parallel`, which also decides whether and how the work can be split), plans memory with the
@@ -80,6 +82,43 @@ class ParallelRun(Protocol):
 def option_flag(name: str) -> str:
     """The command-line flag of the backend option ``name`` (``cp_scheme`` is ``--cp-scheme``)."""
     return "--" + name.replace("_", "-")
+
+
+# The panels of `cosmos generate --help` (and batch's), by title; a backend option goes under one of them.
+PANEL_INPUT, PANEL_MODEL, PANEL_SAMPLING, PANEL_OUTPUT = "Input and prompt", "Model and safety", "Sampling", "Output"
+PANEL_MEMORY, PANEL_SPEED = "Memory and GPUs", "Speed (opt-in)"
+PANEL_BACKEND = "Backend options"  # the default panel of a backend option
+PANELS = (PANEL_INPUT, PANEL_MODEL, PANEL_SAMPLING, PANEL_OUTPUT, PANEL_MEMORY, PANEL_SPEED, PANEL_BACKEND)
+# The value types a backend option may have: each is one value after its flag (``--numerics original``).
+OPTION_TYPES = (str, int, float, Path)
+_FLAG = "cosmos_flag"  # the key of an option's Flag in its dataclass field's metadata
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How a backend option shows on the command line: its help (what it does, its values, its default), the name
+    of its value in the help (``MODE``) and the help panel it goes under (one of :data:`PANELS`)."""
+
+    help: str
+    metavar: str = "VALUE"
+    panel: str = PANEL_BACKEND
+
+
+def option(default: Any, *, help: str, metavar: str = "VALUE", panel: str = PANEL_BACKEND) -> Any:
+    """A field of a backend's :class:`Backend.Options` that is a flag of `generate` and `batch`::
+
+        @dataclasses.dataclass(frozen=True)
+        class MyOptions(Backend.Options):
+            tiles: int = option(1, help="Tiles per frame (default 1).", metavar="N", panel=PANEL_SPEED)
+
+    The field's type (one of :data:`OPTION_TYPES`) is the value's; ``default`` is used when the flag is not given."""
+    return dataclasses.field(default=default, metadata={_FLAG: Flag(help, metavar, panel)})
+
+
+def flag_of(field: dataclasses.Field) -> Flag:
+    """The :class:`Flag` an Options field declares through :func:`option` (a plain field: no help, the default
+    panel)."""
+    return field.metadata.get(_FLAG) or Flag(help="")
 
 
 class Backend(abc.ABC):

@@ -12,10 +12,16 @@ from typing import Annotated
 import typer
 
 from cosmos_cli import fastmode as fm
+from cosmos_cli.backend import PANEL_INPUT as P_INPUT
+from cosmos_cli.backend import PANEL_MEMORY as P_MEMORY
+from cosmos_cli.backend import PANEL_MODEL as P_MODEL
+from cosmos_cli.backend import PANEL_OUTPUT as P_OUTPUT
+from cosmos_cli.backend import PANEL_SAMPLING as P_SAMPLING
+from cosmos_cli.backend import PANEL_SPEED as P_SPEED
 
-# Help panels: `cosmos generate --help` groups its options under these titles.
-P_INPUT, P_MODEL, P_SAMPLING, P_OUTPUT = "Input and prompt", "Model and safety", "Sampling", "Output"
-P_MEMORY, P_SPEED, P_BATCH = "Memory and GPUs", "Speed (opt-in)", "Batch"
+# Help panels: `cosmos generate --help` groups its options under these titles (the backends' options too, see
+# cosmos_cli.backend.PANELS).
+P_BATCH = "Batch"
 P_OFFLOAD = "The original's five offload flags (they choose an --offload strategy)"
 P_ORIGINAL = "Accepted for the original's commands"
 
@@ -82,15 +88,6 @@ NumGpusOpt = Annotated[
     typer.Option("--num-gpus", min=1, rich_help_panel=P_MEMORY, metavar="N",
                  help="GPUs working on each generation (context parallelism), one process per GPU started by "
                       "torchrun: torchrun --nproc_per_node=N --no-python cosmos generate (or batch) ... --num-gpus N."),
-]
-# Options of a backend's own (Predict1's; their defaults are that backend's): only one the user gave reaches the
-# backend, see backend_values.
-CpSchemeOpt = Annotated[
-    str,
-    typer.Option("--cp-scheme", rich_help_panel=P_MEMORY, metavar="SCHEME",
-                 help="How --num-gpus N splits a generation: auto (cfg when N is even and the memory plan runs the "
-                      "two guidance branches together, else sequence), sequence (each GPU takes 1/N of the video's "
-                      "tokens) or cfg (the two guidance branches on two halves of the GPUs)."),
 ]
 UpsamplerOpt = Annotated[bool, _flag("--upsampler/--no-upsampler",
                                      help="Count the prompt upsampler. Also: --disable-prompt-upsampler.")]
@@ -178,12 +175,6 @@ OffloadGuardrailOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", rich_help_panel=P_MEMORY, metavar="DEVICE",
                                         help="auto (a GPU when there is one), cuda, cuda:N or cpu. A 7B/14B model "
                                              "on a machine without a GPU needs --device cpu, given explicitly.")]
-NumericsOpt = Annotated[
-    str,
-    typer.Option("--numerics", rich_help_panel=P_SAMPLING, metavar="MODE",
-                 help="fp32: fp32 position tables and sampler scalars, as the model was trained "
-                      "(default). original: the original script's bf16 details, for identical videos."),
-]
 FastOpt = Annotated[
     str | None,
     typer.Option("--fast", metavar="OPTIONS", rich_help_panel=P_SPEED,
@@ -199,13 +190,6 @@ CompileOpt = Annotated[
     _flag("--compile", rich_help_panel=P_SPEED,
           help="Compile the network's blocks with torch.compile (same video within float "
                "rounding; the first step waits for the compilation)."),
-]
-AttentionOpt = Annotated[  # a backend's own (Predict1's), like --numerics
-    str,
-    typer.Option("--attention", rich_help_panel=P_SPEED, metavar="KERNEL",
-                 help="The network's self-attention kernel: auto (flash-attn-4 where it is installed and has "
-                      "kernels for this GPU, else PyTorch's SDPA), sdpa, or flash-attn-4 (refused where it cannot "
-                      "run). Same video within bf16 rounding; --json's details name the kernel used."),
 ]
 ResizeOpt = Annotated[
     str,
@@ -289,17 +273,6 @@ def check_original_only(spec, *, tokenizer_dir: str | None = None, prompt_upsamp
             where = f"--checkpoint-dir/{folder}" if folder else f"nowhere ({spec.name} has no {component})"
             raise UsageError(f"{flag} {value}: {spec.name} reads its {component} from {where}",
                              hint=f"Drop {flag}.")
-
-
-def backend_values(ctx: typer.Context, **values: object) -> dict[str, object]:
-    """The options of a backend's own among ``values`` (by name: the parameter's, which is the flag's, ``cp_scheme``
-    for ``--cp-scheme``) that the user gave on the command line, for ``GenerateRequest.backend_options``. One left
-    at its default is not passed, so a backend that lacks it refuses it only when it is used
-    (:meth:`cosmos_cli.backend.Backend.parse_options`)."""
-    # Context.get_parameter_source, by the source's name: Typer's own copy of click has its own enum
-    unset = (None, "DEFAULT", "DEFAULT_MAP")
-    return {name: value for name, value in values.items()
-            if getattr(ctx.get_parameter_source(name), "name", None) not in unset}
 
 
 def original_offload_flags(offload_diffusion_transformer: bool, offload_tokenizer: bool,

@@ -9,16 +9,18 @@ so tests can register and unregister fake plugins on the same manager.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import pluggy
 
 from cosmos_cli import hookspecs
-from cosmos_cli.backend import Backend
+from cosmos_cli.backend import OPTION_TYPES, PANEL_BACKEND, PANELS, Backend, Flag, flag_of, option_flag
 from cosmos_cli.errors import PluginError, UnknownModelError
 from cosmos_cli.specs import OPTIONAL_SWITCHES, PLACEMENTS, ModelSpec, Strategy
 
@@ -89,6 +91,74 @@ def backends() -> list[Backend]:
                     raise PluginError(f"model name {n!r} is claimed by both {names[key]!r} and {spec.name!r}")
                 names[key] = spec.name
     return found
+
+
+@dataclass(frozen=True)
+class BackendFlag:
+    """One flag that backends' options make (:func:`option_flags`): the option's name (``cp_scheme``), its value's
+    type, how it shows (the first declaring backend's :class:`~cosmos_cli.backend.Flag`) and the backends that
+    declare it."""
+
+    name: str
+    type: type
+    flag: Flag
+    backends: tuple[str, ...]
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def option_flags(taken: frozenset[str] = frozenset()) -> list[BackendFlag]:
+    """The flags of every registered backend's options (:class:`Backend.Options` fields), in registration and field
+    order, for `generate` and `batch`. ``taken``: the names the command has already (parameter names and flags
+    without dashes, ``compile_blocks`` and ``compile``); an option that would reuse one, or be read as another
+    option's alias, has no flag. Two backends may share an option of one type (one flag, the first one's help).
+    What cannot be a flag (another type, a clash) is said in one warning and left out, so a faulty third-party
+    plugin cannot take the commands down; nor can a backend that fails validation: its error comes when it is used.
+    """
+    from cosmos_cli.options import normalize_option_name
+
+    try:
+        found = backends()
+    except PluginError as exc:
+        _warn_once(f"no backend options on the command line: {exc.message}")
+        return []
+    flags: dict[str, BackendFlag] = {}
+    for b in found:
+        try:
+            hints = typing.get_type_hints(b.Options)
+        except Exception as exc:  # noqa: BLE001 - a plugin's annotations that do not resolve
+            _warn_once(f"backend {b.id!r}: its options have no readable types ({exc}); they have no flags")
+            continue
+        for f in dataclasses.fields(b.Options):
+            if not f.init:
+                continue
+            kind, shown, flag = hints.get(f.name), option_flag(f.name), flag_of(f)
+            dashless = shown.removeprefix("--")
+            if kind not in OPTION_TYPES:
+                _warn_once(f"backend {b.id!r}: option {shown} is of type {kind!r}, not one of "
+                           f"{', '.join(t.__name__ for t in OPTION_TYPES)}; it has no flag")
+            elif {f.name, dashless} & taken or normalize_option_name(dashless) != dashless:
+                _warn_once(f"backend {b.id!r}: option {shown} is a cosmos option's name; it has no flag")
+            elif f.name in flags and flags[f.name].type is not kind:
+                _warn_once(f"backend {b.id!r}: option {shown} is of type {kind.__name__}, backend "
+                           f"{flags[f.name].backends[0]!r} declares it {flags[f.name].type.__name__}; {b.id!r}'s "
+                           "has no flag")
+            elif f.name in flags:
+                flags[f.name] = dataclasses.replace(flags[f.name], backends=(*flags[f.name].backends, b.id))
+            else:
+                if flag.panel not in PANELS:
+                    _warn_once(f"backend {b.id!r}: option {shown} asks for help panel {flag.panel!r}; it is under "
+                               f"{PANEL_BACKEND!r}")
+                    flag = dataclasses.replace(flag, panel=PANEL_BACKEND)
+                flags[f.name] = BackendFlag(f.name, kind, flag, (b.id,))
+    return list(flags.values())
 
 
 def _check_strategies(backend: str, spec: ModelSpec) -> None:

@@ -96,11 +96,13 @@ def test_backends_lists_builtin(cli):
     names = {m["name"] for m in b["predict1"]["models"]}
     assert {"Cosmos-Predict1-7B-Video2World", "Cosmos-Predict1-14B-Video2World"} <= names
     assert set(b["predict1"]["environment"]) == {"attention"}  # flash-attn-4 or PyTorch SDPA, from the metadata
+    assert b["predict1"]["options"] == ["--numerics", "--cp-scheme", "--attention"]
 
 
 def test_backends_table(cli):
     res = cli("backends")
     assert res.exit_code == 0 and "predict1" in res.stdout
+    assert "predict1: options: --numerics, --cp-scheme, --attention" in res.stdout
 
 
 def test_fake_backend_fixture_registers_and_unregisters(fake_backend, cli):

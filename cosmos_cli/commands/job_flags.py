@@ -2,8 +2,13 @@
 
 Both commands take the same job options (a batch's are each line's defaults). Typer reads a command's options from
 its signature, so :func:`with_job_flags` adds the fields of :class:`JobFlags` to the signature of the command it
-decorates and hands the command one ``JobFlags`` instead of thirty keyword arguments; :meth:`JobFlags.request`
-builds the :class:`~cosmos_cli.generation.GenerateRequest` from them.
+decorates, and after them the flags of the registered backends' own options (:func:`cosmos_cli.registry.
+option_flags`: Predict1's ``--numerics``, ``--cp-scheme``, ``--attention``; the core names none), and hands the
+command one ``JobFlags`` instead of thirty keyword arguments; :meth:`JobFlags.request` builds the
+:class:`~cosmos_cli.generation.GenerateRequest` from them.
+
+The backends' flags are read when Typer builds the command (when ``app()`` runs), not when this module is imported:
+importing it loads no plugin.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import dataclasses
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -46,16 +52,15 @@ class JobFlags:
     offload_prompt_upsampler: o.OffloadUpsamplerOpt = False
     offload_guardrail_models: o.OffloadGuardrailOpt = False
     num_gpus: o.NumGpusOpt = 1
-    cp_scheme: o.CpSchemeOpt = "auto"
     device: o.DeviceOpt = "auto"
-    numerics: o.NumericsOpt = "fp32"
     fast: o.FastOpt = None
     compile_blocks: o.CompileOpt = False
-    attention: o.AttentionOpt = "auto"
     resize: o.ResizeOpt = "stretch"
     batch_input_path: o.BatchInputOpt = None
     as_json: o.JsonOpt = False
     quiet: o.QuietOpt = False
+    # the backends' own options the user gave (name -> value; not a flag itself: see with_job_flags)
+    backend_options: Mapping[str, object] = dataclasses.field(default_factory=dict, metadata={"flag": False})
 
     def request(self, ctx: typer.Context, input_path: Path, name: str | None = None):
         """The request these options make for ``input_path`` (a batch: the batch file, each line's defaults)."""
@@ -74,31 +79,77 @@ class JobFlags:
             upsampler_ignores_prompt=self.upsampler_ignores_prompt, offload=self.offload,
             original_offload_flags=flags, num_gpus=self.num_gpus, device=self.device, resize=self.resize,
             fast=parse_fast(self.fast), compile=self.compile_blocks,
-            backend_options=o.backend_values(ctx, numerics=self.numerics, cp_scheme=self.cp_scheme,
-                                              attention=self.attention),
+            backend_options=self.backend_options,
         )
 
 
 def with_job_flags(command: Callable[..., None]) -> Callable[..., None]:
-    """``command(ctx, ..., job: JobFlags, ...)`` as a Typer command whose signature holds its own parameters with
-    every field of :class:`JobFlags` as an option in the place of ``job`` (the help lists them in that order)."""
-    hints = typing.get_type_hints(JobFlags, include_extras=True)
-    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
-              for f in dataclasses.fields(JobFlags)]
+    """``command(ctx, ..., job: JobFlags, ...)`` as a Typer command whose signature holds its own parameters with,
+    in the place of ``job``, every field of :class:`JobFlags` as an option and then the backends' option flags (the
+    help lists them in that order, each under its panel)."""
     own = list(inspect.signature(command, eval_str=True).parameters.values())
-    at = [p.name for p in own].index("job")
-    clash = {p.name for p in own} & {p.name for p in shared}
+    clash = {p.name for p in own} & set(_job_parameters())
     if clash:  # a programming error, caught by any test that builds the app
         raise TypeError(f"{command.__name__} declares job options itself: {sorted(clash)}")
-    names = {p.name for p in shared}
+    return _JobCommand(command, own)
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        job = JobFlags(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
-        return command(*args, job=job, **kwargs)
 
-    keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[at + 1:]]
-    wrapper.__signature__ = inspect.Signature(own[:at] + shared + keyword)
-    wrapper.__annotations__ = {}  # every parameter's type is in the signature
-    del wrapper.__wrapped__  # inspect.signature must read __signature__, not the command's own
-    return wrapper
+def _job_parameters() -> dict[str, inspect.Parameter]:
+    hints = typing.get_type_hints(JobFlags, include_extras=True)
+    return {f.name: inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                      annotation=hints[f.name])
+            for f in dataclasses.fields(JobFlags) if f.metadata.get("flag", True)}
+
+
+def _taken(parameters: list[inspect.Parameter]) -> frozenset[str]:
+    """The names ``parameters`` use: theirs and their flags' (without the dashes)."""
+    names = set()
+    for p in parameters:
+        names.add(p.name)
+        for info in typing.get_args(p.annotation)[1:]:  # typer.Option(...): in Annotated its first name is `default`
+            decls = (getattr(info, "default", None), *(getattr(info, "param_decls", None) or ()))
+            names.update(d.removeprefix("--") for d in decls if isinstance(d, str) and d.startswith("--"))
+    return frozenset(names)
+
+
+def _backend_parameters(taken: frozenset[str]) -> dict[str, inspect.Parameter]:
+    """A keyword parameter for each backend option flag: its value type or None (not given: the option is not
+    passed, the backend's default applies), its help under its panel."""
+    from cosmos_cli.registry import option_flags
+
+    params = {}
+    for bf in option_flags(taken):
+        info = typer.Option(f"--{bf.name.replace('_', '-')}", help=bf.flag.help, metavar=bf.flag.metavar,
+                            rich_help_panel=bf.flag.panel, show_default=False)
+        params[bf.name] = inspect.Parameter(bf.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[bf.type | None, info])
+    return params
+
+
+class _JobCommand:
+    """The command :func:`with_job_flags` makes: Typer reads ``__signature__`` when it builds the command, so the
+    backends' flags are those registered then; a call splits the keyword arguments into the command's own, one
+    :class:`JobFlags` and, in it, the backend options given."""
+
+    def __init__(self, command: Callable[..., None], own: list[inspect.Parameter]) -> None:
+        functools.update_wrapper(self, command)
+        del self.__wrapped__  # inspect.signature must read __signature__, not the command's own
+        self.__annotations__ = {}  # every parameter's type is in the signature (typing.get_type_hints reads this)
+        self._command, self._own = command, own
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        at = [p.name for p in self._own].index("job")
+        before = self._own[:at]
+        after = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in self._own[at + 1:]]
+        shared = list(_job_parameters().values())
+        backend = _backend_parameters(_taken(before + shared + after))
+        return inspect.Signature(before + shared + list(backend.values()) + after)
+
+    def __call__(self, *args, **kwargs):
+        names = set(_job_parameters())
+        job = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        own = {p.name for p in self._own}
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k not in own}  # the backend flags
+        job["backend_options"] = {k: v for k, v in given.items() if v is not None}
+        return self._command(*args, job=JobFlags(**job), **kwargs)
