@@ -331,7 +331,7 @@ def test_large_jpeg_is_decoded_reduced_and_once(tmp_path, monkeypatch):
     from cosmos_cli import media
 
     jpg = make_image(tmp_path / "big.jpg", height=48, width=64)
-    monkeypatch.setattr(media, "MAX_INPUT_PIXELS", 1000)  # 64x48 = 3072 pixels; / 2 -> 32x24 = 768
+    monkeypatch.setattr(media.read, "MAX_INPUT_PIXELS", 1000)  # 64x48 = 3072 pixels; / 2 -> 32x24 = 768
     decodes = []
     real = cv2.imdecode
     monkeypatch.setattr(cv2, "imdecode", lambda buf, flags: decodes.append(flags) or real(buf, flags))
@@ -354,7 +354,7 @@ def test_video_frames_are_bounded_before_decoding(tmp_path, monkeypatch):
     from tests.conftest import make_video
 
     clip = make_video(tmp_path / "clip.mp4", num_frames=3, height=48, width=64)
-    monkeypatch.setattr(media, "MAX_INPUT_PIXELS", 1000)
+    monkeypatch.setattr(media.read, "MAX_INPUT_PIXELS", 1000)
     for call in (media.probe, lambda p: media.read_frames(p, 1)):
         with pytest.raises(InputError, match=r"has 64x48 frames \(0 megapixels\): more than"):
             call(clip)

@@ -635,13 +635,13 @@ def test_write_is_checked_after_encoding(tmp_path, monkeypatch):
     """If what ffmpeg wrote does not read back as the frames sent, nothing replaces the target."""
     existing = tmp_path / "existing.mp4"
     existing.write_bytes(b"previous result")
-    real_probe = media._probe_video
+    real_probe = media.read._probe_video
 
     def short_probe(p):
         info = real_probe(p)
         return media.MediaInfo(info.path, info.kind, info.num_frames - 1, info.width, info.height, info.fps)
 
-    monkeypatch.setattr(media, "_probe_video", short_probe)
+    monkeypatch.setattr(media.write, "_probe_video", short_probe)
     with pytest.raises(GenerationError, match="expected 4"):
         media.write_video(existing, solid_frames(4), fps=24)
     assert existing.read_bytes() == b"previous result"
@@ -709,7 +709,7 @@ def test_write_text_failure_leaves_target(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(media.os, "replace", broken_replace)
+    monkeypatch.setattr(media.write.os, "replace", broken_replace)
     with pytest.raises(GenerationError, match="No space left"):
         media.write_text(path, "new prompt")
     assert path.read_text() == "old prompt"

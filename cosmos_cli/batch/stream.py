@@ -258,7 +258,7 @@ def write_streamed_report(path: Path, header: dict[str, Any], spool: RecordSpool
                           shard: tuple[int, int], pending: str) -> None:
     """The report of ``header`` (the summary's fields but ``problems``) with ``problems`` and ``items`` streamed
     from ``spool``; a line without a record is ``not_run`` with the message ``pending``."""
-    from cosmos_cli.media import _atomic_path
+    from cosmos_cli.media import atomic_path
 
     def lines() -> Iterator[int]:
         mine = iter(range(shard[0], len(index.valid), shard[1]))
@@ -280,7 +280,7 @@ def write_streamed_report(path: Path, header: dict[str, Any], spool: RecordSpool
         return json.dumps({"line": line, "name": name, "status": "not_run", "message": pending, "input": data,
                            "visual_input": visual}, ensure_ascii=False).encode("utf-8")
 
-    with _atomic_path(Path(path)) as tmp, open(tmp, "xb") as f:
+    with atomic_path(Path(path)) as tmp, open(tmp, "xb") as f:
         head = json.dumps(header, indent=2, ensure_ascii=False).encode("utf-8")
         f.write(head[:-2] + b',\n  "problems": [')
         first = True

@@ -1,83 +1,28 @@
-"""Reading conditioning images and videos, and writing the generated video (model-agnostic).
-
-What the original Cosmos-Predict1 does, and where we differ (spec 1.2 step 5, 1.3, pitfall 13.13):
-
-* **Image or video** is decided by opening the file, never by its extension: OpenCV is asked first
-  whether it recognises an image signature; anything else goes to the bundled ffmpeg
-  (``imageio_ffmpeg.get_ffmpeg_exe()``; no system ffmpeg is needed). The original used the
-  case-sensitive extension, so ``.JPG`` was read as a video and failed.
-* **Images** are decoded with OpenCV ``IMREAD_UNCHANGED``: grayscale becomes RGB, 16-bit becomes 8-bit
-  (rounded, ``65535 -> 255``), and RGBA is composited over white exactly as the original,
-  ``rgb*a + 255*(1-a)`` in float64 then a truncating cast to uint8. The EXIF orientation tag is *not*
-  applied: the pixels are used as stored, which is what the original's imageio/Pillow reader does.
-* **Size bound**: an image's size is read from its header first (Pillow's lazy ``Image.open``) and a video's
-  frame size from the demuxer, and more than :data:`~cosmos_cli.limits.MAX_INPUT_PIXELS` per frame is refused
-  before any pixel is decoded (a 97 KB PNG can declare 10000x10000); a larger JPEG is decoded reduced
-  (1/2, 1/4, 1/8) instead. :func:`probe` decodes no image, so an image is decoded once, by :func:`read_frames`.
-* **Videos** are decoded by ffmpeg into RGB24 (display rotation applied, as in the original, which read
-  through the same imageio-ffmpeg pipe), one frame per decoded picture (``-fps_mode passthrough``: no
-  frame is duplicated or dropped to force a constant rate). Only the last ``N`` frames are kept while
-  streaming; the original decoded and resized the whole video.
-* **Normalisation** is the model spec's ``x * scale + offset`` (Predict1's: the original's ``x / 128 - 1``,
-  range ``[-1, 0.9921875]``), then a bicubic antialiased resize, see :func:`frames_to_tensor`.
-* **Saving** is H.264 / yuv420p / ``+faststart`` MP4 through ``imageio_ffmpeg.write_frames``, written to a
-  temporary file beside the target and renamed into place, see :func:`write_video`.
-
-torch is imported inside :func:`frames_to_tensor` only, so importing this module stays cheap.
-"""
+"""Reading conditioning images and videos: :func:`probe` (what a file is, decoding nothing), :func:`read_frames`
+(its last N frames) and :func:`read_video` (every frame). Opened by content, never by extension; sizes bounded before
+any pixel is decoded; videos decoded by the bundled ffmpeg (see :mod:`cosmos_cli.media`)."""
 
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import os
 import re
 import subprocess
-import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
-from cosmos_cli.errors import GenerationError, InputError
+from cosmos_cli.errors import InputError
 from cosmos_cli.limits import MAX_INPUT_PIXELS
-from cosmos_cli.specs import PixelNormalisation
-
-if TYPE_CHECKING:
-    import torch
-
-__all__ = [
-    "DEFAULT_CRF",
-    "DEFAULT_PRESET",
-    "MediaInfo",
-    "frames_to_tensor",
-    "probe",
-    "read_frames",
-    "read_video",
-    "write_text",
-    "write_video",
-]
-
-# The original saved with imageio quality 5, which imageio-ffmpeg maps to libx264 -crf 25 at x264's default speed
-# preset, medium: 4.2-5.3 s per 121-frame 704x1280 video on an H200 machine's 16 cores (benchmarks/results/
-# e2e-h200.md). We write with the veryfast preset at crf 24 instead, which keeps the quality: on a moving real clip
-# (benchmarks/bench_mp4.py, results/mp4-presets-cpu.json: 121 frames at 704x1280, 2 CPU cores) medium/crf 25 took
-# 3.83 s for 1.85 MB at PSNR 34.96 dB to the frames written, veryfast/crf 24 1.58 s for 2.33 MB at 34.80 dB
-# (veryfast/crf 25: 1.67 s, 1.99 MB, 34.20 dB). Pass a lower crf for fewer artefacts at a larger size.
-DEFAULT_CRF = 24
-DEFAULT_PRESET = "veryfast"
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
-                "placebo")
 
 _READABLE_HINT = "Pass an image (jpg, png, webp, bmp, tiff) or a video (mp4, mov, avi, webm, mkv)."
 # ffmpeg demuxers that read single still images, or text as pictures: a file only they accept is not a
 # video, and OpenCV already declined it as an image.
 _STILL_DEMUXERS = ("image2", "tty")
-_WRITE_HINT = "Check that the output folder is writable and has free space, and any ffmpeg messages above."
 
 
 @dataclass(frozen=True)
@@ -91,11 +36,6 @@ class MediaInfo:
     width: int
     height: int
     fps: float | None
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------------
 
 
 def probe(path: str | os.PathLike[str]) -> MediaInfo:
@@ -423,223 +363,3 @@ def _ffmpeg_cause(log: str) -> str:
 def _frames_word(n: int) -> str:
     return f"{n} frame" if n == 1 else f"{n} frames"
 
-
-# --------------------------------------------------------------------------------------------------
-# To the model
-# --------------------------------------------------------------------------------------------------
-
-
-def frames_to_tensor(
-    frames: np.ndarray,
-    height: int,
-    width: int,
-    resize: Literal["stretch", "crop", "pad"] = "stretch",
-    dtype: torch.dtype | None = None,
-    normalisation: PixelNormalisation = PixelNormalisation(),
-) -> torch.Tensor:
-    """uint8 RGB frames ``[N, H, W, 3]`` to a model input ``[1, 3, N, height, width]`` in ``dtype``.
-
-    Pixels are normalised as the model's spec says (``ModelSpec.input_normalisation``: ``x * scale + offset``;
-    the default maps [0, 255] onto [-1, 1]; Predict1's is the original's ``x / 128 - 1``, so black is ``-1.0``
-    and white ``0.9921875``), then resized with ``torch.nn.functional.interpolate(mode="bicubic", antialias=True,
-    align_corners=False)``, which is what torchvision's tensor ``resize(..., BICUBIC, antialias=True)``
-    calls. Values are not clamped afterwards (bicubic can overshoot slightly), as in the original.
-
-    ``resize``:
-
-    * ``"stretch"`` (the original's rule): resize to exactly ``(height, width)``; the aspect ratio is not
-      kept.
-    * ``"crop"``: scale so the frame covers ``(height, width)`` with its aspect ratio kept, then cut the
-      centre.
-    * ``"pad"``: scale so the frame fits inside ``(height, width)`` with its aspect ratio kept, then
-      centre it on black (``normalisation.offset``).
-
-    The resize is computed in float32 and the result cast to ``dtype`` (default float32). With
-    ``dtype=torch.bfloat16`` this reproduces the original bit for bit: it held the frames as bf16, but
-    torchvision's resize casts a bf16 tensor to float32, interpolates and casts back (and the normalised
-    values are exact in bf16 with Predict1's normalisation). Frames whose size already matches are not
-    resampled. Frames are processed one at a time, so a 4K input never needs a full-video float copy.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if (
-        not isinstance(frames, np.ndarray)
-        or frames.dtype != np.uint8
-        or frames.ndim != 4
-        or frames.shape[3] != 3
-    ):
-        raise ValueError(
-            f"frames must be a uint8 array [N, H, W, 3], got {getattr(frames, 'shape', type(frames))}"
-        )
-    if resize not in ("stretch", "crop", "pad"):
-        raise ValueError(f"resize must be 'stretch', 'crop' or 'pad', got {resize!r}")
-    if height < 1 or width < 1:
-        raise ValueError(f"height and width must be positive, got {height}x{width}")
-    dtype = dtype or torch.float32
-    n, h, w, _ = frames.shape
-    out = torch.empty((1, 3, n, height, width), dtype=dtype)  # (B, C, T, H, W)
-
-    if resize == "stretch":
-        inner = (height, width)
-    elif resize == "crop":
-        scale = max(height / h, width / w)
-        inner = (max(height, int(h * scale + 0.5)), max(width, int(w * scale + 0.5)))
-    else:
-        scale = min(height / h, width / w)
-        inner = (max(1, min(height, int(h * scale + 0.5))), max(1, min(width, int(w * scale + 0.5))))
-
-    for i in range(n):
-        x = torch.from_numpy(frames[i].astype(np.float32)).permute(2, 0, 1)[None]  # (1, 3, h, w)
-        x = x * normalisation.scale + normalisation.offset
-        if (h, w) != inner:
-            x = F.interpolate(x, size=inner, mode="bicubic", antialias=True, align_corners=False)
-        if resize == "crop":
-            top, left = (inner[0] - height) // 2, (inner[1] - width) // 2
-            x = x[:, :, top : top + height, left : left + width]
-        elif resize == "pad":
-            canvas = torch.full((1, 3, height, width), normalisation.offset)
-            top, left = (height - inner[0]) // 2, (width - inner[1]) // 2
-            canvas[:, :, top : top + inner[0], left : left + inner[1]] = x
-            x = canvas
-        out[0, :, i] = x[0].to(dtype)
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------------
-
-
-def write_video(
-    path: str | os.PathLike[str],
-    frames: np.ndarray | Iterable[np.ndarray],
-    fps: float,
-    crf: int = DEFAULT_CRF,
-    preset: str = DEFAULT_PRESET,
-) -> Path:
-    """Write uint8 RGB frames as an H.264 / yuv420p MP4 with ``+faststart`` (plays in browsers).
-
-    ``frames`` is an array ``[T, H, W, 3]`` or any iterable of ``[H, W, 3]`` arrays (frames are streamed
-    to ffmpeg one at a time). The file is written to a hidden temporary file in the target's folder
-    (created if missing), checked (frame count and size read back), and renamed over ``path`` with
-    :func:`os.replace`, so ``path`` is either the complete new video or untouched; on any failure the
-    temporary file is removed. A frame whose shape differs from the first raises ``ValueError``.
-
-    yuv420p needs an even width and height: an odd size is padded by one pixel, repeating the last row or
-    column, so nothing is lost or resampled (the file is then one pixel larger than the frames).
-    ``crf`` is libx264's constant rate factor (lower is better and larger; see :data:`DEFAULT_CRF`), ``preset``
-    its speed preset (:data:`DEFAULT_PRESET`).
-    Always MP4, whatever the extension of ``path``. Returns ``path``.
-    """
-    import imageio_ffmpeg
-
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    if not 0 <= crf <= 51:
-        raise ValueError(f"crf must be between 0 and 51, got {crf}")
-    if preset not in X264_PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}, got {preset!r}")
-    target = Path(path)
-    iterator = iter(frames)
-    first = next(iterator, None)
-    if first is None:
-        raise ValueError("write_video needs at least one frame")
-    shape = _check_frame(first, None, 0)
-    height, width = shape[0], shape[1]
-    pad_h, pad_w = height % 2, width % 2
-
-    with _atomic_path(target) as tmp:
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp),
-            size=(width + pad_w, height + pad_h),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            quality=None,
-            macro_block_size=1,
-            ffmpeg_log_level="error",
-            output_params=["-preset", preset, "-crf", str(crf), "-movflags", "+faststart", "-f", "mp4"],
-        )
-        count = 0
-        try:
-            writer.send(None)
-            for index, frame in enumerate(itertools.chain([first], iterator)):
-                _check_frame(frame, shape, index)
-                if pad_h or pad_w:
-                    frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-                writer.send(np.ascontiguousarray(frame))
-                count += 1
-        except OSError:  # imageio-ffmpeg's multi-line IOError: ffmpeg exited and closed its input
-            raise GenerationError(
-                f"writing {target} failed: ffmpeg exited before all frames were written", hint=_WRITE_HINT
-            ) from None
-        finally:
-            writer.close()
-        written = _probe_written(tmp, target)
-        got = (written.num_frames, written.width, written.height)
-        expected = (count, width + pad_w, height + pad_h)
-        if got != expected:
-            raise GenerationError(
-                f"writing {target} failed: ffmpeg wrote {got[0]} frames of {got[1]}x{got[2]}, "
-                f"expected {expected[0]} of {expected[1]}x{expected[2]}",
-                hint=_WRITE_HINT,
-            )
-    return target
-
-
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` as UTF-8, atomically (temporary file in the same folder, then :func:`os.replace`)."""
-    target = Path(path)
-    with _atomic_path(target) as tmp:
-        with open(tmp, "x", encoding="utf-8", newline="") as f:
-            f.write(text)
-    return target
-
-
-def _check_frame(frame: np.ndarray, shape: tuple[int, ...] | None, index: int) -> tuple[int, ...]:
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(
-            f"frame {index} must be a uint8 array [H, W, 3], got {getattr(frame, 'shape', type(frame))}"
-        )
-    if shape is not None and frame.shape != shape:
-        raise ValueError(f"frame {index} has shape {frame.shape}, but the first frame has {shape}")
-    return frame.shape
-
-
-def _probe_written(tmp: Path, target: Path) -> MediaInfo:
-    try:
-        if tmp.exists() and tmp.stat().st_size:
-            return _probe_video(tmp)
-    except InputError:
-        pass
-    raise GenerationError(
-        f"writing {target} failed: ffmpeg did not produce a readable video", hint=_WRITE_HINT
-    )
-
-
-@contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a fresh temporary path beside ``target``; on success rename it over ``target``, else delete it."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise GenerationError(
-            f"cannot create the folder {target.parent}: {err.strerror}",
-            hint="Choose a writable output folder.",
-        ) from None
-    # The writer's pid in the name: a later run removes the partial files of a process that is gone
-    # (cosmos_cli.outputs.remove_stale_partials).
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:  # make the data durable before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except OSError as err:
-        raise GenerationError(
-            f"writing {target} failed: {err.strerror or type(err).__name__}", hint=_WRITE_HINT
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
