@@ -81,7 +81,9 @@ class FakeBackend(Backend):
         raise NotImplementedError("the fake backend generates nothing")
 
 
-class _FakePlugin:
+class BackendPlugin:
+    """A plugin registering one backend (what a third party's entry-point module does)."""
+
     def __init__(self, backend):
         self.backend = backend
 
@@ -91,14 +93,25 @@ class _FakePlugin:
 
 
 @pytest.fixture
-def fake_backend() -> Iterator[FakeBackend]:
-    backend = FakeBackend()
-    pm = plugin_manager()
-    pm.register(_FakePlugin(backend), name="fake-test-plugin")
+def register_backend() -> Iterator:
+    """``register_backend(backend)``: a plugin of ``backend`` registered for this test only (returns the backend)."""
+    pm, names = plugin_manager(), []
+
+    def register(backend):
+        names.append(f"test-plugin-{len(names)}-{backend.id}")
+        pm.register(BackendPlugin(backend), name=names[-1])
+        return backend
+
     try:
-        yield backend
+        yield register
     finally:
-        pm.unregister(name="fake-test-plugin")
+        for name in names:
+            pm.unregister(name=name)
+
+
+@pytest.fixture
+def fake_backend(register_backend) -> FakeBackend:
+    return register_backend(FakeBackend())
 
 
 @dataclass

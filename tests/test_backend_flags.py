@@ -15,8 +15,7 @@ import pytest
 
 from cosmos_cli.backend import PANEL_BACKEND, PANEL_SPEED, Backend, option
 from cosmos_cli.errors import GenerationError
-from cosmos_cli.hookspecs import hookimpl
-from cosmos_cli.registry import option_flags, plugin_manager
+from cosmos_cli.registry import option_flags
 from tests.conftest import REPO, FakeBackend, fake_spec, make_image
 
 
@@ -48,28 +47,9 @@ class TileBackend(FakeBackend):
         raise _Stop("recorded")
 
 
-class _Plugin:
-    def __init__(self, backend):
-        self.backend = backend
-
-    @hookimpl
-    def register_backends(self, register):
-        register(self.backend)
-
-
 @pytest.fixture
-def register():
-    """register(backend): a plugin for this test only."""
-    pm, names = plugin_manager(), []
-
-    def add(backend):
-        names.append(f"flags-test-{len(names)}")
-        pm.register(_Plugin(backend), name=names[-1])
-        return backend
-
-    yield add
-    for name in names:
-        pm.unregister(name=name)
+def register(register_backend):
+    return register_backend
 
 
 def help_of(cli, monkeypatch, command="generate") -> str:

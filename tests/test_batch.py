@@ -16,10 +16,8 @@ import pytest
 import torch
 
 from cosmos_cli.backend import Backend
-from cosmos_cli.hookspecs import hookimpl
 from cosmos_cli.jobs import GenerationResult
 from cosmos_cli.media import probe
-from cosmos_cli.registry import plugin_manager
 from cosmos_plugins.predict1 import Predict1Backend
 from cosmos_plugins.predict1.specs import PREDICT1_TINY
 from tests.conftest import checkpoint_folder, make_image, make_video
@@ -212,20 +210,10 @@ class FaultyBackend(Backend):
         return FaultyPipeline(Predict1Backend().build_pipeline(spec, plan, **kw))
 
 
-class _FaultyPlugin:
-    @hookimpl
-    def register_backends(self, register):
-        register(FaultyBackend())
-
-
 @pytest.fixture
-def faulty():
-    pm = plugin_manager()
-    pm.register(_FaultyPlugin(), name="faulty-test-plugin")
-    try:
-        yield "faulty-tiny"
-    finally:
-        pm.unregister(name="faulty-test-plugin")
+def faulty(register_backend):
+    register_backend(FaultyBackend())
+    return "faulty-tiny"
 
 
 def test_blocked_and_out_of_memory_items_are_recorded_and_the_batch_goes_on(cli, ckpt, media, tmp_path, faulty):

@@ -19,8 +19,6 @@ from cosmos_cli.backend import Backend
 from cosmos_cli.commands import download as download_cmd
 from cosmos_cli.download import plan as plan_mod
 from cosmos_cli.errors import CheckpointError, UsageError
-from cosmos_cli.hookspecs import hookimpl
-from cosmos_cli.registry import plugin_manager
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, CheckpointFile
 from cosmos_plugins.predict1 import specs as p1
 
@@ -163,15 +161,6 @@ class _Backend(Backend):
         raise NotImplementedError
 
 
-class _Plugin:
-    def __init__(self, backend):
-        self.backend = backend
-
-    @hookimpl
-    def register_backends(self, register):
-        register(self.backend)
-
-
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """The fake Hub, huggingface_hub pointed at it, and no stored token or user cache in sight."""
@@ -192,16 +181,10 @@ def hub(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def models(hub):
+def models(hub, register_backend):
     """FakeHub-7B / FakeHub-14B: the real 7B/14B file lists, registered for the CLI; unregistered afterwards."""
-    backend = _Backend((renamed_spec(p1.PREDICT1_7B, hub, "FakeHub-7B", ("fh7b",)),
-                        renamed_spec(p1.PREDICT1_14B, hub, "FakeHub-14B", ("fh14b",))))
-    pm = plugin_manager()
-    pm.register(_Plugin(backend), name="fakehub-test-plugin")
-    try:
-        yield backend
-    finally:
-        pm.unregister(name="fakehub-test-plugin")
+    return register_backend(_Backend((renamed_spec(p1.PREDICT1_7B, hub, "FakeHub-7B", ("fh7b",)),
+                                      renamed_spec(p1.PREDICT1_14B, hub, "FakeHub-14B", ("fh14b",)))))
 
 
 @pytest.fixture

@@ -11,27 +11,15 @@ from cosmos_cli.generation import GenerateRequest, make_job, resolve_model
 from cosmos_cli.specs import Conversion
 from cosmos_plugins.predict1.pixtral_convert import PIXTRAL_12B
 from cosmos_plugins.predict1.specs import DEFAULT_NEGATIVE_PROMPT, PREDICT1_7B, PREDICT1_DEMO, SPECS
-from tests.conftest import FakeBackend, _FakePlugin, fake_spec, make_image
+from tests.conftest import FakeBackend, fake_spec, make_image
 
 ORIGINAL_START = "The video captures a series of frames showing ugly scenes"
 
 
 @pytest.fixture
-def registered():
+def registered(register_backend):
     """Register a FakeBackend with the given specs for one test."""
-    from cosmos_cli.registry import plugin_manager
-
-    pm = plugin_manager()
-    names = []
-
-    def register(*specs):
-        name = f"facts-test-{len(names)}"
-        pm.register(_FakePlugin(FakeBackend(specs)), name=name)
-        names.append(name)
-
-    yield register
-    for name in names:
-        pm.unregister(name=name)
+    return lambda *specs: register_backend(FakeBackend(specs))
 
 
 def test_every_predict1_model_carries_the_originals_facts():
