@@ -36,6 +36,7 @@ OPTION_ALIASES = {
     "disable-prompt-upsampler": "no-upsampler",
     "disable-guardrail": "no-guardrail",
     "gpus": "workers",
+    "model-sizes": "model",  # the original's download script
 }
 
 
@@ -114,7 +115,7 @@ PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", rich_help_panel
 NegativePromptOpt = Annotated[
     str | None,
     typer.Option("--negative-prompt", rich_help_panel=P_INPUT, metavar="TEXT",
-                 help="Negative prompt (default: the original's)."),
+                 help="Negative prompt. Default: the model's own (its original project's)."),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, rich_help_panel=P_SAMPLING, metavar="N",
                                       help="Random seed: the same seed gives the same video.")]
@@ -235,7 +236,7 @@ TokenizerDirOpt = Annotated[
 ]
 UpsamplerDirOpt = Annotated[
     str | None, typer.Option("--prompt-upsampler-dir", rich_help_panel=P_ORIGINAL, metavar="NAME",
-                             help="Must name the model's prompt-upsampler folder (Pixtral-12B).")
+                             help="Must name the model's prompt-upsampler folder.")
 ]
 NumVideoFramesOpt = Annotated[
     int | None, typer.Option("--num-video-frames", rich_help_panel=P_ORIGINAL, metavar="N",

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import REPO
 
-COMMANDS = ("generate", "batch", "validate", "memory-plan", "backends")
+COMMANDS = ("generate", "batch", "validate", "memory-plan", "backends", "download")
 
 
 def help_at(cli, monkeypatch, command: str, columns: int = 80) -> str:
@@ -39,7 +39,7 @@ def test_help_at_80_columns_shows_every_option_name_uncut(cli, monkeypatch, comm
         assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), f"{name} missing from {command} --help"
 
 
-@pytest.mark.parametrize("command", ("generate", "batch", "validate"))
+@pytest.mark.parametrize("command", ("generate", "batch", "validate", "download"))
 def test_flags_show_no_bool_type(cli, monkeypatch, command):
     text = help_at(cli, monkeypatch, command)
     lines = [line for line in text.splitlines() if "<bool>" in line]
@@ -63,6 +63,7 @@ def test_every_option_reads_in_the_original_spelling_too():
     assert normalize_option_name("disable_prompt_upsampler") == "no-upsampler"
     assert normalize_option_name("input_image_or_video_path") == "input"
     assert normalize_option_name("gpus") == "workers"
+    assert normalize_option_name("model_sizes") == "model"  # the original's download script
     assert normalize_option_name("seed") == "seed"
 
 

@@ -14,30 +14,36 @@ from cosmos_cli.options import CheckpointDirOpt
 ModelsArg = Annotated[
     list[str] | None,
     typer.Argument(help="Models to fetch: names or aliases (7B 14B). Required; the bundled demo needs no download.",
-                   show_default=False),
+                   metavar="MODEL", show_default=False),
 ]
 ModelListOpt = Annotated[
     list[str] | None,
-    typer.Option("--model", "-m", "--model-sizes", "--model_sizes",
-                 help="A model to fetch (repeatable; `--model 7B 14B` works too).", show_default=False),
+    typer.Option("--model", "-m", metavar="NAME", show_default=False,
+                 help="A model to fetch (repeatable; `--model 7B 14B` works too). Also: --model-sizes (the "
+                      "original's)."),
 ]
 ModelTypesOpt = Annotated[
     list[str] | None,
-    typer.Option("--model-types", "--model_types",
-                 help="Accepted for the original script's commands: Video2World is the only type.", show_default=False),
+    typer.Option("--model-types", metavar="TYPE", show_default=False,
+                 help="Accepted for the original script's commands: a type the models have selects nothing more, "
+                      "another is refused."),
 ]
-UpsamplerOpt = Annotated[bool, typer.Option("--upsampler/--no-upsampler", help="Fetch the prompt upsampler (Pixtral-12B).")]
-GuardrailOpt = Annotated[bool, typer.Option("--guardrail/--no-guardrail",
-                                             help="Fetch the guardrails (Cosmos-Guardrail1, LlamaGuard-7b, Aegis).")]
+UpsamplerOpt = Annotated[bool, typer.Option("--upsampler/--no-upsampler", metavar="",
+                                            help="Fetch the model's prompt upsampler (default: yes).",
+                                            show_default=False)]
+GuardrailOpt = Annotated[bool, typer.Option("--guardrail/--no-guardrail", metavar="",
+                                            help="Fetch the model's guardrail models (default: yes).",
+                                            show_default=False)]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", help="Hugging Face token. Default: HF_TOKEN, else the stored login (`hf auth login`).",
-                 show_default=False),
+    typer.Option("--token", metavar="TOKEN", show_default=False,
+                 help="Hugging Face token. Default: HF_TOKEN, else the stored login (`hf auth login`)."),
 ]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", "--dry_run",
-                                         help="List every repository and file with its size, the total and the free disk; fetch nothing.")]
-VerifyOpt = Annotated[bool, typer.Option("--verify", help="Re-hash the files already in the folder and name any bad one.")]
-
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", metavar="",
+                                         help="List every repository and file with its size, the total and the free "
+                                              "disk; fetch nothing.")]
+VerifyOpt = Annotated[bool, typer.Option("--verify", metavar="",
+                                         help="Re-hash the files already in the folder and name any bad one.")]
 
 def download(
     models: ModelsArg = None,
