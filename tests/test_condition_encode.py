@@ -89,3 +89,26 @@ def test_the_sampled_latent_does_not_depend_on_the_latents_after_the_condition(p
             pipe.numerics = "fp32"
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_the_planner_sizes_the_condition_encode_at_the_frames_it_runs_on(pipe, monkeypatch):
+    """The memory plan's encode_video stage counts the frames the encode sees (9 at most: the input padded to
+    1 + 8k), not all 121 of the decode; the pipeline encodes exactly that many."""
+    from cosmos_cli.specs import TOKENIZER
+    from cosmos_plugins.predict1.params import condition_pixel_frames, tokenizer_activation_bytes
+    from cosmos_plugins.predict1.specs import PREDICT1_7B
+
+    assert [condition_pixel_frames(n) for n in (1, 2, 8, 9, 10, 17)] == [1, 9, 9, 9, 17, 17]
+    acts = dict(PREDICT1_7B.component(TOKENIZER).activation_bytes)
+    for tiled in (False, True):
+        suffix = "_tiled" if tiled else ""
+        assert acts[f"encode_video{suffix}"] == tokenizer_activation_bytes(9, 704, 1280, tiled, "encode_video")
+        assert acts[f"decode{suffix}"] == tokenizer_activation_bytes(121, 704, 1280, tiled, "decode")
+    assert acts["encode_video"] * 121 == acts["decode"] * 9  # the same bytes per pixel, 9 of 121 frames
+    seen = []
+    with pipe.tokenizer.active() as tok:
+        encode = tok.encode
+        monkeypatch.setattr(tok, "encode", lambda x, **kw: seen.append(x.shape[2]) or encode(x, **kw))
+    for frames in (1, 9):
+        pipe.encode_video(_job(frames))
+    assert seen == [1, 9]

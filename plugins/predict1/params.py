@@ -193,6 +193,17 @@ def tokenizer_activation_bytes(frames: int, height: int, width: int, tiled: bool
     return int(pixels * (whole + part * share))
 
 
+def latent_condition_frames(num_input_frames: int, temporal_compression: int = 8) -> int:
+    """Latent frames that hold ``num_input_frames`` pixel frames of a causal 1+8k tokenizer (1 -> 1, 9 -> 2)."""
+    return 1 + (num_input_frames - 1 + temporal_compression - 1) // temporal_compression
+
+
+def condition_pixel_frames(num_input_frames: int, temporal_compression: int = 8) -> int:
+    """The pixel frames the condition encode runs on (the input zero-padded to 1 + 8k frames): those the
+    :func:`latent_condition_frames` latent frames see (1 -> 1, 9 -> 9, 5 -> 9)."""
+    return 1 + temporal_compression * (latent_condition_frames(num_input_frames, temporal_compression) - 1)
+
+
 RGB = 3
 
 

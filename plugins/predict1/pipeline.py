@@ -34,7 +34,7 @@ from . import sampler as S
 from .fast import StepCache, compile_blocks, to_fp8
 from .flash4 import FLASH4_DIST, self_attention_kernel, unusable_reason
 from .offload import network_forward, place
-from .params import TOKENIZER_CHUNK_FRAMES
+from .params import TOKENIZER_CHUNK_FRAMES, condition_pixel_frames, latent_condition_frames
 from .strategies import LEAN, lean_network, tiled_tokenizer
 
 SIGMA_DATA = S.SIGMA_DATA
@@ -132,11 +132,6 @@ def text_encoder_dtype(spec: ModelSpec, device: torch.device, numerics: str) -> 
     if device.type != "cuda" or numerics == "original" or component is None:
         return torch.float32
     return getattr(torch, component.dtype)
-
-
-def latent_condition_frames(num_input_frames: int, temporal_compression: int = 8) -> int:
-    """Latent frames that hold ``num_input_frames`` pixel frames of a causal 1+8k tokenizer (1 -> 1, 9 -> 2)."""
-    return 1 + (num_input_frames - 1 + temporal_compression - 1) // temporal_compression
 
 
 def to_uint8(video: torch.Tensor, numerics: str):
@@ -322,7 +317,7 @@ class Predict1Pipeline:
         # less tokenizer work per 704x1280 video (tests/test_condition_encode.py).
         tc = spec.tokenizer.temporal_compression
         n_cond = latent_condition_frames(job.num_input_frames, tc)
-        seen = 1 + tc * (n_cond - 1)  # the pixel frames that latent frames 0 .. n_cond - 1 see
+        seen = condition_pixel_frames(job.num_input_frames, tc)  # the pixel frames latents 0 .. n_cond - 1 see
         pixels = torch.nn.functional.pad(pixels[:, :, :seen], (0, 0, 0, 0, 0, seen - min(seen, pixels.shape[2])))
         with self.tokenizer.active() as tok:
             dtype = next(tok.parameters()).dtype

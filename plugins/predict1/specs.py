@@ -26,6 +26,7 @@ from .params import (
     DiTParams,
     T5Params,
     TokenizerParams,
+    condition_pixel_frames,
     dit_activation_bytes,
     dit_block_params,
     dit_lean_activation_bytes,
@@ -95,11 +96,13 @@ TEXT_GUARDRAIL_MAX_NEW_TOKENS = 100  # guardrails.AEGIS_MAX_NEW_TOKENS
 
 
 def _components(p: DiTParams, t5: T5Params, tokenizer_params: int, frames: int, height: int, width: int,
-                latent: tuple[int, int, int], upsampler_params: int, guardrail_params: int) -> tuple[Component, ...]:
-    tok = {stage: tokenizer_activation_bytes(frames, height, width, tiled=False, stage=stage)
-           for stage in ("encode_video", "decode")}
-    tiled = {f"{stage}_tiled": tokenizer_activation_bytes(frames, height, width, tiled=True, stage=stage)
-             for stage in ("encode_video", "decode")}
+                latent: tuple[int, int, int], upsampler_params: int, guardrail_params: int,
+                input_frames: tuple[int, ...] = (1, 9)) -> tuple[Component, ...]:
+    # the condition encode runs on the input frames (padded to 1 + 8k: 9 at most), the decode on all ``frames``
+    clip = {"encode_video": condition_pixel_frames(max(input_frames)), "decode": frames}
+    tok = {stage: tokenizer_activation_bytes(n, height, width, tiled=False, stage=stage) for stage, n in clip.items()}
+    tiled = {f"{stage}_tiled": tokenizer_activation_bytes(n, height, width, tiled=True, stage=stage)
+             for stage, n in clip.items()}
     tokens = dit_tokens(p, *latent)
     video_guardrail = min(guardrail_params, VIDEO_GUARDRAIL_PARAMS)
     network = replace(_network_component(p, *latent),
