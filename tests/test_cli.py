@@ -164,8 +164,15 @@ def test_third_party_plugin_package_is_listed(tmp_path):
     assert data["example"]["version"] == "1.2.3"
     assert data["example"]["models"][0]["name"] == "Example-Video2World"
     assert "predict1" in data  # built-ins still load beside it
+    assert data["example"]["options"] == ["--motion"]
     proc = _run("backends", "--json", env={**env, "COSMOS_LOAD_PLUGINS": "example"})
     assert [b["backend"] for b in json.loads(proc.stdout)["backends"]] == ["example"]
+    # its option is a flag of generate (the core declares it, from the installed plugin's Options)
+    proc = _run("generate", "--help", env={**env, "COSMOS_LOAD_PLUGINS": "example", "COLUMNS": "80"})
+    assert proc.returncode == 0 and "--motion" in proc.stdout and "--numerics" not in proc.stdout, proc.stderr
+    proc = _run("generate", "-i", "x.png", "--model", "example-v2w", "--motion", "5", "--no-upsampler",
+                env={**env, "COSMOS_LOAD_PLUGINS": "example"})
+    assert proc.returncode == 2 and "error: --motion: must be between 0 and 2, got 5.0" in proc.stderr, proc.stderr
 
 
 def test_every_error_has_exit_code_and_message():

@@ -1,6 +1,8 @@
-"""A third-party backend in its smallest form: one hook implementation, one model spec."""
+"""A third-party backend in its smallest form: one hook implementation, one model spec, one option of its own."""
 
-from cosmos_cli.backend import Backend
+from dataclasses import dataclass
+
+from cosmos_cli.backend import PANEL_SAMPLING, Backend, option
 from cosmos_cli.hookspecs import hookimpl
 from cosmos_cli.specs import NETWORK, Component, ModelSpec, Strategy
 
@@ -14,9 +16,21 @@ SPEC = ModelSpec(
 )
 
 
+@dataclass(frozen=True)
+class ExampleOptions(Backend.Options):
+    # `cosmos generate --motion 0.5` (and batch): the core adds the flag, this class checks the value
+    motion: float = option(1.0, metavar="SCALE", panel=PANEL_SAMPLING,
+                           help="How much the example model moves the scene (default 1.0; example backend).")
+
+    def __post_init__(self):
+        if not 0 <= self.motion <= 2:
+            raise ValueError(f"must be between 0 and 2, got {self.motion}")
+
+
 class ExampleBackend(Backend):
     id = "example"
     version = "1.2.3"
+    Options = ExampleOptions
 
     def models(self):
         return (SPEC,)
