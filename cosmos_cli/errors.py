@@ -108,7 +108,10 @@ def quiet_on_this_rank(exc: BaseException) -> bool:
 # writes our line into the launcher's error file, waits (at most TORCHRUN_WAIT_S) until they have, and exits with the
 # error's code. What remains is torchrun's summary of rank 0 alone, showing our line. Without the agent's store
 # (another launcher), rank 0 exits at once and torchrun may still stop a slower rank with SIGTERM.
-TORCHRUN_WAIT_S = 10.0
+# The wait ends as soon as every other rank has counted itself out; its bound only matters when one is far behind:
+# 10 s was once too short on a 2-core machine running two other test processes (a rank importing torch at a
+# quarter of a core), so it is 30 s.
+TORCHRUN_WAIT_S = 30.0
 _EXITED_KEY = "cosmos/quiet-exits"
 
 
