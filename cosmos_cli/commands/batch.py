@@ -18,7 +18,6 @@ from cosmos_cli.errors import GenerationError, UsageError
 
 @with_job_flags
 def batch(
-    ctx: typer.Context,
     file: Annotated[Path | None, typer.Argument(
         help="Batch file: one JSON object per line (see schemas/batch_job.schema.json).")] = None,
     job: JobFlags = None,
@@ -50,7 +49,7 @@ def batch(
     from cosmos_cli.batch.ray_executor import RayOptions
     from cosmos_cli.batch.shard import parse_shard
 
-    defaults = job.request(ctx, file)
+    defaults = job.request(file)
     run_and_print(BatchRequest(file, defaults, skip_invalid=skip_invalid, fail_fast=fail_fast, gpus=gpus,
                                report_path=report, shard=parse_shard(shard), executor=executor,
                                ray=RayOptions(ray_address, ray_actors, ray_retries)), job.as_json, job.quiet)

@@ -19,7 +19,6 @@ from cosmos_cli.progress import NotesDropped, NullProgress, QuietProgress, RichP
 
 @with_job_flags
 def generate(
-    ctx: typer.Context,
     input_path: o.InputOpt = None,
     job: JobFlags = None,
     name: o.OutputNameOpt = None,
@@ -41,7 +40,7 @@ def generate(
                          hint="Put them in the batch file's visual_input and name keys.")
     if input_path is None and job.batch_input_path is None:
         raise UsageError("an input is required: pass --input IMAGE_OR_VIDEO (or --input_image_or_video_path)")
-    request = job.request(ctx, input_path or job.batch_input_path, name=name)
+    request = job.request(input_path or job.batch_input_path, name=name)
     if job.batch_input_path is not None:
         return run_batch_and_print(BatchRequest(job.batch_input_path, request), job.as_json, job.quiet)
     if not is_primary():  # a torchrun rank other than 0: rank 0 shows the progress and prints the result

@@ -62,7 +62,7 @@ class JobFlags:
     # the backends' own options the user gave (name -> value; not a flag itself: see with_job_flags)
     backend_options: Mapping[str, object] = dataclasses.field(default_factory=dict, metadata={"flag": False})
 
-    def request(self, ctx: typer.Context, input_path: Path, name: str | None = None):
+    def request(self, input_path: Path, name: str | None = None):
         """The request these options make for ``input_path`` (a batch: the batch file, each line's defaults)."""
         from cosmos_cli.fastmode import parse_fast
         from cosmos_cli.generation import GenerateRequest
@@ -84,7 +84,7 @@ class JobFlags:
 
 
 def with_job_flags(command: Callable[..., None]) -> Callable[..., None]:
-    """``command(ctx, ..., job: JobFlags, ...)`` as a Typer command whose signature holds its own parameters with,
+    """``command(..., job: JobFlags, ...)`` as a Typer command whose signature holds its own parameters with,
     in the place of ``job``, every field of :class:`JobFlags` as an option and then the backends' option flags (the
     help lists them in that order, each under its panel)."""
     own = list(inspect.signature(command, eval_str=True).parameters.values())
