@@ -10,209 +10,27 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fakehub import FakeHub, FakeRepo, Fault
+from fakehub import Fault
 
-import cosmos_cli.app
 from cosmos_cli import download as dl
 from cosmos_cli import progress as bars
-from cosmos_cli.backend import Backend
-from cosmos_cli.commands import download as download_cmd
 from cosmos_cli.download import plan as plan_mod
-from cosmos_cli.errors import CheckpointError, UsageError
+from cosmos_cli.errors import UsageError
 from cosmos_cli.specs import GUARDRAIL, UPSAMPLER, CheckpointFile
 from cosmos_plugins.predict1 import specs as p1
-
-M7 = "Cosmos-Predict1-7B-Video2World"
-M14 = "Cosmos-Predict1-14B-Video2World"
-TOK = "Cosmos-Tokenize1-CV8x8x8-720p"
-KiB = 1024
-
-
-def blob(name: str, n: int) -> bytes:
-    """Deterministic bytes that differ per name."""
-    out, i = bytearray(), 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{name}:{i}".encode()).digest()
-        i += 1
-    return bytes(out[:n])
-
-
-def pixtral_files(*, today: bool = False) -> dict[str, bytes]:
-    """Mistral's release as the pinned revision has it; ``today``: ``main``'s params.json, which gained
-    ``max_position_embeddings`` (the reason the original pins the revision)."""
-    import torch
-    from safetensors.torch import save
-
-    tensors = {
-        "tok_embeddings.weight": torch.randn(100, 8),
-        "layers.0.attention.wq.weight": torch.randn(8, 8),
-        "norm.weight": torch.ones(8),
-        "vision_encoder.patch_conv.weight": torch.randn(4, 3, 2, 2),
-        "vision_encoder.transformer.layers.0.attention.wk.weight": torch.randn(4, 4),
-        "vision_language_adapter.w_in.weight": torch.randn(8, 4),
-        "vision_language_adapter.w_out.weight": torch.randn(8, 8),
-    }
-    vit = {"hidden_size": 1024, "num_channels": 3, "image_size": 1024, "patch_size": 16, "rope_theta": 10000.0,
-           "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16, "image_token_id": 10,
-           "image_break_token_id": 12, "image_end_token_id": 13, "adapter_bias": True}
-    params = {"dim": 8, "n_layers": 1, "head_dim": 2, "hidden_dim": 16, "n_heads": 4, "n_kv_heads": 2,
-              "rope_theta": 1e9, "norm_eps": 1e-5, "vocab_size": 100, "vision_encoder": vit}
-    if today:
-        params["max_position_embeddings"] = 1024000
-    return {"params.json": json.dumps(params).encode(),
-            "consolidated.safetensors": save({k: v.to(torch.bfloat16) for k, v in tensors.items()}),
-            "tekken.json": b'{"vocab": []}', "README.md": b"# Pixtral"}
-
-
-SIGLIP_SNAPSHOT = "video_content_safety_filter/models--google--siglip-so400m-patch14-384/snapshots/9fdffc58afc957d1a03a25b10dba0329ab15c2a3"
-
-
-def guardrail1_repo() -> FakeRepo:
-    """nvidia/Cosmos-Guardrail1 at the pinned commit, with the huggingface_hub cache it ships for SigLIP (its blob
-    copy and ref included, which we leave out) and files nothing reads."""
-    siglip = blob("g1-siglip", 25 * KiB)
-    return FakeRepo(p1.GUARDRAIL_REPO, {
-        "README.md": b"# guardrail",
-        "blocklist/custom/words": b"badword\n", "blocklist/exact_match/words": b"other\n",
-        "blocklist/whitelist/words": b"fine\n", "blocklist/nltk_data/corpora/wordnet/lexnames": b"00\tadj.all\t3\n",
-        "face_blur_filter/Resnet50_Final.pth": blob("g1-retinaface", 5 * KiB),
-        "video_content_safety_filter/safety_filter.pt": blob("g1-safety_filter", 3 * KiB),
-        f"{SIGLIP_SNAPSHOT}/config.json": b'{"model_type": "siglip"}',
-        f"{SIGLIP_SNAPSHOT}/preprocessor_config.json": b"{}",
-        f"{SIGLIP_SNAPSHOT}/model.safetensors": siglip,
-        f"video_content_safety_filter/models--google--siglip-so400m-patch14-384/blobs/{hashlib.sha256(siglip).hexdigest()}.safetensors": siglip,
-        "video_content_safety_filter/models--google--siglip-so400m-patch14-384/refs/main": b"9fdffc58",
-    }, commit=p1.GUARDRAIL_REVISION)
-
-
-def model_repo(name: str) -> FakeRepo:
-    """A model repository; it still has March 2025's guardrail/ folder, which we no longer fetch."""
-    return FakeRepo(f"nvidia/{name}", {
-        "model.pt": blob(name + "/model.pt", 200 * KiB),
-        "config.json": b'{"unused": true}',
-        "README.md": b"# model",
-        "guardrail/video_content_safety_filter/safety_filter.pt": blob("safety_filter", 3 * KiB),
-        "guardrail/face_blur_filter/Resnet50_Final.pth": blob("retinaface", 5 * KiB),
-        "guardrail/blocklist/custom/words": b"badword\n",
-        "guardrail/blocklist/exact_match/words": b"other\n",
-    })
-
-
-def fake_repos() -> list[FakeRepo]:
-    return [
-        model_repo(M7),
-        model_repo(M14),
-        FakeRepo(f"nvidia/{TOK}", {"encoder.jit": blob("enc", 40 * KiB), "decoder.jit": blob("dec", 50 * KiB),
-                                   "mean_std.pt": blob("mean_std", 2 * KiB), "autoencoder.jit": blob("ae", 60 * KiB),
-                                   "config.json": b"{}", "README.md": b"# tok"}),
-        FakeRepo("google-t5/t5-11b", {"config.json": b'{"d_model": 1024}', "pytorch_model.bin": blob("t5", 120 * KiB),
-                                      "tf_model.h5": blob("t5tf", 150 * KiB), "flax_model.msgpack": blob("t5fx", 90 * KiB),
-                                      "rust_model.ot": blob("t5rs", 30 * KiB), "spiece.model": blob("spiece", 4 * KiB),
-                                      "tokenizer.json": b'{"model": "unigram"}', "README.md": b"# t5"},
-                 commit=p1.T5_REVISION),
-        guardrail1_repo(),
-        FakeRepo("meta-llama/LlamaGuard-7b", {
-            "config.json": b'{"model_type": "llama"}', "generation_config.json": b"{}",
-            "model-00001-of-00002.safetensors": blob("lg1", 30 * KiB), "model-00002-of-00002.safetensors": blob("lg2", 20 * KiB),
-            "model.safetensors.index.json": b'{"weight_map": {}}', "pytorch_model-00001-of-00002.bin": blob("lgbin", 40 * KiB),
-            "tokenizer.model": blob("lgtok", 3 * KiB), "tokenizer.json": b"{}", "tokenizer_config.json": b"{}",
-            "special_tokens_map.json": b"{}", "LICENSE": b"llama2", "USE_POLICY.md": b"policy"}, gated=True,
-            commit=p1.LLAMAGUARD_REVISION),
-        FakeRepo("nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0", {
-            "adapter_config.json": b'{"peft_type": "LORA"}', "adapter_model.safetensors": blob("aegis", 8 * KiB),
-            "README.md": b"# aegis"}),
-        FakeRepo("google/siglip-so400m-patch14-384", {
-            "config.json": b'{"model_type": "siglip"}', "model.safetensors": blob("siglip", 25 * KiB),
-            "preprocessor_config.json": b"{}", "spiece.model": blob("sigsp", 2 * KiB), "tokenizer_config.json": b"{}",
-            "special_tokens_map.json": b"{}", "open_clip_pytorch_model.bin": blob("openclip", 25 * KiB),
-            "README.md": b"# siglip"}),
-        FakeRepo("mistralai/Pixtral-12B-2409", pixtral_files(today=True), gated=True,
-                 history={p1.PIXTRAL_REVISION: pixtral_files()}),
-        FakeRepo("mistral-community/pixtral-12b", {
-            "config.json": b"{}", "tokenizer.json": b"{}", "tokenizer_config.json": b"{}",
-            "preprocessor_config.json": b"{}", "processor_config.json": b"{}", "special_tokens_map.json": b"{}",
-            "model-00001-of-00006.safetensors": blob("pxm", 20 * KiB), "README.md": b"# px"}),
-    ]
-
-
-def renamed_spec(spec, hub: FakeHub, name: str, aliases: tuple[str, ...]):
-    """The real spec under another name, with the original's MD5s replaced by the fake contents' MD5s."""
-    def md5_of(f: CheckpointFile) -> str | None:
-        if f.md5 is None:
-            return None
-        return hashlib.md5(hub.repos[f.repo].at(f.revision).files[f.filename]).hexdigest()
-
-    files = tuple(replace(f, md5=md5_of(f)) for f in spec.files)
-    return replace(spec, name=name, aliases=aliases, files=files, hidden=True, is_default=False)
-
-
-
-class _Backend(Backend):
-    id = "fakehub-test"
-    version = "0.0.1"
-
-    def __init__(self, specs):
-        self.specs = specs
-
-    def models(self):
-        return self.specs
-
-    def build_pipeline(self, spec, plan, *, checkpoint_dir, device):
-        raise NotImplementedError
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The fake Hub, huggingface_hub pointed at it, and no stored token or user cache in sight."""
-    from huggingface_hub import constants
-
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "user-hf-cache"))
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * KiB)  # small chunks: partial transfers keep bytes
-    with FakeHub() as fake:
-        for repo in fake_repos():
-            fake.add(repo)
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        monkeypatch.setenv("HF_TOKEN", "hf_granted")
-        yield fake
-
-
-@pytest.fixture
-def models(hub, register_backend):
-    """FakeHub-7B / FakeHub-14B: the real 7B/14B file lists, registered for the CLI; unregistered afterwards."""
-    return register_backend(_Backend((renamed_spec(p1.PREDICT1_7B, hub, "FakeHub-7B", ("fh7b",)),
-                                      renamed_spec(p1.PREDICT1_14B, hub, "FakeHub-14B", ("fh14b",)))))
-
-
-@pytest.fixture
-def cosmos(cli, monkeypatch, models):
-    """`cosmos ...` through main(), on an app that has the download command registered."""
-    app = cosmos_cli.app.create_app()
-
-    @app.callback()
-    def _root() -> None:
-        """cosmos"""
-
-    app.command("download")(download_cmd.download)
-    monkeypatch.setattr(cosmos_cli.app, "app", app)
-    return cli
-
-
-def error_lines(stderr: str) -> list[str]:
-    """The one-line error and its hint (progress bars may come before them on stderr)."""
-    return [line for line in stderr.splitlines() if line.startswith(("error: ", "hint: "))]
-
-
-def files_under(root: Path) -> set[str]:
-    """Every file and link under root, relative, leaving out huggingface_hub's bookkeeping folders."""
-    return {p.relative_to(root).as_posix() for p in root.rglob("*")
-            if (p.is_file() or p.is_symlink()) and ".cache" not in p.relative_to(root).parts}
-
-
-# ------------------------------------------------------------------------------------------------- tests
+from tests.download_fixtures import (  # noqa: F401 - pytest fixtures
+    M7,
+    M14,
+    SIGLIP_SNAPSHOT,
+    TOK,
+    KiB,
+    cosmos,
+    error_lines,
+    files_under,
+    hub,
+    march_2025_guardrails,
+    models,
+)
 
 
 def test_full_download_makes_the_original_layout_and_leaves_out_unused_files(cosmos, hub, tmp_path):
@@ -226,39 +44,87 @@ def test_full_download_makes_the_original_layout_and_leaves_out_unused_files(cos
         f"{M7}/model.pt",
         f"{g1}/video_content_safety_filter/safety_filter.pt",
         f"{g1}/face_blur_filter/Resnet50_Final.pth",
-        f"{g1}/blocklist/custom/words", f"{g1}/blocklist/exact_match/words", f"{g1}/blocklist/whitelist/words",
+        f"{g1}/blocklist/custom/words",
+        f"{g1}/blocklist/exact_match/words",
+        f"{g1}/blocklist/whitelist/words",
         f"{g1}/blocklist/nltk_data/corpora/wordnet/lexnames",
-        f"{g1}/{SIGLIP_SNAPSHOT}/config.json", f"{g1}/{SIGLIP_SNAPSHOT}/preprocessor_config.json",
+        f"{g1}/{SIGLIP_SNAPSHOT}/config.json",
+        f"{g1}/{SIGLIP_SNAPSHOT}/preprocessor_config.json",
         f"{g1}/{SIGLIP_SNAPSHOT}/model.safetensors",
-        *(f"meta-llama/LlamaGuard-7b/{n}" for n in ("config.json", "generation_config.json",
-                                                    "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                                                    "model.safetensors.index.json", "tokenizer.model", "tokenizer.json",
-                                                    "tokenizer_config.json", "special_tokens_map.json")),
-        *(f"nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0/{n}" for n in ("adapter_config.json",
-                                                                                  "adapter_model.safetensors")),
-        f"{TOK}/encoder.jit", f"{TOK}/decoder.jit", f"{TOK}/mean_std.pt",
-        "google-t5/t5-11b/config.json", "google-t5/t5-11b/pytorch_model.bin", "google-t5/t5-11b/spiece.model",
+        *(
+            f"meta-llama/LlamaGuard-7b/{n}"
+            for n in (
+                "config.json",
+                "generation_config.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+                "model.safetensors.index.json",
+                "tokenizer.model",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+            )
+        ),
+        *(
+            f"nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0/{n}"
+            for n in ("adapter_config.json", "adapter_model.safetensors")
+        ),
+        f"{TOK}/encoder.jit",
+        f"{TOK}/decoder.jit",
+        f"{TOK}/mean_std.pt",
+        "google-t5/t5-11b/config.json",
+        "google-t5/t5-11b/pytorch_model.bin",
+        "google-t5/t5-11b/spiece.model",
         "google-t5/t5-11b/tokenizer.json",
-        "Pixtral-12B/model.pt", "Pixtral-12B/config.json",
-        *(f"mistral-community/pixtral-12b/{n}" for n in ("config.json", "tokenizer.json", "tokenizer_config.json",
-                                                         "preprocessor_config.json", "processor_config.json",
-                                                         "special_tokens_map.json")),
+        "Pixtral-12B/model.pt",
+        "Pixtral-12B/config.json",
+        *(
+            f"mistral-community/pixtral-12b/{n}"
+            for n in (
+                "config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "preprocessor_config.json",
+                "processor_config.json",
+                "special_tokens_map.json",
+            )
+        ),
     }
     assert files_under(ck) == plain
 
     # the bytes are the Hub's, at the pinned revisions
     assert (ck / M7 / "model.pt").read_bytes() == hub.repos[f"nvidia/{M7}"].files["model.pt"]
-    assert (ck / "google-t5/t5-11b/pytorch_model.bin").read_bytes() == hub.repos["google-t5/t5-11b"].files["pytorch_model.bin"]
-    for repo, rev in (("google-t5/t5-11b", p1.T5_REVISION), (g1, p1.GUARDRAIL_REVISION),
-                      ("meta-llama/LlamaGuard-7b", p1.LLAMAGUARD_REVISION), ("mistralai/Pixtral-12B-2409", p1.PIXTRAL_REVISION)):
-        assert any(f"/{repo}/resolve/{rev}/" in r.path or f"/api/models/{repo}/revision/{rev}" in r.path
-                   for r in hub.log), repo
+    assert (ck / "google-t5/t5-11b/pytorch_model.bin").read_bytes() == hub.repos["google-t5/t5-11b"].files[
+        "pytorch_model.bin"
+    ]
+    for repo, rev in (
+        ("google-t5/t5-11b", p1.T5_REVISION),
+        (g1, p1.GUARDRAIL_REVISION),
+        ("meta-llama/LlamaGuard-7b", p1.LLAMAGUARD_REVISION),
+        ("mistralai/Pixtral-12B-2409", p1.PIXTRAL_REVISION),
+    ):
+        assert any(
+            f"/{repo}/resolve/{rev}/" in r.path or f"/api/models/{repo}/revision/{rev}" in r.path
+            for r in hub.log
+        ), repo
     # what the original downloads and generation never reads is not there
-    for unused in ("google-t5/t5-11b/tf_model.h5", "google-t5/t5-11b/flax_model.msgpack", "google-t5/t5-11b/rust_model.ot",
-                   f"{TOK}/autoencoder.jit", f"{M7}/config.json", f"{M7}/README.md", f"{M7}/guardrail", "Pixtral-12B-2409",
-                   f"{M14}/model.pt", f"{g1}/README.md"):
+    for unused in (
+        "google-t5/t5-11b/tf_model.h5",
+        "google-t5/t5-11b/flax_model.msgpack",
+        "google-t5/t5-11b/rust_model.ot",
+        f"{TOK}/autoencoder.jit",
+        f"{M7}/config.json",
+        f"{M7}/README.md",
+        f"{M7}/guardrail",
+        "Pixtral-12B-2409",
+        f"{M14}/model.pt",
+        f"{g1}/README.md",
+    ):
         assert not (ck / unused).exists(), unused
-    assert not any("pytorch_model-00001" in p or "open_clip" in p or "LICENSE" in p or "/blobs/" in p for p in files_under(ck))
+    assert not any(
+        "pytorch_model-00001" in p or "open_clip" in p or "LICENSE" in p or "/blobs/" in p
+        for p in files_under(ck)
+    )
     assert not any(r.path.endswith(("tf_model.h5", "flax_model.msgpack")) for r in hub.log)
 
     # Pixtral-12B converted the way the original converts it
@@ -268,13 +134,22 @@ def test_full_download_makes_the_original_layout_and_leaves_out_unused_files(cos
     assert set(ckpt) == {"model", "mm_projector", "vision_encoder"}
     assert set(ckpt["mm_projector"]) == {"projector.0.weight", "projector.2.weight"}
     assert set(ckpt["vision_encoder"]) == {"patch_conv.weight", "transformer.layers.0.attention.wk.weight"}
-    assert set(ckpt["model"]) == {"model.tok_embeddings.weight", "model.layers.0.attention.wq.weight", "model.norm.weight",
-                                  "mm_projector.projector.0.weight", "mm_projector.projector.2.weight",
-                                  "vision_encoder.patch_conv.weight",
-                                  "vision_encoder.transformer.layers.0.attention.wk.weight"}
+    assert set(ckpt["model"]) == {
+        "model.tok_embeddings.weight",
+        "model.layers.0.attention.wq.weight",
+        "model.norm.weight",
+        "mm_projector.projector.0.weight",
+        "mm_projector.projector.2.weight",
+        "vision_encoder.patch_conv.weight",
+        "vision_encoder.transformer.layers.0.attention.wk.weight",
+    }
     assert ckpt["model"]["vision_encoder.patch_conv.weight"].dtype == torch.bfloat16
     config = json.loads((ck / "Pixtral-12B/config.json").read_text())
-    assert config["ffn_hidden_size"] == 16 and config["vision_encoder"] == "pixtral-12b-vit" and "hidden_dim" not in config
+    assert (
+        config["ffn_hidden_size"] == 16
+        and config["vision_encoder"] == "pixtral-12b-vit"
+        and "hidden_dim" not in config
+    )
 
 
 def test_a_second_run_fetches_nothing_and_two_models_share_files(cosmos, hub, tmp_path):
@@ -287,12 +162,23 @@ def test_a_second_run_fetches_nothing_and_two_models_share_files(cosmos, hub, tm
     assert "0 fetched" in r.stdout
 
     # 14B adds its own network only: tokenizer, T5, the guardrails and the upsampler are shared
-    r = cosmos("download", "--model_sizes", "fh7b", "fh14b", "--model_types", "Video2World", "--checkpoint-dir", str(ck))
+    r = cosmos(
+        "download",
+        "--model_sizes",
+        "fh7b",
+        "fh14b",
+        "--model_types",
+        "Video2World",
+        "--checkpoint-dir",
+        str(ck),
+    )
     assert r.exit_code == 0, r.stderr
     new = {x.path for x in hub.data_requests()[before:]}
     assert any(p.endswith(hub._sha_of(f"nvidia/{M14}/model.pt")) for p in new)
     assert not any(p.endswith(hub._sha_of("google-t5/t5-11b/pytorch_model.bin")) for p in new)
-    assert not any(p.endswith(hub._sha_of("nvidia/Cosmos-Guardrail1/face_blur_filter/Resnet50_Final.pth")) for p in new)
+    assert not any(
+        p.endswith(hub._sha_of("nvidia/Cosmos-Guardrail1/face_blur_filter/Resnet50_Final.pth")) for p in new
+    )
     assert (ck / M14 / "model.pt").is_file() and not (ck / M14 / "guardrail").exists()
 
 
@@ -304,10 +190,16 @@ def test_no_upsampler_and_no_guardrail_leave_those_out(hub, models, tmp_path):
     assert not any("guardrail" in f.local or "Pixtral" in f.local or "pixtral" in f.local for f in plan.files)
     assert {r.repo for r in plan.repos} == {f"nvidia/{M7}", f"nvidia/{TOK}", "google-t5/t5-11b"}
     dl.download(plan, progress=False)
-    assert files_under(tmp_path / "ck") == {f"{M7}/model.pt", f"{TOK}/encoder.jit", f"{TOK}/decoder.jit",
-                                            f"{TOK}/mean_std.pt", "google-t5/t5-11b/config.json",
-                                            "google-t5/t5-11b/pytorch_model.bin", "google-t5/t5-11b/spiece.model",
-                                            "google-t5/t5-11b/tokenizer.json"}
+    assert files_under(tmp_path / "ck") == {
+        f"{M7}/model.pt",
+        f"{TOK}/encoder.jit",
+        f"{TOK}/decoder.jit",
+        f"{TOK}/mean_std.pt",
+        "google-t5/t5-11b/config.json",
+        "google-t5/t5-11b/pytorch_model.bin",
+        "google-t5/t5-11b/spiece.model",
+        "google-t5/t5-11b/tokenizer.json",
+    }
 
 
 def test_an_interrupted_transfer_resumes_where_it_stopped(cosmos, hub, tmp_path):
@@ -325,7 +217,9 @@ def test_an_interrupted_transfer_resumes_where_it_stopped(cosmos, hub, tmp_path)
     assert 0 < kept < len(data)
     assert not (ck / M7 / "model.pt").exists()
 
-    plan = dl.plan_download(dl.select_files(dl.resolve_models(["fh7b"]), upsampler=False, guardrail=False), ck)
+    plan = dl.plan_download(
+        dl.select_files(dl.resolve_models(["fh7b"]), upsampler=False, guardrail=False), ck
+    )
     entry = next(f for f in plan.files if f.local == f"{M7}/model.pt")
     assert entry.state == dl.PARTIAL and entry.partial_bytes == kept
     assert f"partial ({dl.human_bytes(kept)} here)" in dl.format_plan(plan)
@@ -376,8 +270,10 @@ def test_a_checksum_mismatch_is_named_and_the_bad_copy_dropped(cosmos, hub, tmp_
 
 def test_an_md5_from_the_original_script_is_checked_too(hub, models, tmp_path):
     spec = models.specs[0]
-    files = [replace(f, md5="0" * 32) if f.filename == "mean_std.pt" else f
-             for f in dl.select_files([spec], upsampler=False, guardrail=False)]
+    files = [
+        replace(f, md5="0" * 32) if f.filename == "mean_std.pt" else f
+        for f in dl.select_files([spec], upsampler=False, guardrail=False)
+    ]
     plan = dl.plan_download(files, tmp_path / "ck")
     with pytest.raises(dl.ChecksumError) as exc:
         dl.download(plan, progress=False)
@@ -397,14 +293,25 @@ def test_gated_repository_not_logged_in_names_the_license_page(cosmos, hub, tmp_
 
 
 def test_gated_repository_without_access_says_to_accept_the_license(cosmos, hub, tmp_path):
-    r = cosmos("download", "fh7b", "--no-guardrail", "--token", "hf_someone_else", "--checkpoint-dir", str(tmp_path))
+    r = cosmos(
+        "download", "fh7b", "--no-guardrail", "--token", "hf_someone_else", "--checkpoint-dir", str(tmp_path)
+    )
     assert r.exit_code == 1
     assert error_lines(r.stderr)[0] == (
         f"error: no access to the gated repository mistralai/Pixtral-12B-2409: accept its license at "
-        f"{hub.url}/mistralai/Pixtral-12B-2409")
+        f"{hub.url}/mistralai/Pixtral-12B-2409"
+    )
     # the dry run shows the same, and still lists the sizes
-    r = cosmos("download", "fh7b", "--no-guardrail", "--token", "hf_someone_else", "--dry-run", "--checkpoint-dir",
-               str(tmp_path))
+    r = cosmos(
+        "download",
+        "fh7b",
+        "--no-guardrail",
+        "--token",
+        "hf_someone_else",
+        "--dry-run",
+        "--checkpoint-dir",
+        str(tmp_path),
+    )
     assert r.exit_code == 0
     assert "! no access to the gated repository mistralai/Pixtral-12B-2409" in r.stdout
 
@@ -424,7 +331,9 @@ def test_missing_repository_and_missing_file(hub, models, tmp_path):
     with pytest.raises(dl.RemoteMissingError, match=f"decoder.jit is missing from nvidia/{TOK}"):
         dl.plan_download(dl.select_files([spec]), tmp_path)
     # a file that disappears between the listing and the transfer
-    plan = dl.plan_download([f for f in dl.select_files([spec]) if f.filename == "mean_std.pt"], tmp_path / "ck")
+    plan = dl.plan_download(
+        [f for f in dl.select_files([spec]) if f.filename == "mean_std.pt"], tmp_path / "ck"
+    )
     del hub.repos[f"nvidia/{TOK}"].files["mean_std.pt"]
     with pytest.raises(dl.RemoteMissingError, match="mean_std.pt is missing"):
         dl.download(plan, progress=False)
@@ -450,7 +359,9 @@ def test_no_network_and_offline_mode(cosmos, hub, tmp_path, monkeypatch):
 
 
 def test_dry_run_lists_repositories_files_sizes_total_and_free_disk(cosmos, hub, tmp_path, monkeypatch):
-    monkeypatch.setattr(plan_mod, "free_bytes", lambda path: 123_456_789_000)  # the real value moves under other writers
+    monkeypatch.setattr(
+        plan_mod, "free_bytes", lambda path: 123_456_789_000
+    )  # the real value moves under other writers
     ck = tmp_path / "ck"
     r = cosmos("download", "fh7b", "--dry-run", "--checkpoint-dir", str(ck))
     assert r.exit_code == 0, r.stderr
@@ -462,7 +373,10 @@ def test_dry_run_lists_repositories_files_sizes_total_and_free_disk(cosmos, hub,
     assert "  tokenizer.model -> meta-llama/LlamaGuard-7b/tokenizer.model  " in out
     assert f"nvidia/Cosmos-Guardrail1 @ {p1.GUARDRAIL_REVISION} ({p1.GUARDRAIL_REVISION[:10]})" in out
     assert f"mistralai/Pixtral-12B-2409 @ {p1.PIXTRAL_REVISION} ({p1.PIXTRAL_REVISION[:10]}), gated" in out
-    assert "consolidated.safetensors -> Pixtral-12B-2409/consolidated.safetensors (converted into Pixtral-12B/model.pt, Pixtral-12B/config.json)" in out
+    assert (
+        "consolidated.safetensors -> Pixtral-12B-2409/consolidated.safetensors (converted into Pixtral-12B/model.pt, Pixtral-12B/config.json)"
+        in out
+    )
     assert "tf_model.h5" not in out
     total = sum(f.size for f in plan.files)
     assert f"Total: {len(plan.files)} files, {dl.human_bytes(total)}" in out
@@ -526,7 +440,12 @@ def test_verify_names_bad_files_and_the_next_download_repairs_them(cosmos, hub, 
     import torch
 
     pixtral = ck / "Pixtral-12B/model.pt"  # damage one stored tensor inside the converted checkpoint
-    needle = torch.load(pixtral, weights_only=True)["model"]["model.tok_embeddings.weight"].view(torch.int16).numpy().tobytes()
+    needle = (
+        torch.load(pixtral, weights_only=True)["model"]["model.tok_embeddings.weight"]
+        .view(torch.int16)
+        .numpy()
+        .tobytes()
+    )
     raw = bytearray(pixtral.read_bytes())
     at = raw.find(needle[:64]) + 10
     raw[at] ^= 0xFF
@@ -547,41 +466,30 @@ def test_verify_names_bad_files_and_the_next_download_repairs_them(cosmos, hub, 
     assert cached.read_bytes() == hub.repos["meta-llama/LlamaGuard-7b"].files["tokenizer.model"]
 
 
-def _march_2025_guardrails(model_dir: str) -> list[CheckpointFile]:
-    """The guardrails as March 2025's spec fetched them: the model repository's guardrail/ folder, LlamaGuard-7b,
-    the adapter and SigLIP as huggingface_hub caches inside it (the cache-entry kind of CheckpointFile)."""
-    repo, g = f"nvidia/{model_dir}", f"{model_dir}/guardrail"
-    return [
-        CheckpointFile(GUARDRAIL, repo, "guardrail/*", model_dir),
-        CheckpointFile(GUARDRAIL, "meta-llama/LlamaGuard-7b", "*.json", f"{g}/aegis", hf_cache=True,
-                       revision=p1.LLAMAGUARD_REVISION),
-        CheckpointFile(GUARDRAIL, "meta-llama/LlamaGuard-7b", "tokenizer.model", f"{g}/aegis", hf_cache=True,
-                       revision=p1.LLAMAGUARD_REVISION),
-        CheckpointFile(GUARDRAIL, "nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0", "adapter_config.json",
-                       f"{g}/aegis", hf_cache=True),
-        CheckpointFile(GUARDRAIL, "google/siglip-so400m-patch14-384", "model.safetensors",
-                       f"{g}/video_content_safety_filter", hf_cache=True),
-    ]
-
-
 def test_cache_entries_make_a_huggingface_hub_cache_that_it_reads(hub, tmp_path):
     """March 2025's layout is still served by the model repositories, and cache entries still work."""
     from huggingface_hub import try_to_load_from_cache
 
     ck = tmp_path / "ck"
-    report = dl.download(dl.plan_download(_march_2025_guardrails(M7), ck), progress=False)
+    report = dl.download(dl.plan_download(march_2025_guardrails(M7), ck), progress=False)
     assert f"{M7}/guardrail/face_blur_filter/Resnet50_Final.pth" in report.fetched
     lg = ck / M7 / "guardrail/aegis/models--meta-llama--LlamaGuard-7b"
     assert (lg / "snapshots" / p1.LLAMAGUARD_REVISION / "config.json").is_symlink()
-    found = try_to_load_from_cache("meta-llama/LlamaGuard-7b", "config.json", cache_dir=str(ck / M7 / "guardrail/aegis"),
-                                   revision=p1.LLAMAGUARD_REVISION)
+    found = try_to_load_from_cache(
+        "meta-llama/LlamaGuard-7b",
+        "config.json",
+        cache_dir=str(ck / M7 / "guardrail/aegis"),
+        revision=p1.LLAMAGUARD_REVISION,
+    )
     assert found is not None and Path(found).read_bytes() == b'{"model_type": "llama"}'
     ae = ck / M7 / "guardrail/aegis/models--nvidia--Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0"
-    assert (ae / "refs" / "main").read_text() == hub.repos["nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0"].commit
+    assert (ae / "refs" / "main").read_text() == hub.repos[
+        "nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0"
+    ].commit
     # a cache blob damaged through its link is named by --verify
     cached = next(lg.rglob("snapshots/*/tokenizer.model"))
     cached.write_bytes(b"x" * cached.stat().st_size)
-    report = dl.verify(dl.plan_download(_march_2025_guardrails(M7), ck), progress=False)
+    report = dl.verify(dl.plan_download(march_2025_guardrails(M7), ck), progress=False)
     assert [b[0] for b in report.bad] == [cached.relative_to(ck).as_posix()]
 
 
@@ -617,7 +525,7 @@ def test_a_repository_that_ships_a_guardrail_cache_is_not_fetched_twice(hub, tmp
     shipped = f"guardrail/aegis/models--meta-llama--LlamaGuard-7b/snapshots/{'a' * 40}/config.json"
     hub.repos[f"nvidia/{M7}"].files[shipped] = b"{}"
     hub.repos["meta-llama/LlamaGuard-7b"].gated = True
-    plan = dl.plan_download(_march_2025_guardrails(M7), tmp_path / "ck")
+    plan = dl.plan_download(march_2025_guardrails(M7), tmp_path / "ck")
     assert f"{M7}/{shipped}" in {f.local for f in plan.files}
     assert "meta-llama/LlamaGuard-7b" not in {r.repo for r in plan.repos}
     assert any(item.startswith("meta-llama/LlamaGuard-7b") for item in plan.left_out)
@@ -649,12 +557,19 @@ def test_the_predict1_file_lists_follow_the_original_layout():
     for spec, model_dir in ((p1.PREDICT1_7B, M7), (p1.PREDICT1_14B, M14)):
         by_local = {f.local: f for f in spec.files}
         assert by_local[f"{model_dir}/model.pt"].repo == f"nvidia/{model_dir}"
-        assert by_local[f"{model_dir}/model.pt"].md5 in ("ebcdb19c4c4a6a0e1e0bb65e346f6867", "eaa7aa3678f61d88108c41d7fe201b18")
+        assert by_local[f"{model_dir}/model.pt"].md5 in (
+            "ebcdb19c4c4a6a0e1e0bb65e346f6867",
+            "eaa7aa3678f61d88108c41d7fe201b18",
+        )
         assert by_local["google-t5/t5-11b/pytorch_model.bin"].md5 == "f890878d8a162e0045a25196e27089a3"
         g1 = by_local["nvidia/Cosmos-Guardrail1/video_content_safety_filter/safety_filter.pt"]
         assert g1.md5 == p1.SAFETY_FILTER_MD5 and g1.repo == "nvidia/Cosmos-Guardrail1"
         assert {f.filename for f in spec.files if f.repo == "google-t5/t5-11b"} == {
-            "config.json", "pytorch_model.bin", "spiece.model", "tokenizer.json"}
+            "config.json",
+            "pytorch_model.bin",
+            "spiece.model",
+            "tokenizer.json",
+        }
         assert by_local["Pixtral-12B/model.pt"].convert == "pixtral-12b"
         assert all(f.convert in (None, *dl.CONVERSIONS) for f in spec.files)
         revisions = {f.repo: f.revision for f in spec.files}
@@ -663,7 +578,9 @@ def test_the_predict1_file_lists_follow_the_original_layout():
         assert revisions["nvidia/Cosmos-Guardrail1"] == "d6d4bfa899a71454a700907664f3e88f503950cf"
         assert revisions["google-t5/t5-11b"] == "90f37703b3334dfe9d2b009bfcbfbf1ac9d28ea3"
         # no guardrail/ folder of the model repository, no cache entries: today's layout
-        assert not any(f.hf_cache or f.repo == f"nvidia/{model_dir}" and "guardrail" in f.filename for f in spec.files)
+        assert not any(
+            f.hf_cache or f.repo == f"nvidia/{model_dir}" and "guardrail" in f.filename for f in spec.files
+        )
         for f in spec.files:
             assert not f.filename.endswith((".h5", ".msgpack")), f
 
@@ -683,215 +600,10 @@ def test_the_fake_hub_answers_huggingface_hubs_own_calls(hub):
     assert (meta.commit_hash, meta.size) == (repo.commit, len(repo.files["model.pt"]))
     assert meta.etag == hashlib.sha256(repo.files["model.pt"]).hexdigest()
     with pytest.raises(GatedRepoError):
-        get_hf_file_metadata(hf_hub_url("mistralai/Pixtral-12B-2409", "params.json", endpoint=hub.url), token=False)
+        get_hf_file_metadata(
+            hf_hub_url("mistralai/Pixtral-12B-2409", "params.json", endpoint=hub.url), token=False
+        )
     with pytest.raises(EntryNotFoundError):
         get_hf_file_metadata(hf_hub_url(repo.repo_id, "nope.bin", endpoint=hub.url), token=False)
     with pytest.raises(RepositoryNotFoundError):
         api.model_info("nvidia/nope")
-
-
-# ------------------------------------------------------------------------ hostile listings (issue 15.2)
-
-G1 = "nvidia/Cosmos-Guardrail1"
-ESCAPE = "blocklist/a/b/../../../../../../x"  # from <ck>/nvidia/Cosmos-Guardrail1/: lands beside <ck>
-
-
-def nothing_written(root: Path) -> bool:
-    return not root.exists() or not any(p.is_file() for p in root.rglob("*"))
-
-
-@pytest.mark.parametrize("name, why", [
-    (ESCAPE, "contains '..'"),
-    ("blocklist/../../x", "contains '..'"),
-    ("/tmp/evil.json", "is absolute"),  # matches LlamaGuard's "*.json" (fnmatch's * crosses /)
-    ("blocklist/a\0b", "contains a NUL byte"),
-    ("blocklist/..\\..\\..\\x", "contains a backslash"),
-    ("blocklist//x", "has an empty or '.' path segment"),
-    ("blocklist/./x", "has an empty or '.' path segment"),
-    ("blocklist/a\nb", "contains a control character"),
-])
-def test_a_listed_name_that_could_escape_is_refused_before_anything_is_written(cosmos, hub, tmp_path, name, why):
-    repo = "meta-llama/LlamaGuard-7b" if name.endswith(".json") else G1
-    hub.repos[repo].files[name] = b"pwned"
-    ck = tmp_path / "deep" / "er" / "ck"
-    r = cosmos("download", "fh7b", "--checkpoint-dir", str(ck))
-    assert r.exit_code == 1, r.stdout
-    lines = error_lines(r.stderr)
-    assert lines[0] == f"error: refusing the file {name!r} listed by {repo}: its name {why}"
-    assert lines[1].startswith("hint: Nothing was written.") and "Traceback" not in r.stderr
-    assert nothing_written(tmp_path) and not Path("/tmp/evil.json").exists()
-    assert hub.data_requests() == []
-    # the dry run refuses the same way: it plans from the same listing
-    r = cosmos("download", "fh7b", "--dry-run", "--checkpoint-dir", str(ck))
-    assert r.exit_code == 1 and error_lines(r.stderr)[0].startswith("error: refusing the file")
-
-
-def test_the_escaping_name_of_march_2025s_guardrail_folder_is_refused(hub, tmp_path):
-    hub.repos[f"nvidia/{M7}"].files["guardrail/a/b/../../../../../x"] = b"pwned"
-    ck = tmp_path / "a" / "b" / "ck"
-    with pytest.raises(dl.UnsafeListingError, match=r"guardrail/a/b/\.\./\.\./\.\./\.\./\.\./x"):
-        dl.plan_download(_march_2025_guardrails(M7), ck)
-    assert nothing_written(tmp_path)
-
-
-@pytest.mark.parametrize("sha", ["../../../x", "a" * 39, "g" * 40, "", "0" * 40 + "/.."])
-def test_a_commit_id_that_is_not_40_hex_digits_is_refused(cosmos, hub, tmp_path, sha):
-    hub.repos["nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0"].listed_sha = sha
-    ck = tmp_path / "x" / "y" / "ck"
-    r = cosmos("download", "fh7b", "--checkpoint-dir", str(ck))
-    assert r.exit_code == 1
-    assert error_lines(r.stderr)[0] == (
-        f"error: nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0 answered the commit id {sha!r} for revision "
-        "'main': a commit id must be 40 hex digits")
-    assert nothing_written(tmp_path) and hub.data_requests() == []
-
-
-def test_a_pinned_revision_answered_with_another_commit_is_refused(hub, models, tmp_path):
-    hub.repos["meta-llama/LlamaGuard-7b"].listed_sha = "f" * 40
-    with pytest.raises(dl.UnsafeListingError, match=f"asked for commit {p1.LLAMAGUARD_REVISION}, the Hub answered f{{40}}"):
-        dl.plan_download(dl.select_files([models.specs[0]]), tmp_path / "ck")
-
-
-@pytest.mark.parametrize("lie, kind", [({"lfs": {"sha256": "../../../x"}}, "SHA-256"), ({"blobId": "../x"}, "blob id"),
-                                       ({"lfs": {"sha256": "a" * 63}}, "SHA-256")])
-def test_a_digest_that_would_name_a_path_is_refused(hub, models, tmp_path, lie, kind):
-    path = "video_content_safety_filter/safety_filter.pt" if "lfs" in lie else "blocklist/custom/words"
-    hub.repos[G1].lies[path] = lie
-    with pytest.raises(dl.UnsafeListingError, match=f"lists {path} with the {kind}"):
-        dl.plan_download(dl.select_files([models.specs[0]]), tmp_path / "ck")
-
-
-def test_a_symbolic_link_out_of_the_checkpoint_folder_is_not_followed(hub, models, tmp_path):
-    ck, outside = tmp_path / "ck", tmp_path / "outside"
-    (ck / "nvidia").mkdir(parents=True)
-    outside.mkdir()
-    (ck / "nvidia" / "Cosmos-Guardrail1").symlink_to(outside)
-    files = [f for f in dl.select_files([models.specs[0]]) if f.repo == G1]
-    with pytest.raises(dl.UnsafeListingError, match="resolves to .*outside"):
-        dl.plan_download(files, ck)
-    assert list(outside.iterdir()) == []
-    # and at write time, for a link made after the plan
-    (ck / "nvidia" / "Cosmos-Guardrail1").unlink()
-    plan = dl.plan_download(files, ck)
-    (ck / "nvidia" / "Cosmos-Guardrail1").symlink_to(outside)
-    with pytest.raises(dl.UnsafeListingError, match="outside"):
-        dl.download(plan, progress=False)
-    assert list(outside.iterdir()) == []
-
-
-def test_check_listing_name_accepts_plain_names():
-    for name in ("model.pt", "a/b/c.json", "guardrail/blocklist/custom/words", "x..y/z", "..x", "a b/c"):
-        assert dl.check_listing_name("r", name) == name
-    assert dl.check_commit("r", "A" * 40, "main") == "A" * 40
-
-
-# ------------------------------------------------------------------------ no model, bundled models (issue 16.1)
-
-
-def test_download_without_a_model_is_a_one_line_usage_error_listing_the_models(cli, hub):
-    for args in (("download",), ("download", "--dry-run"), ("download", "--model_types", "Video2World")):
-        r = cli(*args)
-        assert r.exit_code == 2, (args, r.stderr)
-        lines = error_lines(r.stderr)
-        assert lines[0] == "error: name the model(s) to download"
-        assert "cosmos download 7B" in lines[1] and "7B (Cosmos-Predict1-7B-Video2World)" in lines[1]
-        assert "14B (Cosmos-Predict1-14B-Video2World)" in lines[1] and "Nothing to download for demo" in lines[1]
-        assert "Traceback" not in r.stderr and "HFValidationError" not in r.stderr
-    assert hub.log == []
-
-
-def test_download_of_the_bundled_demo_says_so_and_exits_0(cli, hub, tmp_path):
-    for args in (("download", "demo"), ("download", "demo", "--dry-run"), ("download", "--model", "predict1-demo")):
-        r = cli(*args, "--checkpoint-dir", str(tmp_path / "ck"))
-        assert r.exit_code == 0, (args, r.stderr)
-        assert "nothing to download for Cosmos-Predict1-Demo-Video2World" in r.stderr
-        assert "Traceback" not in r.stderr
-    assert hub.log == [] and not (tmp_path / "ck").exists()
-
-
-def test_the_demo_next_to_a_hub_model_is_skipped_with_a_note(cosmos, hub, tmp_path):
-    r = cosmos("download", "demo", "fh7b", "--no-guardrail", "--no-upsampler", "--dry-run",
-               "--checkpoint-dir", str(tmp_path))
-    assert r.exit_code == 0, r.stderr
-    assert "nothing to download for Cosmos-Predict1-Demo-Video2World" in r.stderr
-    assert f"model.pt -> {M7}/model.pt" in r.stdout
-
-
-# ---------------------------------------------------------------------------------- today's Hub (issue 16.2)
-
-
-def test_pixtral_on_main_today_is_refused_by_the_conversion_and_the_pin_converts(hub, models, tmp_path):
-    """Why the revision is pinned: `main`'s params.json has max_position_embeddings, the conversion wants the
-    original key set."""
-    px = [f for f in dl.select_files([models.specs[0]]) if f.repo == "mistralai/Pixtral-12B-2409"]
-    on_main = [replace(f, revision="main") for f in px]
-    with pytest.raises(CheckpointError, match="max_position_embeddings"):
-        dl.download(dl.plan_download(on_main, tmp_path / "main"), progress=False)
-    dl.download(dl.plan_download(px, tmp_path / "pinned"), progress=False)
-    assert json.loads((tmp_path / "pinned/Pixtral-12B/config.json").read_text())["ffn_hidden_size"] == 16
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_guardrails_downloaded_in_todays_layout_load_and_pass(hub, tmp_path):
-    """Real (tiny) guardrail files served as today's Hub has them: what the spec fetches is what the loaders read."""
-    import test_guardrails as TG
-    import torch
-
-    from cosmos_plugins.predict1 import guardrails as G
-
-    src = tmp_path / "src"
-    g1 = src / "g1"
-    TG._write_blocklist(g1 / "blocklist")
-    TG._write_retinaface(g1 / "face_blur_filter")
-    vcsf = g1 / "video_content_safety_filter"
-    vcsf.mkdir(parents=True)
-    TG._write_safety_filter(vcsf, unsafe_class=None)
-    TG._write_siglip(src / "siglip")  # -> src/siglip/google/siglip-so400m-patch14-384, moved into the cache layout
-    snapshot = vcsf / SIGLIP_SNAPSHOT.split("/", 1)[1]
-    snapshot.parent.mkdir(parents=True)
-    (src / "siglip" / TG.SIGLIP_REPO).rename(snapshot)
-    TG._write_aegis(src / "text", adapter_says_unsafe=False, cache_layout=False)
-    hub.add(FakeRepo(G1, {**_tree(g1), "README.md": b"# g"}, commit=p1.GUARDRAIL_REVISION))
-    hub.add(FakeRepo("meta-llama/LlamaGuard-7b", {**_tree(src / "text" / "meta-llama/LlamaGuard-7b"), "LICENSE": b"l",
-                                                   "tokenizer.model": blob("spm", KiB)},  # the real repo has both
-                     gated=True, commit=p1.LLAMAGUARD_REVISION))
-    hub.add(FakeRepo("nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0",
-                     _tree(src / "text" / "nvidia/Aegis-AI-Content-Safety-LlamaGuard-Defensive-1.0")))
-
-    ck = tmp_path / "ck"
-    files = [replace(f, md5=None) for f in p1.guardrail_files()]  # the MD5s are the released files', not these
-    dl.download(dl.plan_download(files, ck), progress=False)
-    assert not (ck / "nvidia/Cosmos-Guardrail1/README.md").exists() and not (ck / "meta-llama/LlamaGuard-7b/LICENSE").exists()
-    folder = G.find_guardrail_dir(ck, M7)
-    assert folder == ck / "nvidia" / "Cosmos-Guardrail1"
-    text = G.TextGuardrail.load(folder, device="cpu", dtype=torch.float32)
-    assert text.check("a cat walks").safe
-    assert not text.check("a grimwug appears").safe  # the blocklist came along
-    video = G.VideoGuardrail.load(folder, device="cpu")
-    verdict, frames = video.check(TG._frames())
-    assert verdict.safe and frames.shape == TG._frames().shape
-
-
-def test_find_guardrail_dir_accepts_both_layouts_the_models_own_first(tmp_path):
-    from cosmos_plugins.predict1 import guardrails as G
-
-    today = tmp_path / "nvidia" / "Cosmos-Guardrail1"
-    (today / "blocklist").mkdir(parents=True)
-    assert G.find_guardrail_dir(tmp_path, M7) == today
-    assert G.aegis_folder(today) == tmp_path  # meta-llama/LlamaGuard-7b and nvidia/Aegis-... beside it
-    march = tmp_path / M7 / "guardrail"
-    (march / "aegis").mkdir(parents=True)
-    assert G.find_guardrail_dir(tmp_path, M7) == march
-    assert G.aegis_folder(march) == march / "aegis"
-    assert G.find_guardrail_dir(tmp_path, M14) == today  # 14B has no folder of its own: the shared one
-    # the original's latest scripts fetch Llama-Guard-3-8B instead of LlamaGuard-7b + Aegis: named, not a traceback
-    (tmp_path / "meta-llama" / "Llama-Guard-3-8B").mkdir(parents=True)
-    with pytest.raises(G.CheckpointError, match="has meta-llama/Llama-Guard-3-8B .* but not meta-llama/LlamaGuard-7b"):
-        G.aegis_folder(today)
-    (tmp_path / "meta-llama" / "LlamaGuard-7b").mkdir()
-    assert G.aegis_folder(today) == tmp_path
-    (today / "aegis").mkdir()  # a Cosmos-Guardrail1 folder that carries its own aegis/ is read as it is
-    assert G.aegis_folder(today) == today / "aegis"
