@@ -93,6 +93,32 @@ def test_not_installed_means_sdpa(monkeypatch):
     assert flash4.unusable_reason(torch.device("cuda", 0), torch.bfloat16, 128) == "flash-attn-4 is not installed"
 
 
+def test_a_broken_install_is_named_not_called_absent(monkeypatch):
+    """flash-attn-4 there but a library it needs missing (cutlass-dsl's ``cutlass``, as on the GPU machine when its
+    .pth was not read): the reason names that library; only flash-attn-4's own modules missing read "not installed"."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cuda = torch.device("cuda", 0)
+
+    def raising(exc):
+        def import_module(name):
+            raise exc
+        return import_module
+
+    monkeypatch.setattr(flash4.importlib, "import_module", raising(ModuleNotFoundError("No module named 'cutlass'",
+                                                                                     name="cutlass")))
+    reason = flash4.unusable_reason(cuda, torch.bfloat16, 128)
+    assert reason.startswith("flash-attn-4 is installed but does not import (ModuleNotFoundError: No module named "
+                             "'cutlass')"), reason
+    assert "--attention sdpa" in reason
+    monkeypatch.setattr(flash4.importlib, "import_module", raising(OSError("libcuda.so.1: cannot open shared object")))
+    assert "OSError: libcuda.so.1" in flash4.unusable_reason(cuda, torch.bfloat16, 128)
+    for own in ("flash_attn", "flash_attn.cute", flash4.FLASH4_MODULE):
+        monkeypatch.setattr(flash4.importlib, "import_module", raising(ModuleNotFoundError("absent", name=own)))
+        assert flash4.unusable_reason(cuda, torch.bfloat16, 128) == "flash-attn-4 is not installed", own
+    monkeypatch.setattr(flash4.importlib, "import_module", raising(ModuleNotFoundError("x", name="flash_at")))
+    assert "does not import" in flash4.unusable_reason(cuda, torch.bfloat16, 128)  # a prefix, not a parent module
+
+
 def test_same_function_as_sdpa_on_the_networks_layout(fake_flash4):
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 48, DIT_TINY.num_heads, DIT_TINY.head_dim, generator=g) for _ in range(3))

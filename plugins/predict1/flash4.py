@@ -39,11 +39,28 @@ def flash4_module():
     Its kernels are compiled at their first call in each process (the GPU test, one kernel, took 19 s on an H200:
     run); its on-disk cache of compiled kernels is off unless ``FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1``, so we
     turn it on (where the variable is unset) before the package reads it, and a second run reuses the kernels."""
+    return _imported()[0]
+
+
+def _imported():
+    """(the interface module, None), or (None, the exception its import raised)."""
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
     try:
-        return importlib.import_module(FLASH4_MODULE)
-    except Exception:  # ImportError, or an OSError / RuntimeError from its native libraries
-        return None
+        return importlib.import_module(FLASH4_MODULE), None
+    except Exception as exc:  # ImportError, or an OSError / RuntimeError from its native libraries
+        return None, exc
+
+
+def import_failure_reason(exc: Exception) -> str:
+    """One line for a failed import: "not installed" only where the missing module is flash-attn-4's own; a
+    library it needs that does not import (cutlass-dsl's ``cutlass``, a CUDA library) is named, so an install that
+    is there but broken is not mistaken for none (seen on the GPU machine: ``cutlass`` on a path no .pth reached)."""
+    missing = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if missing is not None and (FLASH4_MODULE == missing or FLASH4_MODULE.startswith(missing + ".")):
+        return "flash-attn-4 is not installed"
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return (f"flash-attn-4 is installed but does not import ({type(exc).__name__}: {detail}); reinstall it, or "
+            "pass --attention sdpa")
 
 
 def unusable_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
@@ -57,8 +74,9 @@ def unusable_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> 
     major = torch.cuda.get_device_capability(device)[0]
     if major not in FLASH4_ARCHS:
         return f"compute capability {major}.x (it has kernels for 9.x and 10.x)"
-    if flash4_module() is None:
-        return "flash-attn-4 is not installed"
+    module, exc = _imported()
+    if module is None:
+        return import_failure_reason(exc)
     return None
 
 
